@@ -1,0 +1,396 @@
+//! A VG opened on its devices: the newest metadata, and the crash-safe commit
+//! that writes a change to every metadata area (spec §7, §15, §16).
+//!
+//! Commit protocol, per change: check that no area's committed copy moved
+//! since we read it (else the change was based on a stale read: refused);
+//! write the new text into every area's free part of the circular buffer;
+//! precommit (slot 1) in every header; commit (slot 0) in every header. Until
+//! the first slot-0 write lands every reader sees the old VG; after it, the
+//! highest seqno, which is the new VG. Flushes separate the phases.
+
+use crate::label::{write_label, PvLabel, PV_EXT_USED, PV_EXT_VERSION};
+use crate::lvdev::LvDev;
+use crate::mda::{max_text_len, next_offset, read_header, write_header, write_text, MdaHeader, RawLocn, MDA_HEADER_SIZE};
+use crate::model::{TextHeader, Vg};
+use crate::ops::{hostname, Stamp};
+use crate::scan::{scan, AreaScan, LabelScan, PvDev, Scan};
+use crate::{io, Error, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Problems found on open; `stale` ones are repaired by the next write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Areas holding an older (or a differing) copy of this VG.
+    pub stale: Vec<String>,
+    /// Areas or labels that are damaged: writes are refused until repaired.
+    pub corrupt: Vec<String>,
+    /// PVs of the VG whose device was not given.
+    pub missing: Vec<String>,
+}
+
+struct Area {
+    header: MdaHeader,
+    ignored: bool,
+}
+
+struct Member {
+    pv: PvDev,
+    label: PvLabel,
+    areas: Vec<Area>,
+}
+
+pub struct OpenVg {
+    vg: Vg,
+    raw: Vec<u8>,
+    members: Vec<Member>,
+    health: Health,
+    /// A write failed part-way: what is on disk is unknown until reloaded.
+    failed: bool,
+}
+
+fn area_name(pv: &PvDev, h: &MdaHeader) -> String {
+    format!("{} metadata area at byte {}", pv.path, h.start)
+}
+
+impl OpenVg {
+    /// Opens VG `name` (or the only VG found) from `devs`, reading only.
+    pub fn open(devs: &[PvDev], name: Option<&str>) -> Result<OpenVg> {
+        let scan = scan(devs)?;
+        let names = scan.vg_names();
+        let name = match (name, names.as_slice()) {
+            (Some(n), _) => n.to_string(),
+            (None, [one]) => one.clone(),
+            (None, []) => return Err(Error::NotFound { kind: "VG", name: "(any)".into() }),
+            (None, many) => {
+                return Err(Error::InvalidArgument(format!(
+                    "several VGs found ({}): name the one to open",
+                    many.join(", ")
+                )))
+            }
+        };
+        let winner = scan.newest(&name).ok_or_else(|| Error::NotFound { kind: "VG", name: name.clone() })?;
+        Self::from_scan(scan, winner)
+    }
+
+    fn from_scan(scan: Scan, winner: usize) -> Result<OpenVg> {
+        let Scan { devs, texts } = scan;
+        let best = &texts[winner];
+        let (vg, raw) = (best.vg.clone(), best.raw.clone());
+        let mut health = Health::default();
+        let mut members: Vec<Member> = Vec::new();
+        for pv in &vg.pvs {
+            let mut found = devs.iter().filter(|d| matches!(&d.label, LabelScan::Pv(l) if l.uuid == pv.id));
+            let Some(d) = found.next() else {
+                health.missing.push(format!("PV {} ({})", pv.id, pv.device.as_deref().unwrap_or("?")));
+                continue;
+            };
+            if let Some(other) = found.find(|o| o.pv.dev.identity() != d.pv.dev.identity()) {
+                return Err(Error::Refused {
+                    vg: vg.name.clone(),
+                    reason: format!(
+                        "PV {} appears on two different devices, {} and {}; pass only one of them",
+                        pv.id, d.pv.path, other.pv.path
+                    ),
+                });
+            }
+            let LabelScan::Pv(label) = &d.label else { continue };
+            let mut areas = Vec::new();
+            for a in &d.areas {
+                let (header, problem) = match &a.state {
+                    AreaScan::BadHeader(reason) => {
+                        health.corrupt.push(format!("{} metadata area at byte {}: {reason}", d.pv.path, a.start));
+                        continue;
+                    }
+                    AreaScan::BadText(h, reason) => {
+                        health.corrupt.push(format!("{}: {reason}", area_name(&d.pv, h)));
+                        continue;
+                    }
+                    AreaScan::Ignored(h) => {
+                        areas.push(Area { header: *h, ignored: true });
+                        continue;
+                    }
+                    AreaScan::Empty(h) => (h, Some("holds no metadata".to_string())),
+                    AreaScan::Metadata(h, i) => {
+                        let t = &texts[*i];
+                        if t.vg.name != vg.name {
+                            health.corrupt.push(format!("{}: holds VG {}", area_name(&d.pv, h), t.vg.name));
+                            continue;
+                        }
+                        (h, (*i != winner).then(|| format!("holds seqno {} (newest {})", t.vg.seqno, vg.seqno)))
+                    }
+                };
+                if let Some(p) = problem {
+                    health.stale.push(format!("{}: {p}", area_name(&d.pv, header)));
+                }
+                areas.push(Area { header: *header, ignored: false });
+            }
+            members.push(Member { pv: d.pv.clone(), label: label.clone(), areas });
+        }
+        Ok(OpenVg { vg, raw, members, health, failed: false })
+    }
+
+    /// Creates VG `name` on formatted, unused PVs.
+    pub fn create(name: &str, devs: &[PvDev], extent_size: u64) -> Result<OpenVg> {
+        let mut vg = Vg::new(name, extent_size)?;
+        let mut members = Vec::new();
+        for pv in devs {
+            let member = Self::orphan(pv)?;
+            vg.add_pv(&member.label, &pv.path)?;
+            members.push(member);
+        }
+        if !members.iter().flat_map(|m| &m.areas).any(|a| !a.ignored) {
+            return Err(Error::InvalidArgument(format!("VG {name} needs at least one PV with a metadata area")));
+        }
+        let mut open = OpenVg { vg: vg.clone(), raw: Vec::new(), members, health: Health::default(), failed: false };
+        open.commit(vg, &format!("ssvadm vg create {name}"))?;
+        Ok(open)
+    }
+
+    /// A formatted PV that belongs to no VG, as a member to be.
+    fn orphan(pv: &PvDev) -> Result<Member> {
+        let scan = scan(std::slice::from_ref(pv))?;
+        let Some(d) = scan.devs.into_iter().next() else {
+            return Err(Error::NoLabel { dev: pv.path.clone() });
+        };
+        let label = match d.label {
+            LabelScan::Pv(l) => l,
+            LabelScan::None => return Err(Error::NoLabel { dev: pv.path.clone() }),
+            LabelScan::Bad(reason) => return Err(Error::BadLabel { dev: pv.path.clone(), reason }),
+        };
+        let mut areas = Vec::new();
+        for a in d.areas {
+            match a.state {
+                AreaScan::Empty(h) => areas.push(Area { header: h, ignored: false }),
+                AreaScan::Ignored(h) => areas.push(Area { header: h, ignored: true }),
+                AreaScan::Metadata(_, i) => {
+                    return Err(Error::Refused {
+                        vg: scan.texts[i].vg.name.clone(),
+                        reason: format!("{} already holds metadata of VG {}", pv.path, scan.texts[i].vg.name),
+                    })
+                }
+                AreaScan::BadHeader(reason) | AreaScan::BadText(_, reason) => {
+                    return Err(Error::BadMdaHeader { dev: pv.path.clone(), start: a.start, reason })
+                }
+            }
+        }
+        if label.in_use() {
+            return Err(Error::Refused {
+                vg: "?".into(),
+                reason: format!("{} is marked as used by a VG whose metadata is not on it", pv.path),
+            });
+        }
+        Ok(Member { pv: pv.clone(), label, areas })
+    }
+
+    pub fn vg(&self) -> &Vg {
+        &self.vg
+    }
+
+    /// The committed text (NUL included), byte for byte.
+    pub fn raw_text(&self) -> &[u8] {
+        &self.raw
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = &PvDev> {
+        self.members.iter().map(|m| &m.pv)
+    }
+
+    /// Applies `f` to a copy of the VG and commits it; on any error nothing changes.
+    pub fn change<T>(&mut self, description: &str, f: impl FnOnce(&mut Vg) -> Result<T>) -> Result<T> {
+        let mut new = self.vg.clone();
+        let out = f(&mut new)?;
+        self.commit(new, description)?;
+        Ok(out)
+    }
+
+    /// Adds a formatted, unused PV to the VG.
+    pub fn add_pv(&mut self, pv: &PvDev) -> Result<()> {
+        if self.members.iter().any(|m| m.pv.dev.identity() == pv.dev.identity()) {
+            return Err(Error::Exists { kind: "PV", name: pv.path.clone() });
+        }
+        let member = Self::orphan(pv)?;
+        let mut new = self.vg.clone();
+        new.add_pv(&member.label, &pv.path)?;
+        self.members.push(member);
+        if let Err(e) = self.commit(new, &format!("ssvadm vg extend {} {}", self.vg.name, pv.path)) {
+            self.members.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rewrites stale copies with the current text, keeping the seqno.
+    pub fn repair(&mut self) -> Result<()> {
+        if self.health.stale.is_empty() && !self.labels_outdated() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let raw = self.raw.clone();
+        self.write_everywhere(&raw)?;
+        self.health.stale.clear();
+        self.update_labels()
+    }
+
+    /// Re-reads the VG from its devices.
+    pub fn reload(&mut self) -> Result<()> {
+        let devs: Vec<PvDev> = self.members.iter().map(|m| m.pv.clone()).collect();
+        *self = OpenVg::open(&devs, Some(&self.vg.name.clone()))?;
+        Ok(())
+    }
+
+    /// The LV as a block device over its segments.
+    pub fn lv_dev(&self, name: &str) -> Result<LvDev> {
+        let lv = self.vg.lv(name).ok_or_else(|| Error::NotFound { kind: "LV", name: name.to_string() })?;
+        let devs: HashMap<String, Arc<dyn san::BlockDev>> = self
+            .vg
+            .pvs
+            .iter()
+            .filter_map(|p| {
+                let m = self.members.iter().find(|m| m.label.uuid == p.id)?;
+                Some((p.name.clone(), m.pv.dev.clone()))
+            })
+            .collect();
+        LvDev::new(&self.vg, lv, &devs)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let h = &self.health;
+        let reason = if self.failed {
+            "an earlier write failed part-way; reload the VG before changing it".to_string()
+        } else if !h.corrupt.is_empty() {
+            format!("damaged metadata: {}; check the devices, then run `ssvadm repair`", h.corrupt.join("; "))
+        } else if !h.missing.is_empty() {
+            format!("missing PVs: {}; give every device of the VG", h.missing.join("; "))
+        } else {
+            return Ok(());
+        };
+        Err(Error::Refused { vg: self.vg.name.clone(), reason })
+    }
+
+    fn labels_outdated(&self) -> bool {
+        self.members.iter().any(|m| m.label.ext_version < PV_EXT_VERSION || !m.label.in_use())
+    }
+
+    fn commit(&mut self, mut new: Vg, description: &str) -> Result<()> {
+        self.check_writable()?;
+        new.seqno = self
+            .vg
+            .seqno
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidArgument("seqno would overflow".into()))?;
+        for pv in &mut new.pvs {
+            if let Some(m) = self.members.iter().find(|m| m.label.uuid == pv.id) {
+                pv.device = Some(m.pv.path.clone());
+            }
+        }
+        new.validate()?;
+        let stamp = Stamp::now();
+        let text = new.to_text(&TextHeader {
+            description: &format!("Write from {description}."),
+            creation_host: &hostname(),
+            creation_time: stamp.time,
+        });
+        self.write_everywhere(&text)?;
+        self.vg = new;
+        self.raw = text;
+        self.health.stale.clear();
+        self.update_labels()
+    }
+
+    /// The three phases of the commit protocol for `text`, on every area in use.
+    fn write_everywhere(&mut self, text: &[u8]) -> Result<()> {
+        let len = text.len() as u64;
+        // Refuse a change based on a stale read, and metadata that does not fit, before writing anything.
+        for m in &self.members {
+            for a in m.areas.iter().filter(|a| !a.ignored) {
+                let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
+                if now.committed != a.header.committed {
+                    return Err(Error::Stale {
+                        vg: self.vg.name.clone(),
+                        detail: format!("the committed copy in {} moved", area_name(&m.pv, &a.header)),
+                    });
+                }
+                let max = max_text_len(a.header.size);
+                if len > max {
+                    return Err(Error::MetadataTooLarge { dev: m.pv.path.clone(), len, max, area: a.header.size });
+                }
+                let at = next_offset(&a.header.committed, a.header.size);
+                if overlaps(&a.header.committed, at, len, a.header.size) {
+                    return Err(Error::MetadataTooLarge { dev: m.pv.path.clone(), len, max, area: a.header.size });
+                }
+            }
+        }
+        self.failed = true;
+        let mut locns = Vec::new();
+        for m in &self.members {
+            for a in m.areas.iter().filter(|a| !a.ignored) {
+                let at = next_offset(&a.header.committed, a.header.size);
+                locns.push(write_text(&*m.pv.dev, &a.header, at, text)?);
+            }
+        }
+        self.flush_all()?;
+        for precommit in [true, false] {
+            let mut next = locns.iter();
+            for m in &mut self.members {
+                for a in m.areas.iter_mut().filter(|a| !a.ignored) {
+                    let l = *next.next().ok_or_else(|| Error::InvalidArgument("area count changed".into()))?;
+                    let mut h = a.header;
+                    if precommit {
+                        h.precommitted = l;
+                    } else {
+                        h.committed = l;
+                        h.precommitted = RawLocn::default();
+                    }
+                    write_header(&*m.pv.dev, &h)?;
+                    if !precommit {
+                        a.header = h;
+                    }
+                }
+            }
+            self.flush_all()?;
+        }
+        self.failed = false;
+        Ok(())
+    }
+
+    fn flush_all(&self) -> Result<()> {
+        self.members.iter().try_for_each(|m| io::flush(&*m.pv.dev, "flushing metadata"))
+    }
+
+    /// Marks every member PV as used by a VG (pv_header_extension v2, USED).
+    fn update_labels(&mut self) -> Result<()> {
+        for m in &mut self.members {
+            if m.label.ext_version < PV_EXT_VERSION || !m.label.in_use() {
+                let mut l = m.label.clone();
+                l.ext_version = PV_EXT_VERSION;
+                l.ext_flags |= PV_EXT_USED;
+                write_label(&*m.pv.dev, &l)?;
+                io::flush(&*m.pv.dev, "flushing the PV label")?;
+                m.label = l;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Would a copy of `len` bytes at `at` overlap the committed copy `old`?
+fn overlaps(old: &RawLocn, at: u64, len: u64, area: u64) -> bool {
+    if old.is_empty() || old.ignored() {
+        return false;
+    }
+    let ranges = |o: u64, l: u64| -> [(u64, u64); 2] {
+        if o + l > area {
+            [(o, area), (MDA_HEADER_SIZE, o + l - area + MDA_HEADER_SIZE)]
+        } else {
+            [(o, o + l), (0, 0)]
+        }
+    };
+    let a = ranges(old.offset, old.size);
+    let b = ranges(at, len);
+    a.iter().any(|x| b.iter().any(|y| x.0 < x.1 && y.0 < y.1 && x.0 < y.1 && y.0 < x.1))
+}

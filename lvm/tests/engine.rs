@@ -1,0 +1,31 @@
+//! The engine end to end on sparse files: format, create, change, reopen.
+
+use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp};
+use san::{FileDev, OpenOptions};
+use std::sync::Arc;
+
+fn dev(dir: &std::path::Path, name: &str, size: u64) -> PvDev {
+    let path = dir.join(name);
+    let f = FileDev::open(&path, &OpenOptions::new().create_size(Some(size))).unwrap();
+    PvDev::new(Arc::new(f), path.display().to_string())
+}
+
+#[test]
+fn create_change_reopen() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let a = dev(dir.path(), "a", 64 << 20);
+    let b = dev(dir.path(), "b", 64 << 20);
+    format_pv(&*a.dev, &PvFormat::default()).unwrap();
+    format_pv(&*b.dev, &PvFormat { mda_copies: 2, ..Default::default() }).unwrap();
+    let mut vg = OpenVg::create("vg0", &[a.clone(), b.clone()], 4 << 20).unwrap();
+    let stamp = Stamp::now();
+    vg.change("test", |v| v.create_lv("lv0", 3, &["t1".into()], &stamp).map(|_| ())).unwrap();
+    vg.change("test", |v| v.create_lv("lv1", 2, &[], &stamp).map(|_| ())).unwrap();
+    vg.change("test", |v| v.extend_lv("lv0", 2)).unwrap();
+    assert_eq!(vg.vg().lv("lv0").unwrap().extent_count(), 5);
+    assert_eq!(vg.vg().seqno, 4);
+    let again = OpenVg::open(&[a, b], None).unwrap();
+    assert_eq!(again.vg(), vg.vg());
+    assert_eq!(again.health(), &lvm::Health::default());
+    print!("{}", String::from_utf8_lossy(again.raw_text()));
+}

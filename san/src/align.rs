@@ -1,0 +1,145 @@
+//! A heap buffer with a chosen memory alignment, for O_DIRECT I/O, which the
+//! kernel refuses (EINVAL) when the user buffer is not suitably aligned.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+/// A zero-initialised, heap-allocated byte buffer whose start is aligned to a
+/// power of two chosen at creation.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    align: usize,
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation (like a Box<[u8]>); moving
+// it to another thread moves that ownership, and u8 has no thread affinity.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`, which is Sync; mutation needs
+// `&mut AlignedBuf`, so there is no interior mutability to race on.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Allocates `len` zeroed bytes starting at a multiple of `align`.
+    ///
+    /// # Panics
+    /// If `align` is not a power of two or `len` rounded up to `align`
+    /// overflows `isize` (programming errors, like an absurd `Vec` capacity).
+    /// Allocation failure aborts through [`alloc::handle_alloc_error`].
+    pub fn new(len: usize, align: usize) -> AlignedBuf {
+        let layout = match Layout::from_size_align(len, align) {
+            Ok(layout) => layout,
+            Err(_) => panic!("AlignedBuf: invalid size {len} / alignment {align}"),
+        };
+        if len == 0 {
+            // The global allocator must not be asked for zero bytes; an empty
+            // slice only needs a non-null pointer with the right alignment.
+            let ptr = std::ptr::without_provenance_mut::<u8>(align);
+            // `align` is a power of two (checked by Layout), hence non-zero.
+            let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
+            return AlignedBuf { ptr, len, align };
+        }
+        // SAFETY: `layout` has a non-zero size (len > 0 checked above).
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        match NonNull::new(raw) {
+            Some(ptr) => AlignedBuf { ptr, len, align },
+            None => alloc::handle_alloc_error(layout),
+        }
+    }
+
+    /// The alignment the buffer was created with.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+
+    /// True if `ptr` is a multiple of `align`; false if `align` is not a
+    /// power of two.
+    pub fn is_aligned(ptr: *const u8, align: usize) -> bool {
+        align.is_power_of_two() && (ptr as usize) & (align - 1) == 0
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is non-null and aligned; for len > 0 it points to
+        // `len` initialised (zeroed) bytes that we own and that live until
+        // drop; for len == 0 a dangling aligned pointer is a valid empty slice.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` guarantees the returned
+        // slice is the only live reference to the buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return; // nothing was allocated
+        }
+        // SAFETY: `ptr` came from `alloc_zeroed` with exactly this layout
+        // (same len and align, which `new` validated), and is freed once.
+        unsafe {
+            alloc::dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.len, self.align),
+            )
+        }
+    }
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("align", &self.align)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_and_zeroed() {
+        for &align in &[1usize, 512, 4096, 1 << 16] {
+            for &len in &[1usize, 511, 4096, 100_000] {
+                let mut b = AlignedBuf::new(len, align);
+                assert_eq!(b.len(), len);
+                assert_eq!(b.align(), align);
+                assert!(AlignedBuf::is_aligned(b.as_ptr(), align));
+                assert!(b.iter().all(|&x| x == 0));
+                b[len - 1] = 7;
+                assert_eq!(b[len - 1], 7);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_length() {
+        let mut b = AlignedBuf::new(0, 4096);
+        assert!(b.is_empty());
+        assert!(AlignedBuf::is_aligned(b.as_ptr(), 4096));
+        assert_eq!(&mut b[..], &mut [] as &mut [u8]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn bad_alignment_panics() {
+        let _ = AlignedBuf::new(16, 3);
+    }
+
+    #[test]
+    fn send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<AlignedBuf>();
+    }
+}

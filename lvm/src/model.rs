@@ -3,7 +3,7 @@
 //! so a VG that lvm2 made with features we do not model survives our commits.
 
 use crate::names::Uuid;
-use crate::text::{self, Node, Section, Value};
+use crate::text::{self, Emitter, Node, Section, Value};
 use crate::{Error, Result};
 
 pub const CONTENTS: &str = "Text Format Volume Group";
@@ -362,18 +362,6 @@ impl Segment {
 
 // ---------------------------------------------------------------- writing
 
-fn int(v: u64) -> Node {
-    Node::Value(Value::Int(v as i64))
-}
-
-fn string(s: &str) -> Node {
-    Node::Value(Value::Str(s.to_string()))
-}
-
-fn array(v: &[String]) -> Node {
-    Node::Value(Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect()))
-}
-
 /// Header keys written after the VG section.
 pub struct TextHeader<'a> {
     pub description: &'a str,
@@ -384,119 +372,100 @@ pub struct TextHeader<'a> {
 impl Vg {
     /// The metadata text as lvm writes it into a metadata area, NUL included.
     pub fn to_text(&self, h: &TextHeader) -> Vec<u8> {
-        let mut root = Section::default();
-        root.push(self.name.clone(), Node::Section(self.to_section()));
-        root.push("contents", string(CONTENTS));
-        root.push("version", Node::Value(Value::Int(FORMAT_VERSION)));
-        root.push("description", string(h.description));
-        root.push("creation_host", string(h.creation_host));
-        root.push("creation_time", Node::Value(Value::Int(h.creation_time)));
-        let mut out = text::emit(&root).into_bytes();
-        while out.ends_with(b"\n\n") {
-            out.pop();
+        // About 330 bytes per LV in lvm's style.
+        let mut e = Emitter::with_capacity(4096 + 400 * self.lvs.len());
+        e.open(&self.name);
+        e.str("id", &self.id.to_string());
+        e.int("seqno", i64::from(self.seqno));
+        e.str("format", "lvm2");
+        e.strs("status", &self.status);
+        e.strs("flags", &self.flags);
+        if !self.tags.is_empty() {
+            e.strs("tags", &self.tags);
         }
-        if !out.ends_with(b"\n") {
-            out.push(b'\n');
+        e.int("extent_size", self.extent_size as i64);
+        e.int("max_lv", i64::from(self.max_lv));
+        e.int("max_pv", i64::from(self.max_pv));
+        e.entries(&self.other);
+        e.open("physical_volumes");
+        for pv in &self.pvs {
+            pv.emit(&mut e);
         }
+        e.close();
+        if !self.lvs.is_empty() {
+            e.open("logical_volumes");
+            for lv in &self.lvs {
+                lv.emit(&mut e);
+            }
+            e.close();
+        }
+        e.entries(&self.other_sections);
+        e.close();
+        e.str("contents", CONTENTS);
+        e.int("version", FORMAT_VERSION);
+        e.str("description", h.description);
+        e.str("creation_host", h.creation_host);
+        e.int("creation_time", h.creation_time);
         // pvck's metadata search expects the text to end in "\n\n\0".
+        let mut out = e.finish().into_bytes();
         out.extend_from_slice(b"\n\0");
         out
-    }
-
-    fn to_section(&self) -> Section {
-        let mut s = Section::default();
-        s.push("id", string(&self.id.to_string()));
-        s.push("seqno", int(u64::from(self.seqno)));
-        s.push("format", string("lvm2"));
-        s.push("status", array(&self.status));
-        s.push("flags", array(&self.flags));
-        if !self.tags.is_empty() {
-            s.push("tags", array(&self.tags));
-        }
-        s.push("extent_size", int(self.extent_size));
-        s.push("max_lv", int(u64::from(self.max_lv)));
-        s.push("max_pv", int(u64::from(self.max_pv)));
-        s.entries.extend(self.other.entries.iter().cloned());
-        let mut pvs = Section::default();
-        for pv in &self.pvs {
-            pvs.push(pv.name.clone(), Node::Section(pv.to_section()));
-        }
-        s.push("physical_volumes", Node::Section(pvs));
-        if !self.lvs.is_empty() {
-            let mut lvs = Section::default();
-            for lv in &self.lvs {
-                lvs.push(lv.name.clone(), Node::Section(lv.to_section()));
-            }
-            s.push("logical_volumes", Node::Section(lvs));
-        }
-        s.entries.extend(self.other_sections.entries.iter().cloned());
-        s
     }
 }
 
 impl Pv {
-    fn to_section(&self) -> Section {
-        let mut s = Section::default();
-        s.push("id", string(&self.id.to_string()));
+    fn emit(&self, e: &mut Emitter) {
+        e.open(&self.name);
+        e.str("id", &self.id.to_string());
         if let Some(d) = &self.device {
-            s.push("device", string(d));
+            e.str("device", d);
         }
-        s.push("status", array(&self.status));
-        s.push("flags", array(&self.flags));
+        e.strs("status", &self.status);
+        e.strs("flags", &self.flags);
         if !self.tags.is_empty() {
-            s.push("tags", array(&self.tags));
+            e.strs("tags", &self.tags);
         }
-        s.push("dev_size", int(self.dev_size));
-        s.push("pe_start", int(self.pe_start));
-        s.push("pe_count", int(self.pe_count));
-        s.entries.extend(self.other.entries.iter().cloned());
-        s
+        e.int("dev_size", self.dev_size as i64);
+        e.int("pe_start", self.pe_start as i64);
+        e.int("pe_count", self.pe_count as i64);
+        e.entries(&self.other);
+        e.close();
     }
 }
 
 impl Lv {
-    fn to_section(&self) -> Section {
-        let mut s = Section::default();
-        s.push("id", string(&self.id.to_string()));
-        s.push("status", array(&self.status));
-        s.push("flags", array(&self.flags));
+    fn emit(&self, e: &mut Emitter) {
+        e.open(&self.name);
+        e.str("id", &self.id.to_string());
+        e.strs("status", &self.status);
+        e.strs("flags", &self.flags);
         if !self.tags.is_empty() {
-            s.push("tags", array(&self.tags));
+            e.strs("tags", &self.tags);
         }
         if let Some((time, host)) = &self.creation {
-            s.push("creation_time", Node::Value(Value::Int(*time)));
-            s.push("creation_host", string(host));
+            e.int("creation_time", *time);
+            e.str("creation_host", host);
         }
-        s.entries.extend(self.other.entries.iter().cloned());
-        s.push("segment_count", int(self.segments.len() as u64));
+        e.entries(&self.other);
+        e.int("segment_count", self.segments.len() as i64);
         for (i, seg) in self.segments.iter().enumerate() {
-            s.push(format!("segment{}", i + 1), Node::Section(seg.to_section()));
-        }
-        s
-    }
-}
-
-impl Segment {
-    fn to_section(&self) -> Section {
-        let mut s = Section::default();
-        s.push("start_extent", int(self.start_extent));
-        s.push("extent_count", int(self.extent_count));
-        match &self.kind {
-            SegmentKind::Striped { stripe_size, stripes } => {
-                s.push("type", string(SEG_STRIPED));
-                s.push("stripe_count", int(stripes.len() as u64));
-                if let Some(size) = stripe_size {
-                    s.push("stripe_size", int(*size));
+            e.open(&format!("segment{}", i + 1));
+            e.int("start_extent", seg.start_extent as i64);
+            e.int("extent_count", seg.extent_count as i64);
+            match &seg.kind {
+                SegmentKind::Striped { stripe_size, stripes } => {
+                    e.str("type", SEG_STRIPED);
+                    e.int("stripe_count", stripes.len() as i64);
+                    if let Some(size) = stripe_size {
+                        e.int("stripe_size", *size as i64);
+                    }
+                    e.stripes(stripes.iter().map(|st| (st.pv.as_str(), st.start_pe)));
                 }
-                let list = stripes
-                    .iter()
-                    .flat_map(|st| [Value::Str(st.pv.clone()), Value::Int(st.start_pe as i64)])
-                    .collect();
-                s.push("stripes", Node::Value(Value::Array(list)));
+                SegmentKind::Other { type_name } => e.str("type", type_name),
             }
-            SegmentKind::Other { type_name } => s.push("type", string(type_name)),
+            e.entries(&seg.other);
+            e.close();
         }
-        s.entries.extend(self.other.entries.iter().cloned());
-        s
+        e.close();
     }
 }

@@ -1000,38 +1000,109 @@ pub fn emit(root: &Section) -> String {
 
 /// [`emit`], appending to `out`.
 pub fn emit_into(out: &mut String, root: &Section) {
-    let mut stack = vec![root.entries.iter()];
-    let mut first = true;
-    while let Some(it) = stack.last_mut() {
-        let next = it.next();
-        match next {
-            None => {
-                stack.pop();
-                if !stack.is_empty() {
-                    out.push_str("}\n");
-                }
+    let mut e = Emitter { out: std::mem::take(out), first: true };
+    e.entries(root);
+    *out = e.out;
+}
+
+/// Streams lvm's raw style key by key, without building a tree: the commit
+/// path writes megabytes of it. Same output rules as [`emit`].
+pub struct Emitter {
+    out: String,
+    first: bool,
+}
+
+impl Emitter {
+    pub fn with_capacity(bytes: usize) -> Emitter {
+        Emitter { out: String::with_capacity(bytes), first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        write_key(&mut self.out, key);
+        self.out.push_str(" = ");
+        self.first = false;
+    }
+
+    pub fn int(&mut self, key: &str, v: i64) {
+        self.key(key);
+        let _ = writeln!(self.out, "{v}");
+    }
+
+    pub fn str(&mut self, key: &str, v: &str) {
+        self.key(key);
+        write_quoted(&mut self.out, v);
+        self.out.push('\n');
+    }
+
+    pub fn strs(&mut self, key: &str, v: &[String]) {
+        self.key(key);
+        self.out.push('[');
+        for (i, s) in v.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
             }
-            Some((key, Node::Value(v))) => {
-                write_key(out, key);
-                out.push_str(" = ");
-                match v {
-                    Value::Array(items) if key == "stripes" && !items.is_empty() => {
-                        write_stripes(out, items)
+            write_quoted(&mut self.out, s);
+        }
+        self.out.push_str("]\n");
+    }
+
+    pub fn value(&mut self, key: &str, v: &Value) {
+        self.key(key);
+        match v {
+            Value::Array(items) if key == "stripes" && !items.is_empty() => write_stripes(&mut self.out, items),
+            _ => write_value(&mut self.out, v),
+        }
+        self.out.push('\n');
+    }
+
+    /// `stripes = [` with one `"pvN", PE` pair per line.
+    pub fn stripes<'a>(&mut self, pairs: impl ExactSizeIterator<Item = (&'a str, u64)>) {
+        self.key("stripes");
+        self.out.push_str("[\n");
+        let n = pairs.len();
+        for (i, (pv, pe)) in pairs.enumerate() {
+            write_quoted(&mut self.out, pv);
+            let _ = write!(self.out, ", {pe}");
+            self.out.push_str(if i + 1 < n { ",\n" } else { "\n" });
+        }
+        self.out.push_str("]\n");
+    }
+
+    pub fn open(&mut self, key: &str) {
+        if !self.first {
+            self.out.push('\n');
+        }
+        write_key(&mut self.out, key);
+        self.out.push_str(" {\n");
+        self.first = false;
+    }
+
+    pub fn close(&mut self) {
+        self.out.push_str("}\n");
+    }
+
+    /// Every entry of `root`, nested sections included (iteratively: no recursion).
+    pub fn entries(&mut self, root: &Section) {
+        let mut stack = vec![root.entries.iter()];
+        while let Some(it) = stack.last_mut() {
+            match it.next() {
+                None => {
+                    stack.pop();
+                    if !stack.is_empty() {
+                        self.close();
                     }
-                    _ => write_value(out, v),
                 }
-                out.push('\n');
-            }
-            Some((key, Node::Section(s))) => {
-                if !first {
-                    out.push('\n');
+                Some((key, Node::Value(v))) => self.value(key, v),
+                Some((key, Node::Section(s))) => {
+                    self.open(key);
+                    stack.push(s.entries.iter());
                 }
-                write_key(out, key);
-                out.push_str(" {\n");
-                stack.push(s.entries.iter());
             }
         }
-        first = false;
+    }
+
+    pub fn finish(self) -> String {
+        self.out
     }
 }
 

@@ -32,22 +32,38 @@ pub struct LvDev {
 
 fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<Map> {
     let eb = vg.extent_bytes();
+    // Metadata can hold numbers whose byte offsets do not fit a u64.
+    let bytes = |what: &str, a: u64, b: u64| {
+        a.checked_mul(b).ok_or_else(|| Error::Metadata(format!("LV {}: {what} overflows a byte offset", lv.name)))
+    };
+    let size = bytes("LV size", lv.extent_count(), eb)?;
     let mut segs = Vec::new();
     for seg in &lv.segments {
         let SegmentKind::Striped { stripe_size, stripes } = &seg.kind else {
             return Err(Error::InvalidArgument(format!("LV {}: only linear and striped LVs can be opened", lv.name)));
         };
-        let len = seg.extent_count * eb;
-        let chunk = if stripes.len() > 1 { stripe_size.unwrap_or(0) * 512 } else { len };
+        let len = bytes("segment size", seg.extent_count, eb)?;
+        let area = bytes("stripe length", seg.area_len(), eb)?;
+        let chunk = if stripes.len() > 1 { bytes("stripe_size", stripe_size.unwrap_or(0), 512)? } else { len };
         if chunk == 0 {
             return Err(Error::Metadata(format!("LV {}: striped segment without stripe_size", lv.name)));
+        }
+        // As for dm-stripe: each stripe's extents must hold whole chunks, or
+        // the last chunk would run into extents of another LV.
+        if area % chunk != 0 {
+            return Err(Error::Metadata(format!(
+                "LV {}: stripe_size of {} bytes does not divide the {area} bytes of each stripe",
+                lv.name, chunk
+            )));
         }
         let mut mapped = Vec::new();
         for st in stripes {
             let pv = vg.pv(&st.pv).ok_or_else(|| Error::Metadata(format!("LV {}: unknown PV {}", lv.name, st.pv)))?;
             let dev = devs.get(&st.pv).ok_or_else(|| Error::NotFound { kind: "PV device", name: pv.id.to_string() })?;
-            let base = pv.pe_start * 512 + st.start_pe * eb;
-            if base + seg.area_len() * eb > dev.size() {
+            let base = bytes("pe_start", pv.pe_start, 512)?
+                .checked_add(bytes("stripe start", st.start_pe, eb)?)
+                .ok_or_else(|| Error::Metadata(format!("LV {}: extents on PV {} overflow a byte offset", lv.name, pv.name)))?;
+            if base.checked_add(area).is_none_or(|end| end > dev.size()) {
                 return Err(Error::Metadata(format!(
                     "LV {}: extents on PV {} end past its device ({} bytes)",
                     lv.name,
@@ -59,7 +75,7 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
         }
         segs.push(MappedSeg { start: seg.start_extent * eb, len, chunk, stripes: mapped });
     }
-    Ok(Map { size: lv.extent_count() * eb, segs })
+    Ok(Map { size, segs })
 }
 
 impl LvDev {

@@ -112,7 +112,13 @@ impl MdaHeader {
 
 /// A copy must start inside the buffer and, wrapped or not, fit it once.
 fn check_locn(l: &RawLocn, area: u64) -> Result<(), String> {
-    if l.offset < MDA_HEADER_SIZE || l.offset >= area || l.size == 0 || l.size > area - MDA_HEADER_SIZE {
+    // `offset + size` must not overflow either: later arithmetic (wrap, placement) relies on it.
+    if l.offset < MDA_HEADER_SIZE
+        || l.offset >= area
+        || l.size == 0
+        || l.size > area - MDA_HEADER_SIZE
+        || l.offset.checked_add(l.size).is_none()
+    {
         return Err(format!("text location {{offset {}, size {}}} does not fit the {area}-byte area", l.offset, l.size));
     }
     if let Some(wrapped) = (l.offset + l.size).checked_sub(area) {

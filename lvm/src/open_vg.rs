@@ -61,7 +61,7 @@ impl OpenVg {
         let name = match (name, names.as_slice()) {
             (Some(n), _) => n.to_string(),
             (None, [one]) => one.clone(),
-            (None, []) => return Err(Error::NotFound { kind: "VG", name: "(any)".into() }),
+            (None, []) => return Err(damage(&scan).unwrap_or(Error::NotFound { kind: "VG", name: "(any)".into() })),
             (None, many) => {
                 return Err(Error::InvalidArgument(format!(
                     "several VGs found ({}): name the one to open",
@@ -69,7 +69,9 @@ impl OpenVg {
                 )))
             }
         };
-        let winner = scan.newest(&name).ok_or_else(|| Error::NotFound { kind: "VG", name: name.clone() })?;
+        let Some(winner) = scan.newest(&name) else {
+            return Err(damage(&scan).unwrap_or(Error::NotFound { kind: "VG", name }));
+        };
         Self::from_scan(scan, winner)
     }
 
@@ -79,6 +81,11 @@ impl OpenVg {
         let (vg, raw) = (best.vg.clone(), best.raw.clone());
         let mut health = Health::default();
         let mut members: Vec<Member> = Vec::new();
+        for d in &devs {
+            if let LabelScan::Bad(reason) = &d.label {
+                health.corrupt.push(format!("{}: bad PV label: {reason}", d.pv.path));
+            }
+        }
         for pv in &vg.pvs {
             let mut found = devs.iter().filter(|d| matches!(&d.label, LabelScan::Pv(l) if l.uuid == pv.id));
             let Some(d) = found.next() else {
@@ -226,10 +233,12 @@ impl OpenVg {
 
     /// Rewrites stale copies with the current text, keeping the seqno.
     pub fn repair(&mut self) -> Result<()> {
+        // Damaged areas or missing PVs are refused even with nothing stale:
+        // repair must not report success on a VG it cannot write.
+        self.check_writable()?;
         if self.health.stale.is_empty() && !self.labels_outdated() {
             return Ok(());
         }
-        self.check_writable()?;
         let raw = self.raw.clone();
         self.write_everywhere(&raw)?;
         self.health.stale.clear();
@@ -376,6 +385,29 @@ impl OpenVg {
         }
         Ok(())
     }
+}
+
+/// The first damaged label or metadata area of a scan: the error that
+/// explains why no readable copy of a VG was found.
+fn damage(scan: &Scan) -> Option<Error> {
+    for d in &scan.devs {
+        let dev = || d.pv.path.clone();
+        if let LabelScan::Bad(reason) = &d.label {
+            return Some(Error::BadLabel { dev: dev(), reason: reason.clone() });
+        }
+        for a in &d.areas {
+            match &a.state {
+                AreaScan::BadHeader(reason) => {
+                    return Some(Error::BadMdaHeader { dev: dev(), start: a.start, reason: reason.clone() })
+                }
+                AreaScan::BadText(_, reason) => {
+                    return Some(Error::BadText { dev: dev(), start: a.start, reason: reason.clone() })
+                }
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// Would a copy of `len` bytes at `at` overlap the committed copy `old`?

@@ -24,6 +24,7 @@
 mod loopdev;
 mod lvm2;
 mod report;
+pub mod vgview;
 
 pub use loopdev::{backing_file_of, detach_leaked, LoopDev, Scratch};
 pub use lvm2::{strip_noise, Lvm2, Size};

@@ -21,9 +21,16 @@ impl Vg {
             for seg in &lv.segments {
                 if let SegmentKind::Striped { stripes, .. } = &seg.kind {
                     for st in stripes {
-                        let i = self.pvs.iter().position(|p| p.name == st.pv).ok_or_else(|| {
-                            Error::Metadata(format!("LV {}: segment on unknown PV {:?}", lv.name, st.pv))
-                        })?;
+                        let i = self
+                            .pvs
+                            .iter()
+                            .position(|p| p.name == st.pv)
+                            .ok_or_else(|| {
+                                Error::Metadata(format!(
+                                    "LV {}: segment on unknown PV {:?}",
+                                    lv.name, st.pv
+                                ))
+                            })?;
                         used[i].push((st.start_pe, seg.area_len()));
                     }
                 }
@@ -56,12 +63,20 @@ impl Vg {
             let mut at = 0;
             for &(start, len) in &used[i] {
                 if start > at {
-                    free.push(Area { pv: i, start: at, len: start - at });
+                    free.push(Area {
+                        pv: i,
+                        start: at,
+                        len: start - at,
+                    });
                 }
                 at = at.max(start + len);
             }
             if pv.pe_count > at {
-                free.push(Area { pv: i, start: at, len: pv.pe_count - at });
+                free.push(Area {
+                    pv: i,
+                    start: at,
+                    len: pv.pe_count - at,
+                });
             }
         }
         Ok(free)
@@ -77,14 +92,22 @@ impl Vg {
         let mut free = self.free_areas()?;
         let total: u64 = free.iter().map(|a| a.len).sum();
         if n > total {
-            return Err(Error::NoSpace { vg: self.name.clone(), needed: n, free: total });
+            return Err(Error::NoSpace {
+                vg: self.name.clone(),
+                needed: n,
+                free: total,
+            });
         }
         let mut out = Vec::new();
         let mut left = n;
         if let Some((pv, start)) = after {
             if let Some(a) = free.iter_mut().find(|a| a.pv == pv && a.start == start) {
                 let take = a.len.min(left);
-                out.push(Area { pv, start, len: take });
+                out.push(Area {
+                    pv,
+                    start,
+                    len: take,
+                });
                 a.start += take;
                 a.len -= take;
                 left -= take;
@@ -94,8 +117,16 @@ impl Vg {
             return Ok(out);
         }
         // The smallest single range that holds the rest keeps big ranges whole.
-        if let Some(a) = free.iter().filter(|a| a.len >= left).min_by_key(|a| (a.len, a.pv, a.start)) {
-            out.push(Area { pv: a.pv, start: a.start, len: left });
+        if let Some(a) = free
+            .iter()
+            .filter(|a| a.len >= left)
+            .min_by_key(|a| (a.len, a.pv, a.start))
+        {
+            out.push(Area {
+                pv: a.pv,
+                start: a.start,
+                len: left,
+            });
             return Ok(out);
         }
         free.sort_by_key(|a| (std::cmp::Reverse(a.len), a.pv, a.start));
@@ -104,7 +135,11 @@ impl Vg {
                 break;
             }
             let take = a.len.min(left);
-            out.push(Area { pv: a.pv, start: a.start, len: take });
+            out.push(Area {
+                pv: a.pv,
+                start: a.start,
+                len: take,
+            });
             left -= take;
         }
         Ok(out)

@@ -15,7 +15,8 @@ fn span(dev: &dyn BlockDev, offset: u64, len: u64) -> (u64, u64) {
 pub fn read(dev: &dyn BlockDev, what: &'static str, offset: u64, len: u64) -> Result<Vec<u8>> {
     let (start, end) = span(dev, offset, len);
     let mut buf = vec![0u8; usize_of(end - start)?];
-    dev.read_at(&mut buf, start).map_err(|e| Error::io(what, dev, e))?;
+    dev.read_at(&mut buf, start)
+        .map_err(|e| Error::io(what, dev, e))?;
     let skip = usize_of(offset - start)?;
     buf.drain(..skip);
     buf.truncate(usize_of(len)?);
@@ -27,12 +28,15 @@ pub fn read(dev: &dyn BlockDev, what: &'static str, offset: u64, len: u64) -> Re
 pub fn write(dev: &dyn BlockDev, what: &'static str, offset: u64, data: &[u8]) -> Result<()> {
     let (start, end) = span(dev, offset, data.len() as u64);
     if start == offset && end == offset + data.len() as u64 {
-        return dev.write_at(data, offset).map_err(|e| Error::io(what, dev, e));
+        return dev
+            .write_at(data, offset)
+            .map_err(|e| Error::io(what, dev, e));
     }
     let mut buf = read(dev, what, start, end - start)?;
     let at = usize_of(offset - start)?;
     buf[at..at + data.len()].copy_from_slice(data);
-    dev.write_at(&buf, start).map_err(|e| Error::io(what, dev, e))
+    dev.write_at(&buf, start)
+        .map_err(|e| Error::io(what, dev, e))
 }
 
 pub fn flush(dev: &dyn BlockDev, what: &'static str) -> Result<()> {
@@ -40,5 +44,6 @@ pub fn flush(dev: &dyn BlockDev, what: &'static str) -> Result<()> {
 }
 
 pub fn usize_of(n: u64) -> Result<usize> {
-    usize::try_from(n).map_err(|_| Error::InvalidArgument(format!("{n} bytes do not fit in memory")))
+    usize::try_from(n)
+        .map_err(|_| Error::InvalidArgument(format!("{n} bytes do not fit in memory")))
 }

@@ -34,19 +34,35 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
     let eb = vg.extent_bytes();
     // Metadata can hold numbers whose byte offsets do not fit a u64.
     let bytes = |what: &str, a: u64, b: u64| {
-        a.checked_mul(b).ok_or_else(|| Error::Metadata(format!("LV {}: {what} overflows a byte offset", lv.name)))
+        a.checked_mul(b).ok_or_else(|| {
+            Error::Metadata(format!("LV {}: {what} overflows a byte offset", lv.name))
+        })
     };
     let size = bytes("LV size", lv.extent_count(), eb)?;
     let mut segs = Vec::new();
     for seg in &lv.segments {
-        let SegmentKind::Striped { stripe_size, stripes } = &seg.kind else {
-            return Err(Error::InvalidArgument(format!("LV {}: only linear and striped LVs can be opened", lv.name)));
+        let SegmentKind::Striped {
+            stripe_size,
+            stripes,
+        } = &seg.kind
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "LV {}: only linear and striped LVs can be opened",
+                lv.name
+            )));
         };
         let len = bytes("segment size", seg.extent_count, eb)?;
         let area = bytes("stripe length", seg.area_len(), eb)?;
-        let chunk = if stripes.len() > 1 { bytes("stripe_size", stripe_size.unwrap_or(0), 512)? } else { len };
+        let chunk = if stripes.len() > 1 {
+            bytes("stripe_size", stripe_size.unwrap_or(0), 512)?
+        } else {
+            len
+        };
         if chunk == 0 {
-            return Err(Error::Metadata(format!("LV {}: striped segment without stripe_size", lv.name)));
+            return Err(Error::Metadata(format!(
+                "LV {}: striped segment without stripe_size",
+                lv.name
+            )));
         }
         // As for dm-stripe: each stripe's extents must hold whole chunks, or
         // the last chunk would run into extents of another LV.
@@ -58,11 +74,21 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
         }
         let mut mapped = Vec::new();
         for st in stripes {
-            let pv = vg.pv(&st.pv).ok_or_else(|| Error::Metadata(format!("LV {}: unknown PV {}", lv.name, st.pv)))?;
-            let dev = devs.get(&st.pv).ok_or_else(|| Error::NotFound { kind: "PV device", name: pv.id.to_string() })?;
+            let pv = vg
+                .pv(&st.pv)
+                .ok_or_else(|| Error::Metadata(format!("LV {}: unknown PV {}", lv.name, st.pv)))?;
+            let dev = devs.get(&st.pv).ok_or_else(|| Error::NotFound {
+                kind: "PV device",
+                name: pv.id.to_string(),
+            })?;
             let base = bytes("pe_start", pv.pe_start, 512)?
                 .checked_add(bytes("stripe start", st.start_pe, eb)?)
-                .ok_or_else(|| Error::Metadata(format!("LV {}: extents on PV {} overflow a byte offset", lv.name, pv.name)))?;
+                .ok_or_else(|| {
+                    Error::Metadata(format!(
+                        "LV {}: extents on PV {} overflow a byte offset",
+                        lv.name, pv.name
+                    ))
+                })?;
             if base.checked_add(area).is_none_or(|end| end > dev.size()) {
                 return Err(Error::Metadata(format!(
                     "LV {}: extents on PV {} end past its device ({} bytes)",
@@ -73,7 +99,12 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
             }
             mapped.push((dev.clone(), base));
         }
-        segs.push(MappedSeg { start: seg.start_extent * eb, len, chunk, stripes: mapped });
+        segs.push(MappedSeg {
+            start: seg.start_extent * eb,
+            len,
+            chunk,
+            stripes: mapped,
+        });
     }
     Ok(Map { size, segs })
 }
@@ -81,9 +112,22 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
 impl LvDev {
     pub fn new(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<LvDev> {
         let map = build(vg, lv, devs)?;
-        let all = map.segs.iter().flat_map(|s| s.stripes.iter().map(|(d, _)| d));
-        let (lss, pss) = all.fold((512, 512), |(l, p), d| (l.max(d.logical_sector_size()), p.max(d.physical_sector_size())));
-        Ok(LvDev { id: DevId(format!("lv:{}/{}", vg.id, lv.id)), lss, pss, map: RwLock::new(map) })
+        let all = map
+            .segs
+            .iter()
+            .flat_map(|s| s.stripes.iter().map(|(d, _)| d));
+        let (lss, pss) = all.fold((512, 512), |(l, p), d| {
+            (
+                l.max(d.logical_sector_size()),
+                p.max(d.physical_sector_size()),
+            )
+        });
+        Ok(LvDev {
+            id: DevId(format!("lv:{}/{}", vg.id, lv.id)),
+            lss,
+            pss,
+            map: RwLock::new(map),
+        })
     }
 
     /// Swaps in the LV's current segments (after it was extended or reduced).
@@ -94,14 +138,23 @@ impl LvDev {
     }
 
     /// Runs `f(dev, dev_offset, range_in_buf)` for each piece of an I/O.
-    fn each(&self, offset: u64, len: usize, mut f: impl FnMut(&dyn BlockDev, u64, std::ops::Range<usize>) -> san::Result<()>) -> san::Result<()> {
+    fn each(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(&dyn BlockDev, u64, std::ops::Range<usize>) -> san::Result<()>,
+    ) -> san::Result<()> {
         check_io(self, offset, len)?;
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut done = 0usize;
         while done < len {
             let pos = offset + done as u64;
             let i = map.segs.partition_point(|s| s.start + s.len <= pos);
-            let seg = map.segs.get(i).ok_or(san::Error::OutOfRange { offset, len: len as u64, size: map.size })?;
+            let seg = map.segs.get(i).ok_or(san::Error::OutOfRange {
+                offset,
+                len: len as u64,
+                size: map.size,
+            })?;
             let x = pos - seg.start;
             let (chunk_no, in_chunk) = (x / seg.chunk, x % seg.chunk);
             let n = seg.stripes.len() as u64;

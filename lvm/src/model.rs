@@ -11,10 +11,27 @@ pub const FORMAT_VERSION: i64 = 1;
 pub const SEG_STRIPED: &str = "striped";
 
 /// Status words lvm accepts (an unknown one makes the VG unreadable, spec §11).
-pub const VG_STATUS: &[&str] = &["EXPORTED", "RESIZEABLE", "PVMOVE", "READ", "WRITE", "CLUSTERED", "SHARED"];
+pub const VG_STATUS: &[&str] = &[
+    "EXPORTED",
+    "RESIZEABLE",
+    "PVMOVE",
+    "READ",
+    "WRITE",
+    "CLUSTERED",
+    "SHARED",
+];
 pub const PV_STATUS: &[&str] = &["ALLOCATABLE", "EXPORTED", "MISSING"];
-pub const LV_STATUS: &[&str] =
-    &["READ", "WRITE", "FIXED_MINOR", "VISIBLE", "PVMOVE", "LOCKED", "NOTSYNCED", "REBUILD", "WRITEMOSTLY"];
+pub const LV_STATUS: &[&str] = &[
+    "READ",
+    "WRITE",
+    "FIXED_MINOR",
+    "VISIBLE",
+    "PVMOVE",
+    "LOCKED",
+    "NOTSYNCED",
+    "REBUILD",
+    "WRITEMOSTLY",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vg {
@@ -78,7 +95,10 @@ pub struct Segment {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SegmentKind {
     /// Linear (one stripe) or striped over PVs.
-    Striped { stripe_size: Option<u64>, stripes: Vec<Stripe> },
+    Striped {
+        stripe_size: Option<u64>,
+        stripes: Vec<Stripe>,
+    },
     /// Any other segment type (thin, raid, …): kept, never reallocated.
     Other { type_name: String },
 }
@@ -97,7 +117,10 @@ impl Segment {
             extent_count,
             kind: SegmentKind::Striped {
                 stripe_size: None,
-                stripes: vec![Stripe { pv: pv.to_string(), start_pe }],
+                stripes: vec![Stripe {
+                    pv: pv.to_string(),
+                    start_pe,
+                }],
             },
             other: Section::default(),
         }
@@ -156,7 +179,10 @@ fn u32_of(sec: &Section, key: &str, ctx: &str) -> Result<u32> {
 }
 
 fn words(sec: &Section, key: &str, ctx: &str, required: bool) -> Result<Vec<String>> {
-    match sec.str_array(key).map_err(|e| meta(format!("{ctx}: {e}")))? {
+    match sec
+        .str_array(key)
+        .map_err(|e| meta(format!("{ctx}: {e}")))?
+    {
         Some(v) => Ok(v.into_iter().map(str::to_string).collect()),
         None if required => Err(meta(format!("{ctx}: `{key}` is missing"))),
         None => Ok(Vec::new()),
@@ -175,7 +201,12 @@ fn uuid(sec: &Section, ctx: &str) -> Result<Uuid> {
 /// Keys of `sec` not in `known`, in order.
 fn rest(sec: &Section, known: &[&str]) -> Section {
     Section {
-        entries: sec.entries.iter().filter(|(k, _)| !known.contains(&k.as_str())).cloned().collect(),
+        entries: sec
+            .entries
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -212,11 +243,15 @@ impl Vg {
             }
         }
         let seqno = u32_of(sec, "seqno", &ctx)?;
-        let pvs_sec = sec.req_section("physical_volumes").map_err(|e| meta(format!("{ctx}: {e}")))?;
+        let pvs_sec = sec
+            .req_section("physical_volumes")
+            .map_err(|e| meta(format!("{ctx}: {e}")))?;
         let mut pvs = Vec::new();
         for (pname, node) in &pvs_sec.entries {
             let Node::Section(p) = node else {
-                return Err(meta(format!("{ctx}: physical_volumes.{pname} is not a section")));
+                return Err(meta(format!(
+                    "{ctx}: physical_volumes.{pname} is not a section"
+                )));
             };
             pvs.push(Pv::from_section(pname, p)?);
         }
@@ -224,19 +259,36 @@ impl Vg {
         if let Some(lvs_sec) = sec.section("logical_volumes") {
             for (lname, node) in &lvs_sec.entries {
                 let Node::Section(l) = node else {
-                    return Err(meta(format!("{ctx}: logical_volumes.{lname} is not a section")));
+                    return Err(meta(format!(
+                        "{ctx}: logical_volumes.{lname} is not a section"
+                    )));
                 };
                 lvs.push(Lv::from_section(lname, l)?);
             }
         }
         let known = [
-            "id", "seqno", "format", "status", "flags", "tags", "extent_size", "max_lv", "max_pv",
-            "physical_volumes", "logical_volumes",
+            "id",
+            "seqno",
+            "format",
+            "status",
+            "flags",
+            "tags",
+            "extent_size",
+            "max_lv",
+            "max_pv",
+            "physical_volumes",
+            "logical_volumes",
         ];
         let mut other = rest(sec, &known);
-        let sections: Vec<_> =
-            other.entries.iter().filter(|(_, n)| matches!(n, Node::Section(_))).cloned().collect();
-        other.entries.retain(|(_, n)| !matches!(n, Node::Section(_)));
+        let sections: Vec<_> = other
+            .entries
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Section(_)))
+            .cloned()
+            .collect();
+        other
+            .entries
+            .retain(|(_, n)| !matches!(n, Node::Section(_)));
         Ok(Vg {
             name: name.to_string(),
             id: uuid(sec, &ctx)?,
@@ -260,10 +312,15 @@ impl Pv {
         let ctx = format!("PV {name}");
         let device = match sec.get("device") {
             None => None,
-            Some(_) => Some(sec.req_str("device").map_err(|e| meta(format!("{ctx}: {e}")))?.to_string()),
+            Some(_) => Some(
+                sec.req_str("device")
+                    .map_err(|e| meta(format!("{ctx}: {e}")))?
+                    .to_string(),
+            ),
         };
-        let known =
-            ["id", "device", "status", "flags", "tags", "dev_size", "pe_start", "pe_count"];
+        let known = [
+            "id", "device", "status", "flags", "tags", "dev_size", "pe_start", "pe_count",
+        ];
         Ok(Pv {
             name: name.to_string(),
             id: uuid(sec, &ctx)?,
@@ -271,7 +328,11 @@ impl Pv {
             status: status(sec, &ctx)?,
             flags: words(sec, "flags", &ctx, false)?,
             tags: words(sec, "tags", &ctx, false)?,
-            dev_size: if sec.get("dev_size").is_some() { uint(sec, "dev_size", &ctx)? } else { 0 },
+            dev_size: if sec.get("dev_size").is_some() {
+                uint(sec, "dev_size", &ctx)?
+            } else {
+                0
+            },
             pe_start: uint(sec, "pe_start", &ctx)?,
             pe_count: uint(sec, "pe_count", &ctx)?,
             other: rest(sec, &known),
@@ -285,8 +346,11 @@ impl Lv {
         let creation = match (sec.get("creation_time"), sec.get("creation_host")) {
             (None, None) => None,
             _ => Some((
-                sec.req_int("creation_time").map_err(|e| meta(format!("{ctx}: {e}")))?,
-                sec.req_str("creation_host").map_err(|e| meta(format!("{ctx}: {e}")))?.to_string(),
+                sec.req_int("creation_time")
+                    .map_err(|e| meta(format!("{ctx}: {e}")))?,
+                sec.req_str("creation_host")
+                    .map_err(|e| meta(format!("{ctx}: {e}")))?
+                    .to_string(),
             )),
         };
         let count = uint(sec, "segment_count", &ctx)?;
@@ -297,14 +361,29 @@ impl Lv {
             }
         }
         if segments.len() as u64 != count {
-            return Err(meta(format!("{ctx}: segment_count is {count} but {} segments follow", segments.len())));
+            return Err(meta(format!(
+                "{ctx}: segment_count is {count} but {} segments follow",
+                segments.len()
+            )));
         }
         segments.sort_by_key(|s| s.start_extent);
         let mut other = rest(
             sec,
-            &["id", "status", "flags", "tags", "creation_time", "creation_host", "segment_count"],
+            &[
+                "id",
+                "status",
+                "flags",
+                "tags",
+                "creation_time",
+                "creation_host",
+                "segment_count",
+            ],
         );
-        other.entries.retain(|(_, n)| !matches!(n, Node::Section(_)));
+        // Segments are written as segment1…N: a value kept under such a name
+        // would be a duplicate key in the text we write (lvm ignores it too).
+        other
+            .entries
+            .retain(|(k, n)| !matches!(n, Node::Section(_)) && !is_segment_key(k));
         Ok(Lv {
             name: name.to_string(),
             id: uuid(sec, &ctx)?,
@@ -318,9 +397,17 @@ impl Lv {
     }
 }
 
+/// `segment<N>`: the names segments are written under.
+fn is_segment_key(k: &str) -> bool {
+    k.strip_prefix("segment")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Segment {
     fn from_section(ctx: &str, sec: &Section) -> Result<Segment> {
-        let type_name = sec.req_str("type").map_err(|e| meta(format!("{ctx}: {e}")))?;
+        let type_name = sec
+            .req_str("type")
+            .map_err(|e| meta(format!("{ctx}: {e}")))?;
         let (kind, known): (_, &[&str]) = if type_name == SEG_STRIPED {
             let count = uint(sec, "stripe_count", ctx)?;
             let list = match sec.get("stripes") {
@@ -336,20 +423,43 @@ impl Segment {
             let mut stripes = Vec::new();
             for pair in list.chunks_exact(2) {
                 match (&pair[0], &pair[1]) {
-                    (Value::Str(pv), Value::Int(pe)) if *pe >= 0 => {
-                        stripes.push(Stripe { pv: pv.clone(), start_pe: *pe as u64 })
+                    (Value::Str(pv), Value::Int(pe)) if *pe >= 0 => stripes.push(Stripe {
+                        pv: pv.clone(),
+                        start_pe: *pe as u64,
+                    }),
+                    _ => {
+                        return Err(meta(format!(
+                            "{ctx}: `stripes` must hold \"pvN\", start pairs"
+                        )))
                     }
-                    _ => return Err(meta(format!("{ctx}: `stripes` must hold \"pvN\", start pairs"))),
                 }
             }
-            let stripe_size =
-                if sec.get("stripe_size").is_some() { Some(uint(sec, "stripe_size", ctx)?) } else { None };
+            let stripe_size = if sec.get("stripe_size").is_some() {
+                Some(uint(sec, "stripe_size", ctx)?)
+            } else {
+                None
+            };
             (
-                SegmentKind::Striped { stripe_size, stripes },
-                &["start_extent", "extent_count", "type", "stripe_count", "stripe_size", "stripes"],
+                SegmentKind::Striped {
+                    stripe_size,
+                    stripes,
+                },
+                &[
+                    "start_extent",
+                    "extent_count",
+                    "type",
+                    "stripe_count",
+                    "stripe_size",
+                    "stripes",
+                ],
             )
         } else {
-            (SegmentKind::Other { type_name: type_name.to_string() }, &["start_extent", "extent_count", "type"])
+            (
+                SegmentKind::Other {
+                    type_name: type_name.to_string(),
+                },
+                &["start_extent", "extent_count", "type"],
+            )
         };
         Ok(Segment {
             start_extent: uint(sec, "start_extent", ctx)?,
@@ -453,7 +563,10 @@ impl Lv {
             e.int("start_extent", seg.start_extent as i64);
             e.int("extent_count", seg.extent_count as i64);
             match &seg.kind {
-                SegmentKind::Striped { stripe_size, stripes } => {
+                SegmentKind::Striped {
+                    stripe_size,
+                    stripes,
+                } => {
                     e.str("type", SEG_STRIPED);
                     e.int("stripe_count", stripes.len() as i64);
                     if let Some(size) = stripe_size {

@@ -15,7 +15,13 @@ const LV_RESERVED_SUBSTRINGS: &[&str] = &[
 
 /// Character and length rules shared by VG and LV names (no reserved words).
 pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidName { kind, name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            kind,
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("empty");
     }
@@ -28,25 +34,56 @@ pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<()> {
     if name.starts_with('-') {
         return bad("must not start with `-`");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+    {
         return bad("only A-Z a-z 0-9 + _ . - are allowed");
     }
     Ok(())
 }
 
+/// Keys at the top level of the metadata text, beside the VG section: a VG
+/// of that name would make a text with a duplicate key, which no reader takes.
+const VG_RESERVED: &[&str] = &[
+    "contents",
+    "version",
+    "description",
+    "creation_host",
+    "creation_time",
+    "creation_host_system_id",
+];
+
 pub fn check_vg_name(name: &str) -> Result<()> {
-    check_name("VG", name)
+    check_name("VG", name)?;
+    if VG_RESERVED.contains(&name) {
+        let reason = "reserved: a top-level key of the metadata text";
+        return Err(Error::InvalidName {
+            kind: "VG",
+            name: name.to_string(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 /// An LV name, also checked against its VG's name length (spec §13).
 pub fn check_lv_name(vg: &str, name: &str) -> Result<()> {
     check_name("LV", name)?;
-    let bad = |reason| Err(Error::InvalidName { kind: "LV", name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            kind: "LV",
+            name: name.to_string(),
+            reason,
+        })
+    };
     if LV_RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
         return bad("names starting with `snapshot` or `pvmove` are reserved");
     }
     if LV_RESERVED_SUBSTRINGS.iter().any(|s| name.contains(s)) {
-        return bad("contains a suffix reserved for LVM's internal LVs (such as _mlog, _rimage, _tdata)");
+        return bad(
+            "contains a suffix reserved for LVM's internal LVs (such as _mlog, _rimage, _tdata)",
+        );
     }
     if vg.len() + name.len() > VG_LV_NAME_MAX {
         return bad("VG and LV names together are longer than 124 characters");
@@ -55,18 +92,27 @@ pub fn check_lv_name(vg: &str, name: &str) -> Result<()> {
 }
 
 pub fn check_tag(tag: &str) -> Result<()> {
-    let bad = |reason| Err(Error::InvalidTag { tag: tag.to_string(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidTag {
+            tag: tag.to_string(),
+            reason,
+        })
+    };
     if tag.is_empty() {
         return bad("empty");
     }
-    if !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+.-/=!:&#".contains(&b)) {
+    if !tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_+.-/=!:&#".contains(&b))
+    {
         return bad("only A-Z a-z 0-9 _ + . - / = ! : & # are allowed");
     }
     Ok(())
 }
 
 pub const UUID_LEN: usize = 32;
-const UUID_ALPHABET: &[u8; 64] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#";
+const UUID_ALPHABET: &[u8; 64] =
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!#";
 /// lvm generates only from the alphanumerics.
 const UUID_GENERATED: usize = 62;
 const UUID_GROUPS: [usize; 7] = [6, 4, 4, 4, 4, 4, 6];
@@ -81,8 +127,9 @@ impl Uuid {
         let mut i = 0;
         while i < UUID_LEN {
             let mut raw = [0u8; 64];
-            getrandom::fill(&mut raw)
-                .map_err(|e| Error::InvalidArgument(format!("no random numbers for a UUID: {e}")))?;
+            getrandom::fill(&mut raw).map_err(|e| {
+                Error::InvalidArgument(format!("no random numbers for a UUID: {e}"))
+            })?;
             // Rejection sampling keeps the distribution uniform over 62 characters.
             for b in raw {
                 if i < UUID_LEN && usize::from(b) < 248 {
@@ -108,13 +155,16 @@ impl Uuid {
             n += 1;
         }
         if n != UUID_LEN {
-            return Err(Error::Metadata(format!("invalid UUID {s:?}: {n} characters, 32 needed")));
+            return Err(Error::Metadata(format!(
+                "invalid UUID {s:?}: {n} characters, 32 needed"
+            )));
         }
         Ok(Uuid(out))
     }
 
     pub fn from_bytes(raw: &[u8; UUID_LEN]) -> Result<Uuid> {
-        let s = std::str::from_utf8(raw).map_err(|_| Error::Metadata("UUID is not ASCII".into()))?;
+        let s =
+            std::str::from_utf8(raw).map_err(|_| Error::Metadata("UUID is not ASCII".into()))?;
         Uuid::parse(s)
     }
 
@@ -156,7 +206,18 @@ mod tests {
         for ok in ["a+b.c_d-e", "vg0", "snapsho", "x"] {
             check_lv_name("vg", ok).unwrap();
         }
-        for bad in ["snapshotx", "pvmove0", "a_mlog", "x_pmspare", ".", "..", "-x", "a@b", "", "a b"] {
+        for bad in [
+            "snapshotx",
+            "pvmove0",
+            "a_mlog",
+            "x_pmspare",
+            ".",
+            "..",
+            "-x",
+            "a@b",
+            "",
+            "a b",
+        ] {
             assert!(check_lv_name("vg", bad).is_err(), "{bad} accepted");
         }
         check_lv_name("specvg", &"a".repeat(118)).unwrap();

@@ -10,7 +10,10 @@
 
 use crate::label::{write_label, PvLabel, PV_EXT_USED, PV_EXT_VERSION};
 use crate::lvdev::LvDev;
-use crate::mda::{max_text_len, next_offset, read_header, write_header, write_text, MdaHeader, RawLocn, MDA_HEADER_SIZE};
+use crate::mda::{
+    max_text_len, next_offset, read_header, write_header, write_text, MdaHeader, RawLocn,
+    MDA_HEADER_SIZE,
+};
 use crate::model::{TextHeader, Vg};
 use crate::ops::{hostname, Stamp};
 use crate::scan::{scan, AreaScan, LabelScan, PvDev, Scan};
@@ -61,7 +64,12 @@ impl OpenVg {
         let name = match (name, names.as_slice()) {
             (Some(n), _) => n.to_string(),
             (None, [one]) => one.clone(),
-            (None, []) => return Err(damage(&scan).unwrap_or(Error::NotFound { kind: "VG", name: "(any)".into() })),
+            (None, []) => {
+                return Err(damage(&scan).unwrap_or(Error::NotFound {
+                    kind: "VG",
+                    name: "(any)".into(),
+                }))
+            }
             (None, many) => {
                 return Err(Error::InvalidArgument(format!(
                     "several VGs found ({}): name the one to open",
@@ -83,13 +91,21 @@ impl OpenVg {
         let mut members: Vec<Member> = Vec::new();
         for d in &devs {
             if let LabelScan::Bad(reason) = &d.label {
-                health.corrupt.push(format!("{}: bad PV label: {reason}", d.pv.path));
+                health
+                    .corrupt
+                    .push(format!("{}: bad PV label: {reason}", d.pv.path));
             }
         }
         for pv in &vg.pvs {
-            let mut found = devs.iter().filter(|d| matches!(&d.label, LabelScan::Pv(l) if l.uuid == pv.id));
+            let mut found = devs
+                .iter()
+                .filter(|d| matches!(&d.label, LabelScan::Pv(l) if l.uuid == pv.id));
             let Some(d) = found.next() else {
-                health.missing.push(format!("PV {} ({})", pv.id, pv.device.as_deref().unwrap_or("?")));
+                health.missing.push(format!(
+                    "PV {} ({})",
+                    pv.id,
+                    pv.device.as_deref().unwrap_or("?")
+                ));
                 continue;
             };
             if let Some(other) = found.find(|o| o.pv.dev.identity() != d.pv.dev.identity()) {
@@ -101,40 +117,74 @@ impl OpenVg {
                     ),
                 });
             }
-            let LabelScan::Pv(label) = &d.label else { continue };
+            let LabelScan::Pv(label) = &d.label else {
+                continue;
+            };
             let mut areas = Vec::new();
             for a in &d.areas {
                 let (header, problem) = match &a.state {
                     AreaScan::BadHeader(reason) => {
-                        health.corrupt.push(format!("{} metadata area at byte {}: {reason}", d.pv.path, a.start));
+                        health.corrupt.push(format!(
+                            "{} metadata area at byte {}: {reason}",
+                            d.pv.path, a.start
+                        ));
                         continue;
                     }
                     AreaScan::BadText(h, reason) => {
-                        health.corrupt.push(format!("{}: {reason}", area_name(&d.pv, h)));
+                        health
+                            .corrupt
+                            .push(format!("{}: {reason}", area_name(&d.pv, h)));
                         continue;
                     }
                     AreaScan::Ignored(h) => {
-                        areas.push(Area { header: *h, ignored: true });
+                        areas.push(Area {
+                            header: *h,
+                            ignored: true,
+                        });
                         continue;
                     }
                     AreaScan::Empty(h) => (h, Some("holds no metadata".to_string())),
                     AreaScan::Metadata(h, i) => {
                         let t = &texts[*i];
                         if t.vg.name != vg.name {
-                            health.corrupt.push(format!("{}: holds VG {}", area_name(&d.pv, h), t.vg.name));
+                            health.corrupt.push(format!(
+                                "{}: holds VG {}",
+                                area_name(&d.pv, h),
+                                t.vg.name
+                            ));
                             continue;
                         }
-                        (h, (*i != winner).then(|| format!("holds seqno {} (newest {})", t.vg.seqno, vg.seqno)))
+                        (
+                            h,
+                            (*i != winner).then(|| {
+                                format!("holds seqno {} (newest {})", t.vg.seqno, vg.seqno)
+                            }),
+                        )
                     }
                 };
                 if let Some(p) = problem {
-                    health.stale.push(format!("{}: {p}", area_name(&d.pv, header)));
+                    health
+                        .stale
+                        .push(format!("{}: {p}", area_name(&d.pv, header)));
                 }
-                areas.push(Area { header: *header, ignored: false });
+                areas.push(Area {
+                    header: *header,
+                    ignored: false,
+                });
             }
-            members.push(Member { pv: d.pv.clone(), label: label.clone(), areas });
+            members.push(Member {
+                pv: d.pv.clone(),
+                label: label.clone(),
+                areas,
+            });
         }
-        Ok(OpenVg { vg, raw, members, health, failed: false })
+        Ok(OpenVg {
+            vg,
+            raw,
+            members,
+            health,
+            failed: false,
+        })
     }
 
     /// Creates VG `name` on formatted, unused PVs.
@@ -147,9 +197,17 @@ impl OpenVg {
             members.push(member);
         }
         if !members.iter().flat_map(|m| &m.areas).any(|a| !a.ignored) {
-            return Err(Error::InvalidArgument(format!("VG {name} needs at least one PV with a metadata area")));
+            return Err(Error::InvalidArgument(format!(
+                "VG {name} needs at least one PV with a metadata area"
+            )));
         }
-        let mut open = OpenVg { vg: vg.clone(), raw: Vec::new(), members, health: Health::default(), failed: false };
+        let mut open = OpenVg {
+            vg: vg.clone(),
+            raw: Vec::new(),
+            members,
+            health: Health::default(),
+            failed: false,
+        };
         open.commit(vg, &format!("ssvadm vg create {name}"))?;
         Ok(open)
     }
@@ -158,36 +216,67 @@ impl OpenVg {
     fn orphan(pv: &PvDev) -> Result<Member> {
         let scan = scan(std::slice::from_ref(pv))?;
         let Some(d) = scan.devs.into_iter().next() else {
-            return Err(Error::NoLabel { dev: pv.path.clone() });
+            return Err(Error::NoLabel {
+                dev: pv.path.clone(),
+            });
         };
         let label = match d.label {
             LabelScan::Pv(l) => l,
-            LabelScan::None => return Err(Error::NoLabel { dev: pv.path.clone() }),
-            LabelScan::Bad(reason) => return Err(Error::BadLabel { dev: pv.path.clone(), reason }),
+            LabelScan::None => {
+                return Err(Error::NoLabel {
+                    dev: pv.path.clone(),
+                })
+            }
+            LabelScan::Bad(reason) => {
+                return Err(Error::BadLabel {
+                    dev: pv.path.clone(),
+                    reason,
+                })
+            }
         };
         let mut areas = Vec::new();
         for a in d.areas {
             match a.state {
-                AreaScan::Empty(h) => areas.push(Area { header: h, ignored: false }),
-                AreaScan::Ignored(h) => areas.push(Area { header: h, ignored: true }),
+                AreaScan::Empty(h) => areas.push(Area {
+                    header: h,
+                    ignored: false,
+                }),
+                AreaScan::Ignored(h) => areas.push(Area {
+                    header: h,
+                    ignored: true,
+                }),
                 AreaScan::Metadata(_, i) => {
                     return Err(Error::Refused {
                         vg: scan.texts[i].vg.name.clone(),
-                        reason: format!("{} already holds metadata of VG {}", pv.path, scan.texts[i].vg.name),
+                        reason: format!(
+                            "{} already holds metadata of VG {}",
+                            pv.path, scan.texts[i].vg.name
+                        ),
                     })
                 }
                 AreaScan::BadHeader(reason) | AreaScan::BadText(_, reason) => {
-                    return Err(Error::BadMdaHeader { dev: pv.path.clone(), start: a.start, reason })
+                    return Err(Error::BadMdaHeader {
+                        dev: pv.path.clone(),
+                        start: a.start,
+                        reason,
+                    })
                 }
             }
         }
         if label.in_use() {
             return Err(Error::Refused {
                 vg: "?".into(),
-                reason: format!("{} is marked as used by a VG whose metadata is not on it", pv.path),
+                reason: format!(
+                    "{} is marked as used by a VG whose metadata is not on it",
+                    pv.path
+                ),
             });
         }
-        Ok(Member { pv: pv.clone(), label, areas })
+        Ok(Member {
+            pv: pv.clone(),
+            label,
+            areas,
+        })
     }
 
     pub fn vg(&self) -> &Vg {
@@ -208,7 +297,11 @@ impl OpenVg {
     }
 
     /// Applies `f` to a copy of the VG and commits it; on any error nothing changes.
-    pub fn change<T>(&mut self, description: &str, f: impl FnOnce(&mut Vg) -> Result<T>) -> Result<T> {
+    pub fn change<T>(
+        &mut self,
+        description: &str,
+        f: impl FnOnce(&mut Vg) -> Result<T>,
+    ) -> Result<T> {
         let mut new = self.vg.clone();
         let out = f(&mut new)?;
         self.commit(new, description)?;
@@ -217,14 +310,24 @@ impl OpenVg {
 
     /// Adds a formatted, unused PV to the VG.
     pub fn add_pv(&mut self, pv: &PvDev) -> Result<()> {
-        if self.members.iter().any(|m| m.pv.dev.identity() == pv.dev.identity()) {
-            return Err(Error::Exists { kind: "PV", name: pv.path.clone() });
+        if self
+            .members
+            .iter()
+            .any(|m| m.pv.dev.identity() == pv.dev.identity())
+        {
+            return Err(Error::Exists {
+                kind: "PV",
+                name: pv.path.clone(),
+            });
         }
         let member = Self::orphan(pv)?;
         let mut new = self.vg.clone();
         new.add_pv(&member.label, &pv.path)?;
         self.members.push(member);
-        if let Err(e) = self.commit(new, &format!("ssvadm vg extend {} {}", self.vg.name, pv.path)) {
+        if let Err(e) = self.commit(
+            new,
+            &format!("ssvadm vg extend {} {}", self.vg.name, pv.path),
+        ) {
             self.members.pop();
             return Err(e);
         }
@@ -254,7 +357,10 @@ impl OpenVg {
 
     /// The LV as a block device over its segments.
     pub fn lv_dev(&self, name: &str) -> Result<LvDev> {
-        let lv = self.vg.lv(name).ok_or_else(|| Error::NotFound { kind: "LV", name: name.to_string() })?;
+        let lv = self.vg.lv(name).ok_or_else(|| Error::NotFound {
+            kind: "LV",
+            name: name.to_string(),
+        })?;
         let devs: HashMap<String, Arc<dyn san::BlockDev>> = self
             .vg
             .pvs
@@ -272,17 +378,28 @@ impl OpenVg {
         let reason = if self.failed {
             "an earlier write failed part-way; reload the VG before changing it".to_string()
         } else if !h.corrupt.is_empty() {
-            format!("damaged metadata: {}; check the devices, then run `ssvadm repair`", h.corrupt.join("; "))
+            format!(
+                "damaged metadata: {}; check the devices, then run `ssvadm repair`",
+                h.corrupt.join("; ")
+            )
         } else if !h.missing.is_empty() {
-            format!("missing PVs: {}; give every device of the VG", h.missing.join("; "))
+            format!(
+                "missing PVs: {}; give every device of the VG",
+                h.missing.join("; ")
+            )
         } else {
             return Ok(());
         };
-        Err(Error::Refused { vg: self.vg.name.clone(), reason })
+        Err(Error::Refused {
+            vg: self.vg.name.clone(),
+            reason,
+        })
     }
 
     fn labels_outdated(&self) -> bool {
-        self.members.iter().any(|m| m.label.ext_version < PV_EXT_VERSION || !m.label.in_use())
+        self.members
+            .iter()
+            .any(|m| m.label.ext_version < PV_EXT_VERSION || !m.label.in_use())
     }
 
     fn commit(&mut self, mut new: Vg, description: &str) -> Result<()> {
@@ -321,16 +438,29 @@ impl OpenVg {
                 if now.committed != a.header.committed {
                     return Err(Error::Stale {
                         vg: self.vg.name.clone(),
-                        detail: format!("the committed copy in {} moved", area_name(&m.pv, &a.header)),
+                        detail: format!(
+                            "the committed copy in {} moved",
+                            area_name(&m.pv, &a.header)
+                        ),
                     });
                 }
                 let max = max_text_len(a.header.size);
                 if len > max {
-                    return Err(Error::MetadataTooLarge { dev: m.pv.path.clone(), len, max, area: a.header.size });
+                    return Err(Error::MetadataTooLarge {
+                        dev: m.pv.path.clone(),
+                        len,
+                        max,
+                        area: a.header.size,
+                    });
                 }
                 let at = next_offset(&a.header.committed, a.header.size);
                 if overlaps(&a.header.committed, at, len, a.header.size) {
-                    return Err(Error::MetadataTooLarge { dev: m.pv.path.clone(), len, max, area: a.header.size });
+                    return Err(Error::MetadataTooLarge {
+                        dev: m.pv.path.clone(),
+                        len,
+                        max,
+                        area: a.header.size,
+                    });
                 }
             }
         }
@@ -347,7 +477,9 @@ impl OpenVg {
             let mut next = locns.iter();
             for m in &mut self.members {
                 for a in m.areas.iter_mut().filter(|a| !a.ignored) {
-                    let l = *next.next().ok_or_else(|| Error::InvalidArgument("area count changed".into()))?;
+                    let l = *next
+                        .next()
+                        .ok_or_else(|| Error::InvalidArgument("area count changed".into()))?;
                     let mut h = a.header;
                     if precommit {
                         h.precommitted = l;
@@ -368,7 +500,9 @@ impl OpenVg {
     }
 
     fn flush_all(&self) -> Result<()> {
-        self.members.iter().try_for_each(|m| io::flush(&*m.pv.dev, "flushing metadata"))
+        self.members
+            .iter()
+            .try_for_each(|m| io::flush(&*m.pv.dev, "flushing metadata"))
     }
 
     /// Marks every member PV as used by a VG (pv_header_extension v2, USED).
@@ -393,15 +527,26 @@ fn damage(scan: &Scan) -> Option<Error> {
     for d in &scan.devs {
         let dev = || d.pv.path.clone();
         if let LabelScan::Bad(reason) = &d.label {
-            return Some(Error::BadLabel { dev: dev(), reason: reason.clone() });
+            return Some(Error::BadLabel {
+                dev: dev(),
+                reason: reason.clone(),
+            });
         }
         for a in &d.areas {
             match &a.state {
                 AreaScan::BadHeader(reason) => {
-                    return Some(Error::BadMdaHeader { dev: dev(), start: a.start, reason: reason.clone() })
+                    return Some(Error::BadMdaHeader {
+                        dev: dev(),
+                        start: a.start,
+                        reason: reason.clone(),
+                    })
                 }
                 AreaScan::BadText(_, reason) => {
-                    return Some(Error::BadText { dev: dev(), start: a.start, reason: reason.clone() })
+                    return Some(Error::BadText {
+                        dev: dev(),
+                        start: a.start,
+                        reason: reason.clone(),
+                    })
                 }
                 _ => {}
             }
@@ -424,5 +569,8 @@ fn overlaps(old: &RawLocn, at: u64, len: u64, area: u64) -> bool {
     };
     let a = ranges(old.offset, old.size);
     let b = ranges(at, len);
-    a.iter().any(|x| b.iter().any(|y| x.0 < x.1 && y.0 < y.1 && x.0 < y.1 && y.0 < x.1))
+    a.iter().any(|x| {
+        b.iter()
+            .any(|y| x.0 < x.1 && y.0 < y.1 && x.0 < y.1 && y.0 < x.1)
+    })
 }

@@ -21,7 +21,10 @@ impl Stamp {
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Stamp { time, host: hostname() }
+        Stamp {
+            time,
+            host: hostname(),
+        }
     }
 }
 
@@ -38,7 +41,10 @@ pub fn hostname() -> String {
 }
 
 fn not_found(kind: &'static str, name: &str) -> Error {
-    Error::NotFound { kind, name: name.to_string() }
+    Error::NotFound {
+        kind,
+        name: name.to_string(),
+    }
 }
 
 impl Vg {
@@ -46,7 +52,9 @@ impl Vg {
     pub fn new(name: &str, extent_size_bytes: u64) -> Result<Vg> {
         check_vg_name(name)?;
         if extent_size_bytes % 512 != 0 {
-            return Err(Error::InvalidArgument(format!("extent size {extent_size_bytes} is not a multiple of 512")));
+            return Err(Error::InvalidArgument(format!(
+                "extent size {extent_size_bytes} is not a multiple of 512"
+            )));
         }
         check_extent_size(extent_size_bytes / 512)?;
         let mut other = Section::default();
@@ -71,14 +79,26 @@ impl Vg {
     /// Adds a formatted PV (its label) to the model; returns its local name.
     pub fn add_pv(&mut self, label: &PvLabel, device: &str) -> Result<String> {
         if self.pvs.iter().any(|p| p.id == label.uuid) {
-            return Err(Error::Exists { kind: "PV", name: label.uuid.to_string() });
+            return Err(Error::Exists {
+                kind: "PV",
+                name: label.uuid.to_string(),
+            });
         }
         if self.max_pv != 0 && self.pvs.len() >= self.max_pv as usize {
-            return Err(Error::InvalidArgument(format!("VG {} already has max_pv = {} PVs", self.name, self.max_pv)));
+            return Err(Error::InvalidArgument(format!(
+                "VG {} already has max_pv = {} PVs",
+                self.name, self.max_pv
+            )));
         }
         let pe_start = label.pe_start();
         // A metadata area at the end of the device ends the data area.
-        let data_end = label.mdas.iter().map(|m| m.offset).filter(|&o| o > pe_start).min().unwrap_or(label.device_size);
+        let data_end = label
+            .mdas
+            .iter()
+            .map(|m| m.offset)
+            .filter(|&o| o > pe_start)
+            .min()
+            .unwrap_or(label.device_size);
         let pe_count = data_end.saturating_sub(pe_start) / self.extent_bytes();
         if pe_count == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -86,7 +106,10 @@ impl Vg {
                 self.extent_bytes()
             )));
         }
-        let name = (0..).map(|i| format!("pv{i}")).find(|n| self.pv(n).is_none()).unwrap_or_default();
+        let name = (0..)
+            .map(|i| format!("pv{i}"))
+            .find(|n| self.pv(n).is_none())
+            .unwrap_or_default();
         self.pvs.push(Pv {
             name: name.clone(),
             id: label.uuid,
@@ -103,7 +126,10 @@ impl Vg {
     }
 
     fn lv_index(&self, name: &str) -> Result<usize> {
-        self.lvs.iter().position(|l| l.name == name).ok_or_else(|| not_found("LV", name))
+        self.lvs
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| not_found("LV", name))
     }
 
     fn segments_from(&self, mut start_extent: u64, areas: &[Area]) -> Vec<Segment> {
@@ -118,16 +144,30 @@ impl Vg {
     }
 
     /// Creates a linear LV of `extents` extents.
-    pub fn create_lv(&mut self, name: &str, extents: u64, tags: &[String], stamp: &Stamp) -> Result<&Lv> {
+    pub fn create_lv(
+        &mut self,
+        name: &str,
+        extents: u64,
+        tags: &[String],
+        stamp: &Stamp,
+    ) -> Result<&Lv> {
         check_lv_name(&self.name, name)?;
         if self.lv(name).is_some() {
-            return Err(Error::Exists { kind: "LV", name: name.to_string() });
+            return Err(Error::Exists {
+                kind: "LV",
+                name: name.to_string(),
+            });
         }
         if extents == 0 {
-            return Err(Error::InvalidArgument(format!("LV {name}: size must be at least one extent")));
+            return Err(Error::InvalidArgument(format!(
+                "LV {name}: size must be at least one extent"
+            )));
         }
         if self.max_lv != 0 && self.lvs.len() >= self.max_lv as usize {
-            return Err(Error::InvalidArgument(format!("VG {} already has max_lv = {} LVs", self.name, self.max_lv)));
+            return Err(Error::InvalidArgument(format!(
+                "VG {} already has max_lv = {} LVs",
+                self.name, self.max_lv
+            )));
         }
         for tag in tags {
             check_tag(tag)?;
@@ -156,8 +196,14 @@ impl Vg {
         }
         let lv = &self.lvs[i];
         let last = lv.segments.last();
-        if lv.segments.iter().any(|s| !matches!(s.kind, SegmentKind::Striped { .. })) {
-            return Err(Error::InvalidArgument(format!("LV {name} has segments of a type we do not extend")));
+        if lv
+            .segments
+            .iter()
+            .any(|s| !matches!(s.kind, SegmentKind::Striped { .. }))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "LV {name} has segments of a type we do not extend"
+            )));
         }
         let after = last.and_then(|s| match &s.kind {
             SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => {
@@ -175,7 +221,11 @@ impl Vg {
                 SegmentKind::Striped { stripes: b, .. },
             ) = (&prev.kind, &first.kind)
             {
-                if a.len() == 1 && a[0].pv == b[0].pv && a[0].start_pe + prev.extent_count == b[0].start_pe && prev.other.entries.is_empty() {
+                if a.len() == 1
+                    && a[0].pv == b[0].pv
+                    && a[0].start_pe + prev.extent_count == b[0].start_pe
+                    && prev.other.entries.is_empty()
+                {
                     prev.extent_count += first.extent_count;
                     new.remove(0);
                 }
@@ -198,14 +248,18 @@ impl Vg {
         let mut segments = lv.segments.clone();
         let mut left = extents;
         while left > 0 {
-            let Some(seg) = segments.last_mut() else { break };
+            let Some(seg) = segments.last_mut() else {
+                break;
+            };
             if seg.extent_count <= left {
                 left -= seg.extent_count;
                 segments.pop();
                 continue;
             }
             let SegmentKind::Striped { stripes, .. } = &seg.kind else {
-                return Err(Error::InvalidArgument(format!("LV {name}: cannot cut a segment of this type")));
+                return Err(Error::InvalidArgument(format!(
+                    "LV {name}: cannot cut a segment of this type"
+                )));
             };
             if left % stripes.len() as u64 != 0 {
                 return Err(Error::InvalidArgument(format!(
@@ -228,7 +282,10 @@ impl Vg {
     pub fn rename_lv(&mut self, name: &str, new_name: &str) -> Result<()> {
         check_lv_name(&self.name, new_name)?;
         if self.lv(new_name).is_some() {
-            return Err(Error::Exists { kind: "LV", name: new_name.to_string() });
+            return Err(Error::Exists {
+                kind: "LV",
+                name: new_name.to_string(),
+            });
         }
         let i = self.lv_index(name)?;
         self.lvs[i].name = new_name.to_string();
@@ -236,7 +293,12 @@ impl Vg {
     }
 
     /// Adds and removes tags of an LV (`lv = None`: of the VG).
-    pub fn change_tags(&mut self, lv: Option<&str>, add: &[String], remove: &[String]) -> Result<()> {
+    pub fn change_tags(
+        &mut self,
+        lv: Option<&str>,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<()> {
         for tag in add {
             check_tag(tag)?;
         }

@@ -1000,7 +1000,10 @@ pub fn emit(root: &Section) -> String {
 
 /// [`emit`], appending to `out`.
 pub fn emit_into(out: &mut String, root: &Section) {
-    let mut e = Emitter { out: std::mem::take(out), first: true };
+    let mut e = Emitter {
+        out: std::mem::take(out),
+        first: true,
+    };
     e.entries(root);
     *out = e.out;
 }
@@ -1014,7 +1017,10 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn with_capacity(bytes: usize) -> Emitter {
-        Emitter { out: String::with_capacity(bytes), first: true }
+        Emitter {
+            out: String::with_capacity(bytes),
+            first: true,
+        }
     }
 
     fn key(&mut self, key: &str) {
@@ -1049,7 +1055,9 @@ impl Emitter {
     pub fn value(&mut self, key: &str, v: &Value) {
         self.key(key);
         match v {
-            Value::Array(items) if key == "stripes" && !items.is_empty() => write_stripes(&mut self.out, items),
+            Value::Array(items) if key == "stripes" && !items.is_empty() => {
+                write_stripes(&mut self.out, items)
+            }
             _ => write_value(&mut self.out, v),
         }
         self.out.push('\n');

@@ -22,7 +22,10 @@ const EXTENT_SIZE_MAX: u64 = 1 << 32;
 
 /// An extent size (in sectors) lvm accepts: a power of two, or a multiple of 128 KiB.
 pub fn check_extent_size(sectors: u64) -> Result<()> {
-    if sectors == 0 || sectors > EXTENT_SIZE_MAX || !(sectors.is_power_of_two() || sectors % 256 == 0) {
+    if sectors == 0
+        || sectors > EXTENT_SIZE_MAX
+        || !(sectors.is_power_of_two() || sectors % 256 == 0)
+    {
         return Err(Error::InvalidArgument(format!(
             "extent size of {sectors} sectors: must be a power of two or a multiple of 128 KiB"
         )));
@@ -52,7 +55,12 @@ impl Vg {
                 .pe_count
                 .checked_mul(self.extent_size)
                 .and_then(|n| n.checked_add(pv.pe_start))
-                .ok_or_else(|| meta(format!("PV {}: pe_count {} is absurd", pv.name, pv.pe_count)))?;
+                .ok_or_else(|| {
+                    meta(format!(
+                        "PV {}: pe_count {} is absurd",
+                        pv.name, pv.pe_count
+                    ))
+                })?;
             if pv.dev_size > 0 && end > pv.dev_size {
                 return Err(meta(format!(
                     "PV {}: {} extents from sector {} end past the device size of {} sectors",
@@ -64,7 +72,10 @@ impl Vg {
         for lv in &self.lvs {
             check_name("LV", &lv.name)?;
             if !names.insert(lv.name.as_str()) || !ids.insert(lv.id) {
-                return Err(meta(format!("LV {} or its id {} is not unique", lv.name, lv.id)));
+                return Err(meta(format!(
+                    "LV {} or its id {} is not unique",
+                    lv.name, lv.id
+                )));
             }
             for tag in &lv.tags {
                 check_tag(tag)?;
@@ -81,7 +92,11 @@ impl Vg {
                 next = next
                     .checked_add(seg.extent_count)
                     .ok_or_else(|| meta(format!("LV {}: extent counts overflow", lv.name)))?;
-                if let SegmentKind::Striped { stripes, stripe_size } = &seg.kind {
+                if let SegmentKind::Striped {
+                    stripes,
+                    stripe_size,
+                } = &seg.kind
+                {
                     let n = stripes.len() as u64;
                     if seg.extent_count % n != 0 {
                         return Err(meta(format!(
@@ -90,7 +105,10 @@ impl Vg {
                         )));
                     }
                     if n > 1 && !stripe_size.is_some_and(|s| s > 0 && s.is_power_of_two()) {
-                        return Err(meta(format!("LV {}: striped segment without a valid stripe_size", lv.name)));
+                        return Err(meta(format!(
+                            "LV {}: striped segment without a valid stripe_size",
+                            lv.name
+                        )));
                     }
                     for st in stripes {
                         let pv = self.pv(&st.pv).ok_or_else(|| {

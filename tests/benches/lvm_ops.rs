@@ -27,7 +27,10 @@ struct Stats {
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    Stats { p50: at(0.5), p99: at(0.99) }
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -40,7 +43,13 @@ fn build(lvs: usize, spare: usize) -> Result<(LvmFixture, OpenVg)> {
     let fx = LvmFixture::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR"))), &[size])?;
     let path = fx.dev(0).display().to_string();
     let dev = Arc::new(FileDev::open(&path, &OpenOptions::new())?);
-    format_pv(&*dev, &PvFormat { mda_size: MDA_SIZE, ..Default::default() })?;
+    format_pv(
+        &*dev,
+        &PvFormat {
+            mda_size: MDA_SIZE,
+            ..Default::default()
+        },
+    )?;
     let mut vg = OpenVg::create("benchvg", &[PvDev::new(dev, path)], EXTENT)?;
     let stamp = Stamp::now();
     vg.change("bench setup", |v| {
@@ -58,7 +67,10 @@ fn ours(lvs: usize, samples: usize) -> Result<(Stats, Stats, usize)> {
     let mut create = Vec::new();
     for i in 0..samples {
         let t = Instant::now();
-        vg.change("bench lvcreate", |v| v.create_lv(&format!("new{i}"), 1, &["ssv".into()], &stamp).map(drop))?;
+        vg.change("bench lvcreate", |v| {
+            v.create_lv(&format!("new{i}"), 1, &["ssv".into()], &stamp)
+                .map(drop)
+        })?;
         create.push(t.elapsed());
     }
     let mut extend = Vec::new();
@@ -81,7 +93,9 @@ fn lvm2(lvs: usize, samples: usize) -> Result<(Stats, Stats)> {
     let mut create = Vec::new();
     for i in 0..samples {
         let name = format!("new{i}");
-        create.push(timed(&["lvcreate", "-an", "-Zn", "-l", "1", "-n", &name, "--addtag", "ssv", "benchvg"])?);
+        create.push(timed(&[
+            "lvcreate", "-an", "-Zn", "-l", "1", "-n", &name, "--addtag", "ssv", "benchvg",
+        ])?);
     }
     let mut extend = Vec::new();
     for i in 0..samples {
@@ -92,7 +106,11 @@ fn lvm2(lvs: usize, samples: usize) -> Result<(Stats, Stats)> {
 
 fn ratio(metric: &str, ours: Duration, base: Duration) {
     let speedup = base.as_secs_f64() / ours.as_secs_f64().max(1e-9);
-    println!("RATIO {metric} ours={} baseline={} speedup={speedup:.1}", ms(ours), ms(base));
+    println!(
+        "RATIO {metric} ours={} baseline={} speedup={speedup:.1}",
+        ms(ours),
+        ms(base)
+    );
 }
 
 fn main() -> Result<()> {
@@ -100,7 +118,10 @@ fn main() -> Result<()> {
         eprintln!("SKIPPED lvm_ops bench: {why}");
         return Ok(());
     }
-    let samples: usize = std::env::var("SSV_BENCH_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let samples: usize = std::env::var("SSV_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
     let lvm_samples = (samples / 5).max(5);
     let (oc1, oe1, text1) = ours(1000, samples).context("our engine at 1,000 LVs")?;
     let (oc10, oe10, text10) = ours(10_000, samples).context("our engine at 10,000 LVs")?;

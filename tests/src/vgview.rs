@@ -1,7 +1,7 @@
 //! One canonical view of a VG, built from our model or from lvm2's reports,
 //! so a test can say "both tools see exactly this".
 
-use crate::{Lvm2, LvReport};
+use crate::{LvReport, Lvm2};
 use anyhow::Result;
 use lvm::scan::LabelScan;
 use lvm::{OpenVg, PvDev, SegmentKind, Vg};
@@ -33,7 +33,11 @@ fn merge(mut segs: Vec<(u64, u64, Ranges)>) -> Vec<(u64, u64, Ranges)> {
     let mut out: Vec<(u64, u64, Ranges)> = Vec::new();
     for s in segs {
         if let Some(last) = out.last_mut() {
-            if last.2.len() == 1 && s.2.len() == 1 && last.2[0].0 == s.2[0].0 && last.2[0].2 + 1 == s.2[0].1 {
+            if last.2.len() == 1
+                && s.2.len() == 1
+                && last.2[0].0 == s.2[0].0
+                && last.2[0].2 + 1 == s.2[0].1
+            {
                 last.1 += s.1;
                 last.2[0].2 = s.2[0].2;
                 continue;
@@ -51,7 +55,12 @@ fn finish(mut lvs: Vec<LvView>, name: &str, seqno: u64, mut tags: Vec<String>) -
     }
     lvs.sort_by(|a, b| a.name.cmp(&b.name));
     tags.sort();
-    VgView { name: name.to_string(), seqno, tags, lvs }
+    VgView {
+        name: name.to_string(),
+        seqno,
+        tags,
+        lvs,
+    }
 }
 
 /// The VG as our engine reads it from `devs` (None: no such VG there).
@@ -75,7 +84,9 @@ pub fn ours(devs: &[PvDev], vg: &str) -> Result<Option<VgView>> {
 /// `paths`: PV UUID (dashed) → device path.
 pub fn view_of(vg: &Vg, paths: &HashMap<String, String>) -> VgView {
     let pv_path = |name: &str| {
-        vg.pv(name).and_then(|p| paths.get(&p.id.to_string()).cloned()).unwrap_or_else(|| format!("?{name}"))
+        vg.pv(name)
+            .and_then(|p| paths.get(&p.id.to_string()).cloned())
+            .unwrap_or_else(|| format!("?{name}"))
     };
     let lvs = vg
         .lvs
@@ -93,7 +104,9 @@ pub fn view_of(vg: &Vg, paths: &HashMap<String, String>) -> VgView {
                     let ranges = match &s.kind {
                         SegmentKind::Striped { stripes, .. } => stripes
                             .iter()
-                            .map(|st| (pv_path(&st.pv), st.start_pe, st.start_pe + s.area_len() - 1))
+                            .map(|st| {
+                                (pv_path(&st.pv), st.start_pe, st.start_pe + s.area_len() - 1)
+                            })
                             .collect(),
                         SegmentKind::Other { .. } => Vec::new(),
                     };
@@ -116,7 +129,16 @@ pub fn lvm2(lvm: &Lvm2, vg: &str) -> Result<Option<VgView>> {
         segments: l
             .segments
             .into_iter()
-            .map(|s| (s.start_pe, s.size_pe, s.pe_ranges.into_iter().map(|r| (r.pv, r.start, r.end)).collect()))
+            .map(|s| {
+                (
+                    s.start_pe,
+                    s.size_pe,
+                    s.pe_ranges
+                        .into_iter()
+                        .map(|r| (r.pv, r.start, r.end))
+                        .collect(),
+                )
+            })
             .collect(),
     });
     Ok(Some(finish(lvs.collect(), &v.name, v.seqno, v.tags)))

@@ -38,7 +38,12 @@ impl Rig {
     fn faulty(&self, ctl: &FaultControl) -> Vec<PvDev> {
         self.plain()
             .into_iter()
-            .map(|d| PvDev::new(Arc::new(FaultDev::new(d.dev, ctl.clone())) as Arc<dyn BlockDev>, d.path))
+            .map(|d| {
+                PvDev::new(
+                    Arc::new(FaultDev::new(d.dev, ctl.clone())) as Arc<dyn BlockDev>,
+                    d.path,
+                )
+            })
             .collect()
     }
 
@@ -59,7 +64,10 @@ impl Rig {
 
     fn restore(&self) {
         for (l, (head, tail)) in self.fx.loops.iter().zip(&self.saved) {
-            let f = std::fs::OpenOptions::new().write(true).open(l.backing_file()).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(l.backing_file())
+                .unwrap();
             f.write_all_at(head, 0).unwrap();
             f.write_all_at(tail, PV_SIZE - EDGE).unwrap();
             f.sync_all().unwrap();
@@ -68,7 +76,8 @@ impl Rig {
 
     /// What both tools see now; they must agree.
     fn seen(&self) -> Option<VgView> {
-        let ours = vgview::ours(&self.plain(), VG).unwrap_or_else(|e| panic!("our reader failed: {e}"));
+        let ours =
+            vgview::ours(&self.plain(), VG).unwrap_or_else(|e| panic!("our reader failed: {e}"));
         let theirs = vgview::lvm2(&self.fx.lvm, VG).unwrap();
         assert_eq!(ours, theirs, "our reader (left) and lvm2 (right) disagree");
         // A replayed operation gives a new LV a new random UUID: compare the rest.
@@ -87,26 +96,59 @@ fn change(devs: &[PvDev], f: impl FnOnce(&mut lvm::Vg) -> lvm::Result<()>) -> lv
 
 fn ops() -> Vec<(&'static str, Op)> {
     vec![
-        ("vg create", |d| OpenVg::create(VG, &d[..2], 4 * MIB).map(drop)),
-        ("lv create", |d| change(d, |v| v.create_lv("new", 2, &["t".into()], &Stamp::now()).map(drop))),
-        ("lv extend in place", |d| change(d, |v| v.extend_lv("last", 2))),
-        ("lv extend, new segment", |d| change(d, |v| v.extend_lv("first", 3))),
+        ("vg create", |d| {
+            OpenVg::create(VG, &d[..2], 4 * MIB).map(drop)
+        }),
+        ("lv create", |d| {
+            change(d, |v| {
+                v.create_lv("new", 2, &["t".into()], &Stamp::now())
+                    .map(drop)
+            })
+        }),
+        ("lv extend in place", |d| {
+            change(d, |v| v.extend_lv("last", 2))
+        }),
+        ("lv extend, new segment", |d| {
+            change(d, |v| v.extend_lv("first", 3))
+        }),
         ("lv reduce", |d| change(d, |v| v.reduce_lv("first", 1))),
-        ("lv remove", |d| change(d, |v| v.remove_lv("first").map(drop))),
-        ("lv rename", |d| change(d, |v| v.rename_lv("first", "renamed"))),
-        ("lv tag", |d| change(d, |v| v.change_tags(Some("first"), &["ssv.x=1".into()], &[]))),
-        ("vg tag", |d| change(d, |v| v.change_tags(None, &["pool".into()], &[]))),
-        ("vg extend", |d| OpenVg::open(&d[..2], Some(VG))?.add_pv(&d[2])),
+        ("lv remove", |d| {
+            change(d, |v| v.remove_lv("first").map(drop))
+        }),
+        ("lv rename", |d| {
+            change(d, |v| v.rename_lv("first", "renamed"))
+        }),
+        ("lv tag", |d| {
+            change(d, |v| {
+                v.change_tags(Some("first"), &["ssv.x=1".into()], &[])
+            })
+        }),
+        ("vg tag", |d| {
+            change(d, |v| v.change_tags(None, &["pool".into()], &[]))
+        }),
+        ("vg extend", |d| {
+            OpenVg::open(&d[..2], Some(VG))?.add_pv(&d[2])
+        }),
     ]
 }
 
 fn rig() -> Rig {
     let fx = LvmFixture::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR"))), &[PV_SIZE; 3]).unwrap();
-    let mut rig = Rig { fx, saved: Vec::new() };
+    let rig = Rig {
+        fx,
+        saved: Vec::new(),
+    };
     let d = rig.plain();
     // Three metadata areas: one on pv0, two on pv1; pv2 waits to be added.
     format_pv(&*d[0].dev, &PvFormat::default()).unwrap();
-    format_pv(&*d[1].dev, &PvFormat { mda_copies: 2, ..Default::default() }).unwrap();
+    format_pv(
+        &*d[1].dev,
+        &PvFormat {
+            mda_copies: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     format_pv(&*d[2].dev, &PvFormat::default()).unwrap();
     rig
 }
@@ -140,8 +182,14 @@ fn every_write_index_of_every_operation() {
         let faults = |i: u64| {
             [
                 Fault::CrashAtWrite(i),
-                Fault::TearWriteSectors { index: i, keep_sectors: 1 },
-                Fault::TearWrite { index: i, keep_bytes: 100 },
+                Fault::TearWriteSectors {
+                    index: i,
+                    keep_sectors: 1,
+                },
+                Fault::TearWrite {
+                    index: i,
+                    keep_bytes: 100,
+                },
             ]
         };
         for i in 0..writes {
@@ -150,7 +198,10 @@ fn every_write_index_of_every_operation() {
                 let ctl = FaultControl::new();
                 ctl.set(fault);
                 let result = op(&rig.faulty(&ctl));
-                assert!(result.is_err(), "{name}: {fault:?} did not stop the operation");
+                assert!(
+                    result.is_err(),
+                    "{name}: {fault:?} did not stop the operation"
+                );
                 let seen = rig.seen();
                 if !(seen == old || seen == new) {
                     let o = OpenVg::open(&rig.plain(), Some(VG)).unwrap();
@@ -173,12 +224,18 @@ fn every_write_index_of_every_operation() {
                                 "not found",
                                 "Cannot process volume group",
                             ]
-                                .iter()
-                                .any(|ok| l.contains(ok))
+                            .iter()
+                            .any(|ok| l.contains(ok))
                         })
                         .collect();
-                    assert!(rc == 0 || seen.is_none(), "{name}, {fault:?}: vgck rc {rc}: {err}");
-                    assert!(unexpected.is_empty(), "{name}, {fault:?}: vgck says {unexpected:?}");
+                    assert!(
+                        rc == 0 || seen.is_none(),
+                        "{name}, {fault:?}: vgck rc {rc}: {err}"
+                    );
+                    assert!(
+                        unexpected.is_empty(),
+                        "{name}, {fault:?}: vgck says {unexpected:?}"
+                    );
                 }
                 // Whatever survived whole sectors, repair leaves nothing for lvm2 to warn about, and a later change works.
                 if seen.is_some() {
@@ -186,8 +243,15 @@ fn every_write_index_of_every_operation() {
                     // A sector torn inside (a label or header half written) needs an operator: skip those.
                     if vg.health().corrupt.is_empty() && vg.health().missing.is_empty() {
                         vg.repair().unwrap();
-                        assert_eq!(rig.fx.lvm.vgck(VG).unwrap(), (0, String::new()), "{name}, {fault:?}: after repair");
-                        vg.change("after crash", |v| v.change_tags(None, &["after".into()], &[])).unwrap();
+                        assert_eq!(
+                            rig.fx.lvm.vgck(VG).unwrap(),
+                            (0, String::new()),
+                            "{name}, {fault:?}: after repair"
+                        );
+                        vg.change("after crash", |v| {
+                            v.change_tags(None, &["after".into()], &[])
+                        })
+                        .unwrap();
                     }
                 }
                 checked += 1;
@@ -204,7 +268,15 @@ impl Rig {
         // Re-format everything: each operation starts from the same kind of state.
         for (i, dev) in d.iter().enumerate() {
             let copies = if i == 1 { 2 } else { 1 };
-            format_pv(&*dev.dev, &PvFormat { mda_copies: copies, force: true, ..Default::default() }).unwrap();
+            format_pv(
+                &*dev.dev,
+                &PvFormat {
+                    mda_copies: copies,
+                    force: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         }
         if op != "vg create" {
             populate(&d);

@@ -18,19 +18,31 @@ fn devs(fx: &LvmFixture) -> Vec<PvDev> {
         .iter()
         .map(|l| {
             let path = l.path().display().to_string();
-            PvDev::new(Arc::new(FileDev::open(&path, &OpenOptions::new()).unwrap()), path)
+            PvDev::new(
+                Arc::new(FileDev::open(&path, &OpenOptions::new()).unwrap()),
+                path,
+            )
         })
         .collect()
 }
 
 /// Both tools see the same VG, and lvm2's checkers find nothing wrong.
 fn agree(fx: &LvmFixture, vg: &str) -> VgView {
-    let ours = vgview::ours(&devs(fx), vg).unwrap().expect("our engine finds the VG");
-    let theirs = vgview::lvm2(&fx.lvm, vg).unwrap().expect("lvm2 finds the VG");
+    let ours = vgview::ours(&devs(fx), vg)
+        .unwrap()
+        .expect("our engine finds the VG");
+    let theirs = vgview::lvm2(&fx.lvm, vg)
+        .unwrap()
+        .expect("lvm2 finds the VG");
     assert_eq!(ours, theirs, "our view (left) differs from lvm2's (right)");
     let (rc, err) = fx.lvm.vgck(vg).unwrap();
     assert_eq!((rc, err.trim()), (0, ""), "vgck {vg}");
-    for d in lvm::scan(&devs(fx)).unwrap().devs.iter().filter(|d| matches!(d.label, lvm::scan::LabelScan::Pv(_))) {
+    for d in lvm::scan(&devs(fx))
+        .unwrap()
+        .devs
+        .iter()
+        .filter(|d| matches!(d.label, lvm::scan::LabelScan::Pv(_)))
+    {
         let (rc, err) = fx.lvm.pvck(Path::new(&d.pv.path)).unwrap();
         assert_eq!(rc, 0, "pvck {}: {err}", d.pv.path);
     }
@@ -46,9 +58,32 @@ fn lvm2_reads_what_we_write() {
     skip_unless_lvm2!();
     let fx = fixture(&[512 * MIB, 512 * MIB, 256 * MIB]).unwrap();
     let d = devs(&fx);
-    format_pv(&*d[0].dev, &PvFormat { mda_size: 4 * MIB, ..Default::default() }).unwrap();
-    format_pv(&*d[1].dev, &PvFormat { mda_size: 4 * MIB, mda_copies: 2, ..Default::default() }).unwrap();
-    format_pv(&*d[2].dev, &PvFormat { mda_size: 4 * MIB, mda_copies: 0, ..Default::default() }).unwrap();
+    format_pv(
+        &*d[0].dev,
+        &PvFormat {
+            mda_size: 4 * MIB,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    format_pv(
+        &*d[1].dev,
+        &PvFormat {
+            mda_size: 4 * MIB,
+            mda_copies: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    format_pv(
+        &*d[2].dev,
+        &PvFormat {
+            mda_size: 4 * MIB,
+            mda_copies: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut vg = OpenVg::create("ours", &d, 4 * MIB).unwrap();
     let s = stamp();
     // A two-stripe segment, written through the model (our own allocator only makes linear ones).
@@ -64,7 +99,16 @@ fn lvm2_reads_what_we_write() {
             extent_count: 8,
             kind: SegmentKind::Striped {
                 stripe_size: Some(128),
-                stripes: vec![Stripe { pv: pv(a.pv), start_pe: a.start }, Stripe { pv: pv(b.pv), start_pe: b.start }],
+                stripes: vec![
+                    Stripe {
+                        pv: pv(a.pv),
+                        start_pe: a.start,
+                    },
+                    Stripe {
+                        pv: pv(b.pv),
+                        start_pe: b.start,
+                    },
+                ],
             },
             other: Default::default(),
         }];
@@ -74,20 +118,38 @@ fn lvm2_reads_what_we_write() {
     // Many LVs, tags of the whole alphabet, multi-segment and multi-PV LVs.
     vg.change("test", |v| {
         for i in 0..150 {
-            v.create_lv(&format!("vol{i}"), 1, &[format!("ssv.id={i}"), "Tag.1_+-/=!:&#".into()], &s)?;
+            v.create_lv(
+                &format!("vol{i}"),
+                1,
+                &[format!("ssv.id={i}"), "Tag.1_+-/=!:&#".into()],
+                &s,
+            )?;
         }
         v.change_tags(None, &["pool.extent=4m".into(), "ssv".into()], &[])
     })
     .unwrap();
     for i in (0..150).step_by(7) {
-        vg.change("test", |v| v.extend_lv(&format!("vol{i}"), 2)).unwrap();
+        vg.change("test", |v| v.extend_lv(&format!("vol{i}"), 2))
+            .unwrap();
     }
-    vg.change("test", |v| v.create_lv("big", 80, &[], &s).map(drop)).unwrap();
+    vg.change("test", |v| v.create_lv("big", 80, &[], &s).map(drop))
+        .unwrap();
     let view = agree(&fx, "ours");
     assert_eq!(view.lvs.len(), 152);
-    assert!(view.lvs.iter().filter(|l| l.segments.len() > 1).count() >= 10, "multi-segment LVs expected");
-    assert!(view.lvs.iter().any(|l| l.segments.iter().any(|s| s.2.len() == 2)));
-    assert!(view.lvs.iter().flat_map(|l| &l.segments).flat_map(|s| &s.2).any(|r| r.0 == d[2].path));
+    assert!(
+        view.lvs.iter().filter(|l| l.segments.len() > 1).count() >= 10,
+        "multi-segment LVs expected"
+    );
+    assert!(view
+        .lvs
+        .iter()
+        .any(|l| l.segments.iter().any(|s| s.2.len() == 2)));
+    assert!(view
+        .lvs
+        .iter()
+        .flat_map(|l| &l.segments)
+        .flat_map(|s| &s.2)
+        .any(|r| r.0 == d[2].path));
     assert_eq!(view.tags, vec!["pool.extent=4m", "ssv"]);
     // lvm2 stores exactly our bytes: the text it dumps is ours.
     let dumped = fx.lvm.dump_metadata(fx.dev(0)).unwrap();
@@ -102,15 +164,24 @@ fn we_read_what_lvm2_writes_including_a_wrapped_buffer() {
     // A 32 KiB metadata area wraps after a few commits.
     let small = ["--metadatasize", "32k", "--dataalignment", "4k"];
     lvm.pvcreate(fx.dev(0), &small).unwrap();
-    lvm.pvcreate(fx.dev(1), &["--pvmetadatacopies", "2"]).unwrap();
+    lvm.pvcreate(fx.dev(1), &["--pvmetadatacopies", "2"])
+        .unwrap();
     lvm.pvcreate(fx.dev(2), &small).unwrap();
-    lvm.vgcreate("theirs", &[fx.dev(0), fx.dev(1), fx.dev(2)], &["-s", "4m"]).unwrap();
+    lvm.vgcreate("theirs", &[fx.dev(0), fx.dev(1), fx.dev(2)], &["-s", "4m"])
+        .unwrap();
     let mut wrapped = false;
     for i in 0..24 {
         let lv = format!("l{i}");
-        lvm.lvcreate("theirs", &lv, Size::Extents(2), &["--addtag", &format!("n={i}")]).unwrap();
+        lvm.lvcreate(
+            "theirs",
+            &lv,
+            Size::Extents(2),
+            &["--addtag", &format!("n={i}")],
+        )
+        .unwrap();
         if i % 3 == 0 {
-            lvm.lvextend("theirs", &format!("l{}", i / 2), Size::Extents(1), &[]).unwrap();
+            lvm.lvextend("theirs", &format!("l{}", i / 2), Size::Extents(1), &[])
+                .unwrap();
         }
         agree(&fx, "theirs");
         let scan = lvm::scan(&devs(&fx)).unwrap();
@@ -120,7 +191,8 @@ fn we_read_what_lvm2_writes_including_a_wrapped_buffer() {
             }
         }
     }
-    lvm.lvcreate("theirs", "str", Size::Extents(6), &["-i2", "-I64k"]).unwrap();
+    lvm.lvcreate("theirs", "str", Size::Extents(6), &["-i2", "-I64k"])
+        .unwrap();
     lvm.vgchange_addtag("theirs", "made.by=lvm2").unwrap();
     let view = agree(&fx, "theirs");
     assert!(wrapped, "the 32 KiB areas should have wrapped");
@@ -129,7 +201,10 @@ fn we_read_what_lvm2_writes_including_a_wrapped_buffer() {
     // Our raw copy is lvm2's, byte for byte.
     let open = OpenVg::open(&devs(&fx), Some("theirs")).unwrap();
     let dumped = lvm.dump_metadata(fx.dev(1)).unwrap();
-    assert_eq!(dumped.as_bytes(), &open.raw_text()[..open.raw_text().len() - 1]);
+    assert_eq!(
+        dumped.as_bytes(),
+        &open.raw_text()[..open.raw_text().len() - 1]
+    );
 }
 
 #[test]
@@ -166,9 +241,16 @@ fn both_tools_change_one_vg_in_turn() {
     lvm.lvremove("mixed", "b2").unwrap();
     ours(&|v| v.remove_lv("a").map(drop));
     let view = agree(&fx, "mixed");
-    assert_eq!(view.lvs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(
+        view.lvs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
     assert_eq!(view.lvs[0].size, 60 * 4 * MIB);
-    assert!(view.lvs[0].segments.iter().flat_map(|s| &s.2).any(|r| r.0 == fx.dev(1).display().to_string()));
+    assert!(view.lvs[0]
+        .segments
+        .iter()
+        .flat_map(|s| &s.2)
+        .any(|r| r.0 == fx.dev(1).display().to_string()));
 }
 
 #[test]
@@ -180,10 +262,15 @@ fn a_stale_copy_is_repaired_and_lvm2_agrees() {
         format_pv(&*dev.dev, &PvFormat::default()).unwrap();
     }
     let mut vg = OpenVg::create("heal", &d, 4 * MIB).unwrap();
-    vg.change("test", |v| v.create_lv("x", 1, &[], &stamp()).map(drop)).unwrap();
+    vg.change("test", |v| v.create_lv("x", 1, &[], &stamp()).map(drop))
+        .unwrap();
     // Keep pv1's metadata area as it is now, commit once more, then put the old area back.
     let area = |buf: &mut Vec<u8>, write: bool| {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(fx.loops[1].backing_file()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fx.loops[1].backing_file())
+            .unwrap();
         use std::os::unix::fs::FileExt;
         if write {
             f.write_all_at(buf, 0).unwrap();
@@ -194,7 +281,8 @@ fn a_stale_copy_is_repaired_and_lvm2_agrees() {
     };
     let mut old = Vec::new();
     area(&mut old, false);
-    vg.change("test", |v| v.create_lv("y", 1, &[], &stamp()).map(drop)).unwrap();
+    vg.change("test", |v| v.create_lv("y", 1, &[], &stamp()).map(drop))
+        .unwrap();
     area(&mut old, true);
     let stale = OpenVg::open(&d, Some("heal")).unwrap();
     assert_eq!(stale.health().stale.len(), 1, "{:?}", stale.health());
@@ -204,7 +292,11 @@ fn a_stale_copy_is_repaired_and_lvm2_agrees() {
     assert!(err.contains("ignoring metadata seqno 2"), "{err}");
     let mut stale = stale;
     stale.repair().unwrap();
-    assert!(OpenVg::open(&d, Some("heal")).unwrap().health().stale.is_empty());
+    assert!(OpenVg::open(&d, Some("heal"))
+        .unwrap()
+        .health()
+        .stale
+        .is_empty());
     let view = agree(&fx, "heal");
     assert_eq!(view.seqno, 3);
 }

@@ -18,7 +18,11 @@ const POOL_MDA_SIZE: &str = "128m";
 const POOL_EXTENT_SIZE: &str = "128m";
 
 #[derive(Parser)]
-#[command(name = "ssvadm", version, about = "Offline low-level tool for ssv pools (LVM2 volume groups)")]
+#[command(
+    name = "ssvadm",
+    version,
+    about = "Offline low-level tool for ssv pools (LVM2 volume groups)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -179,8 +183,11 @@ fn parse_size(s: &str) -> Result<u64> {
         "t" | "tib" => 40,
         _ => bail!("size {s:?}: unknown unit {unit:?} (use b, k, m, g or t)"),
     };
-    let n: u64 = num.parse().with_context(|| format!("size {s:?}: {num:?} is not a whole number"))?;
-    n.checked_mul(1 << shift).with_context(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size {s:?}: {num:?} is not a whole number"))?;
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {s:?} is too large"))
 }
 
 fn open_devs(paths: &[String], read_only: bool) -> Result<Vec<PvDev>> {
@@ -195,7 +202,8 @@ fn open_devs(paths: &[String], read_only: bool) -> Result<Vec<PvDev>> {
 }
 
 fn split_lv(s: &str) -> Result<(&str, &str)> {
-    s.split_once('/').with_context(|| format!("{s:?}: name the LV as VG/LV"))
+    s.split_once('/')
+        .with_context(|| format!("{s:?}: name the LV as VG/LV"))
 }
 
 fn extents(vg: &Vg, size: &Size) -> Result<u64> {
@@ -223,7 +231,13 @@ fn main() -> Result<()> {
     let line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.cmd {
         Cmd::Inspect { devices, json } => inspect(&devices, json)?,
-        Cmd::Pv(PvCmd::Format { device, metadata_size, metadata_copies, data_alignment, force }) => {
+        Cmd::Pv(PvCmd::Format {
+            device,
+            metadata_size,
+            metadata_copies,
+            data_alignment,
+            force,
+        }) => {
             let dev = open_devs(std::slice::from_ref(&device), false)?.remove(0);
             let f = PvFormat {
                 mda_size: parse_size(&metadata_size)?,
@@ -232,15 +246,31 @@ fn main() -> Result<()> {
                 force,
             };
             let l = format_pv(&*dev.dev, &f).with_context(|| format!("formatting {device}"))?;
-            println!("{device}: PV {} formatted, data from byte {}", l.uuid, l.pe_start());
+            println!(
+                "{device}: PV {} formatted, data from byte {}",
+                l.uuid,
+                l.pe_start()
+            );
         }
-        Cmd::Vg(VgCmd::Create { vg, devices, extent_size }) => {
+        Cmd::Vg(VgCmd::Create {
+            vg,
+            devices,
+            extent_size,
+        }) => {
             let devs = open_devs(&devices, false)?;
             let open = OpenVg::create(&vg, &devs, parse_size(&extent_size)?)?;
             let free = open.vg().free_extent_count()?;
-            println!("VG {vg} created: {} PVs, {free} free extents of {}", devs.len(), extent_size);
+            println!(
+                "VG {vg} created: {} PVs, {free} free extents of {}",
+                devs.len(),
+                extent_size
+            );
         }
-        Cmd::Vg(VgCmd::Extend { vg, new_device, devices }) => {
+        Cmd::Vg(VgCmd::Extend {
+            vg,
+            new_device,
+            devices,
+        }) => {
             let mut open = open_rw(&vg, &devices)?;
             let new = open_devs(std::slice::from_ref(&new_device), false)?.remove(0);
             open.add_pv(&new)?;
@@ -261,7 +291,10 @@ fn main() -> Result<()> {
             }
             let n = open.health().stale.len();
             open.repair()?;
-            println!("VG {vg}: {n} stale copies rewritten at seqno {}", open.vg().seqno);
+            println!(
+                "VG {vg}: {n} stale copies rewritten at seqno {}",
+                open.vg().seqno
+            );
         }
     }
     Ok(())
@@ -270,7 +303,12 @@ fn main() -> Result<()> {
 fn lv(cmd: LvCmd, line: &str) -> Result<()> {
     let stamp = Stamp::now();
     match cmd {
-        LvCmd::Create { lv, size, tags, devices } => {
+        LvCmd::Create {
+            lv,
+            size,
+            tags,
+            devices,
+        } => {
             let (vg, name) = split_lv(&lv)?;
             let mut open = open_rw(vg, &devices)?;
             let n = extents(open.vg(), &size)?;
@@ -296,14 +334,19 @@ fn lv(cmd: LvCmd, line: &str) -> Result<()> {
             open_rw(vg, &devices)?.change(line, |v| v.remove_lv(name).map(|_| ()))?;
             println!("LV {lv} removed");
         }
-        LvCmd::Rename { lv, new_name, devices } => {
+        LvCmd::Rename {
+            lv,
+            new_name,
+            devices,
+        } => {
             let (vg, name) = split_lv(&lv)?;
             open_rw(vg, &devices)?.change(line, |v| v.rename_lv(name, &new_name))?;
             println!("LV {lv} renamed to {vg}/{new_name}");
         }
         LvCmd::Tag { lv, tags, devices } => {
             let (vg, name) = split_lv(&lv)?;
-            open_rw(vg, &devices)?.change(line, |v| v.change_tags(Some(name), &tags.add, &tags.del))?;
+            open_rw(vg, &devices)?
+                .change(line, |v| v.change_tags(Some(name), &tags.add, &tags.del))?;
         }
     }
     Ok(())
@@ -322,8 +365,10 @@ fn vg_json(vg: &Vg) -> Value {
     let pvs: Vec<Value> = vg
         .pvs
         .iter()
-        .map(|p| json!({"name": p.name, "id": p.id.to_string(), "device": p.device, "status": p.status,
-            "tags": p.tags, "pe_start_bytes": p.pe_start * 512, "pe_count": p.pe_count}))
+        .map(|p| {
+            json!({"name": p.name, "id": p.id.to_string(), "device": p.device, "status": p.status,
+            "tags": p.tags, "pe_start_bytes": p.pe_start * 512, "pe_count": p.pe_count})
+        })
         .collect();
     let lvs: Vec<Value> = vg
         .lvs
@@ -334,7 +379,8 @@ fn vg_json(vg: &Vg) -> Value {
                 .iter()
                 .map(|s| match &s.kind {
                     SegmentKind::Striped { stripes, stripe_size } => json!({
-                        "start_extent": s.start_extent, "extent_count": s.extent_count, "type": "striped",
+                        "start_extent": s.start_extent, "extent_count": s.extent_count,
+                        "type": if stripes.len() == 1 { "linear" } else { "striped" },
                         "stripe_size_bytes": stripe_size.map(|x| x * 512),
                         "stripes": stripes.iter().map(|st| json!({"pv": st.pv, "start_pe": st.start_pe})).collect::<Vec<_>>()}),
                     SegmentKind::Other { type_name } => json!({
@@ -411,7 +457,11 @@ fn inspect(paths: &[String], as_json: bool) -> Result<()> {
 
 fn print_text(v: &Value) {
     for d in v["devices"].as_array().into_iter().flatten() {
-        println!("{} ({})", d["path"].as_str().unwrap_or("?"), d["identity"].as_str().unwrap_or("?"));
+        println!(
+            "{} ({})",
+            d["path"].as_str().unwrap_or("?"),
+            d["identity"].as_str().unwrap_or("?")
+        );
         let l = &d["label"];
         if l.is_null() {
             println!("  no LVM2 label");
@@ -423,45 +473,91 @@ fn print_text(v: &Value) {
         }
         println!(
             "  label: sector {}, PV {}, {} bytes, data from byte {}, {}",
-            l["sector"], l["uuid"].as_str().unwrap_or("?"), l["device_size"], l["pe_start"],
-            if l["in_use"].as_bool() == Some(true) { "in a VG" } else { "orphan" }
+            l["sector"],
+            l["uuid"].as_str().unwrap_or("?"),
+            l["device_size"],
+            l["pe_start"],
+            if l["in_use"].as_bool() == Some(true) {
+                "in a VG"
+            } else {
+                "orphan"
+            }
         );
         for a in d["areas"].as_array().into_iter().flatten() {
             let s = &a["area"];
             let what = match s["state"].as_str() {
                 Some("metadata") => format!(
                     "VG {} seqno {} at offset {} ({} bytes, max {})",
-                    s["vg"].as_str().unwrap_or("?"), s["seqno"], s["header"]["committed"]["offset"],
-                    s["header"]["committed"]["size"], s["header"]["max_text"]
+                    s["vg"].as_str().unwrap_or("?"),
+                    s["seqno"],
+                    s["header"]["committed"]["offset"],
+                    s["header"]["committed"]["size"],
+                    s["header"]["max_text"]
                 ),
-                Some(other) => format!("{other}{}", s["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()),
+                Some(other) => format!(
+                    "{other}{}",
+                    s["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
                 None => format!("BAD HEADER: {}", s["error"].as_str().unwrap_or("?")),
             };
-            println!("  metadata area at byte {} ({} bytes): {what}", a["start"], a["size"]);
+            println!(
+                "  metadata area at byte {} ({} bytes): {what}",
+                a["start"], a["size"]
+            );
         }
     }
     for vg in v["vgs"].as_array().into_iter().flatten() {
         println!();
         if let Some(e) = vg["error"].as_str() {
-            println!("VG {}: cannot be read: {e}", vg["name"].as_str().unwrap_or("?"));
+            println!(
+                "VG {}: cannot be read: {e}",
+                vg["name"].as_str().unwrap_or("?")
+            );
             continue;
         }
         let eb = vg["extent_size_bytes"].as_u64().unwrap_or(1);
         println!(
             "VG {} ({}) seqno {}, extent size {} MiB, {} free extents, tags {}",
-            vg["name"].as_str().unwrap_or("?"), vg["id"].as_str().unwrap_or("?"), vg["seqno"], eb >> 20,
-            vg["free_extents"], vg["tags"]
+            vg["name"].as_str().unwrap_or("?"),
+            vg["id"].as_str().unwrap_or("?"),
+            vg["seqno"],
+            eb >> 20,
+            vg["free_extents"],
+            vg["tags"]
         );
         for p in vg["pvs"].as_array().into_iter().flatten() {
-            println!("  {} {} {} extents on {}", p["name"].as_str().unwrap_or("?"), p["id"].as_str().unwrap_or("?"),
-                p["pe_count"], p["device"].as_str().unwrap_or("?"));
+            println!(
+                "  {} {} {} extents on {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["id"].as_str().unwrap_or("?"),
+                p["pe_count"],
+                p["device"].as_str().unwrap_or("?")
+            );
         }
         for l in vg["lvs"].as_array().into_iter().flatten() {
-            println!("  LV {} {} MiB tags {}", l["name"].as_str().unwrap_or("?"), l["size_bytes"].as_u64().unwrap_or(0) >> 20, l["tags"]);
+            println!(
+                "  LV {} {} MiB tags {}",
+                l["name"].as_str().unwrap_or("?"),
+                l["size_bytes"].as_u64().unwrap_or(0) >> 20,
+                l["tags"]
+            );
             for s in l["segments"].as_array().into_iter().flatten() {
-                let on: Vec<String> = s["stripes"].as_array().into_iter().flatten()
-                    .map(|st| format!("{}:{}", st["pv"].as_str().unwrap_or("?"), st["start_pe"])).collect();
-                println!("    extents {}+{} {} {}", s["start_extent"], s["extent_count"], s["type"].as_str().unwrap_or("?"), on.join(" "));
+                let on: Vec<String> = s["stripes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|st| format!("{}:{}", st["pv"].as_str().unwrap_or("?"), st["start_pe"]))
+                    .collect();
+                println!(
+                    "    extents {}+{} {} {}",
+                    s["start_extent"],
+                    s["extent_count"],
+                    s["type"].as_str().unwrap_or("?"),
+                    on.join(" ")
+                );
             }
         }
         for (k, list) in vg["health"].as_object().into_iter().flatten() {

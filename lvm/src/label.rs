@@ -74,14 +74,19 @@ impl PvLabel {
         let put = |s: &mut [u8; 512], at: &mut usize, bytes: &[u8]| -> Result<()> {
             let end = *at + bytes.len();
             if end > SECTOR as usize {
-                return Err(Error::InvalidArgument("PV label areas do not fit one sector".into()));
+                return Err(Error::InvalidArgument(
+                    "PV label areas do not fit one sector".into(),
+                ));
             }
             s[*at..end].copy_from_slice(bytes);
             *at = end;
             Ok(())
         };
         for list in lists {
-            for l in list.iter().chain(std::iter::once(&DiskLocn { offset: 0, size: 0 })) {
+            for l in list
+                .iter()
+                .chain(std::iter::once(&DiskLocn { offset: 0, size: 0 }))
+            {
                 put(&mut s, &mut at, &l.offset.to_le_bytes())?;
                 put(&mut s, &mut at, &l.size.to_le_bytes())?;
             }
@@ -89,7 +94,11 @@ impl PvLabel {
         if self.ext_version > 0 {
             put(&mut s, &mut at, &self.ext_version.to_le_bytes())?;
             put(&mut s, &mut at, &self.ext_flags.to_le_bytes())?;
-            for l in self.bootloader_areas.iter().chain(std::iter::once(&DiskLocn { offset: 0, size: 0 })) {
+            for l in self
+                .bootloader_areas
+                .iter()
+                .chain(std::iter::once(&DiskLocn { offset: 0, size: 0 }))
+            {
                 put(&mut s, &mut at, &l.offset.to_le_bytes())?;
                 put(&mut s, &mut at, &l.size.to_le_bytes())?;
             }
@@ -115,14 +124,21 @@ impl PvLabel {
             return Err(format!("label checksum {crc:#010x}, computed {want:#010x}"));
         }
         if le32(s, OFF_OFFSET) != PV_HEADER_OFFSET {
-            return Err(format!("pv_header offset {} (expected 32)", le32(s, OFF_OFFSET)));
+            return Err(format!(
+                "pv_header offset {} (expected 32)",
+                le32(s, OFF_OFFSET)
+            ));
         }
         if &s[OFF_TYPE..OFF_TYPE + 8] != LABEL_TYPE {
             return Err("label type is not `LVM2 001`".into());
         }
         let mut raw = [0u8; 32];
         raw.copy_from_slice(&s[OFF_UUID..OFF_UUID + 32]);
-        let uuid = Uuid::from_bytes(&raw).map_err(|e| format!("PV UUID: {e}"))?;
+        let uuid = Uuid::from_bytes(&raw).map_err(|e| match e {
+            // Not "VG metadata: …": this is the label.
+            Error::Metadata(m) => format!("PV UUID: {m}"),
+            e => format!("PV UUID: {e}"),
+        })?;
         let device_size = le64(s, OFF_DEV_SIZE);
         let mut at = OFF_LISTS;
         let data_areas = read_list(s, &mut at, "data area")?;
@@ -137,12 +153,24 @@ impl PvLabel {
             }
         }
         if data_areas.len() != 1 {
-            return Err(format!("{} data areas (exactly 1 expected)", data_areas.len()));
+            return Err(format!(
+                "{} data areas (exactly 1 expected)",
+                data_areas.len()
+            ));
         }
         if mdas.len() > 2 {
             return Err(format!("{} metadata areas (at most 2)", mdas.len()));
         }
-        Ok(Some(PvLabel { sector, uuid, device_size, data_areas, mdas, ext_version, ext_flags, bootloader_areas }))
+        Ok(Some(PvLabel {
+            sector,
+            uuid,
+            device_size,
+            data_areas,
+            mdas,
+            ext_version,
+            ext_flags,
+            bootloader_areas,
+        }))
     }
 }
 
@@ -152,7 +180,10 @@ fn read_list(s: &[u8], at: &mut usize, what: &str) -> Result<Vec<DiskLocn>, Stri
         if *at + LOCN_SIZE > SECTOR as usize {
             return Err(format!("{what} list runs past the label sector"));
         }
-        let l = DiskLocn { offset: le64(s, *at), size: le64(s, *at + 8) };
+        let l = DiskLocn {
+            offset: le64(s, *at),
+            size: le64(s, *at + 8),
+        };
         *at += LOCN_SIZE;
         if l.offset == 0 {
             return Ok(out);
@@ -175,7 +206,10 @@ pub(crate) fn le32(s: &[u8], at: usize) -> u32 {
 
 /// Finds the label in sectors 0..4. `Ok(None)`: the device has none.
 pub fn read_label(dev: &dyn BlockDev) -> Result<Option<PvLabel>> {
-    let bad = |reason: String| Error::BadLabel { dev: dev.identity().to_string(), reason };
+    let bad = |reason: String| Error::BadLabel {
+        dev: dev.identity().to_string(),
+        reason,
+    };
     if dev.size() < LABEL_SCAN_SECTORS * SECTOR {
         return Ok(None);
     }
@@ -200,10 +234,15 @@ fn check_layout(l: &PvLabel, dev_size: u64) -> Result<(), String> {
     let head = LABEL_SCAN_SECTORS * SECTOR;
     let pe_start = l.pe_start();
     if pe_start < head || pe_start > dev_size {
-        return Err(format!("data area starts at byte {pe_start}, outside the device of {dev_size} bytes"));
+        return Err(format!(
+            "data area starts at byte {pe_start}, outside the device of {dev_size} bytes"
+        ));
     }
     for m in &l.mdas {
-        let end = m.offset.checked_add(m.size).ok_or("metadata area size overflows")?;
+        let end = m
+            .offset
+            .checked_add(m.size)
+            .ok_or("metadata area size overflows")?;
         if m.offset < head || m.offset % SECTOR != 0 || m.size < 2 * SECTOR || end > dev_size {
             return Err(format!(
                 "metadata area {{offset {}, size {}}} does not fit a device of {dev_size} bytes",
@@ -211,7 +250,10 @@ fn check_layout(l: &PvLabel, dev_size: u64) -> Result<(), String> {
             ));
         }
         if m.offset < pe_start && end > pe_start {
-            return Err(format!("metadata area at {} overlaps the data area at {pe_start}", m.offset));
+            return Err(format!(
+                "metadata area at {} overlaps the data area at {pe_start}",
+                m.offset
+            ));
         }
     }
     Ok(())
@@ -231,8 +273,14 @@ mod tests {
             sector: 1,
             uuid: Uuid::generate().unwrap(),
             device_size: 64 << 20,
-            data_areas: vec![DiskLocn { offset: 1 << 20, size: 0 }],
-            mdas: vec![DiskLocn { offset: 4096, size: 1_044_480 }],
+            data_areas: vec![DiskLocn {
+                offset: 1 << 20,
+                size: 0,
+            }],
+            mdas: vec![DiskLocn {
+                offset: 4096,
+                size: 1_044_480,
+            }],
             ext_version: 2,
             ext_flags: PV_EXT_USED,
             bootloader_areas: vec![],
@@ -253,7 +301,9 @@ mod tests {
     #[test]
     fn damage_is_reported() {
         let s = sample().encode().unwrap();
-        assert!(PvLabel::decode(&s, 2).unwrap_err().contains("found at sector 2"));
+        assert!(PvLabel::decode(&s, 2)
+            .unwrap_err()
+            .contains("found at sector 2"));
         let mut t = s;
         t[300] ^= 1;
         assert!(PvLabel::decode(&t, 1).unwrap_err().contains("checksum"));

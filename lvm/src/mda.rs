@@ -52,7 +52,12 @@ pub struct MdaHeader {
 
 impl MdaHeader {
     pub fn empty(start: u64, size: u64) -> Self {
-        MdaHeader { start, size, committed: RawLocn::default(), precommitted: RawLocn::default() }
+        MdaHeader {
+            start,
+            size,
+            committed: RawLocn::default(),
+            precommitted: RawLocn::default(),
+        }
     }
 
     pub fn encode(&self) -> [u8; SECTOR as usize] {
@@ -61,7 +66,10 @@ impl MdaHeader {
         s[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&MDA_VERSION.to_le_bytes());
         s[OFF_START..OFF_START + 8].copy_from_slice(&self.start.to_le_bytes());
         s[OFF_SIZE..OFF_SIZE + 8].copy_from_slice(&self.size.to_le_bytes());
-        for (at, l) in [(OFF_SLOT0, &self.committed), (OFF_SLOT1, &self.precommitted)] {
+        for (at, l) in [
+            (OFF_SLOT0, &self.committed),
+            (OFF_SLOT1, &self.precommitted),
+        ] {
             s[at..at + 8].copy_from_slice(&l.offset.to_le_bytes());
             s[at + 8..at + 16].copy_from_slice(&l.size.to_le_bytes());
             s[at + 16..at + 20].copy_from_slice(&l.checksum.to_le_bytes());
@@ -81,7 +89,9 @@ impl MdaHeader {
         let crc = le32(s, 0);
         let want = lvm_crc(&s[4..SECTOR as usize]);
         if crc != want {
-            return Err(format!("header checksum {crc:#010x}, computed {want:#010x}"));
+            return Err(format!(
+                "header checksum {crc:#010x}, computed {want:#010x}"
+            ));
         }
         if &s[OFF_MAGIC..OFF_MAGIC + 16] != MDA_MAGIC {
             return Err("wrong magic".into());
@@ -102,7 +112,12 @@ impl MdaHeader {
             checksum: le32(s, at + 16),
             flags: le32(s, at + 20),
         };
-        let h = MdaHeader { start, size, committed: slot(OFF_SLOT0), precommitted: slot(OFF_SLOT1) };
+        let h = MdaHeader {
+            start,
+            size,
+            committed: slot(OFF_SLOT0),
+            precommitted: slot(OFF_SLOT1),
+        };
         if !h.committed.is_empty() {
             check_locn(&h.committed, size)?;
         }
@@ -119,11 +134,17 @@ fn check_locn(l: &RawLocn, area: u64) -> Result<(), String> {
         || l.size > area - MDA_HEADER_SIZE
         || l.offset.checked_add(l.size).is_none()
     {
-        return Err(format!("text location {{offset {}, size {}}} does not fit the {area}-byte area", l.offset, l.size));
+        return Err(format!(
+            "text location {{offset {}, size {}}} does not fit the {area}-byte area",
+            l.offset, l.size
+        ));
     }
     if let Some(wrapped) = (l.offset + l.size).checked_sub(area) {
         if MDA_HEADER_SIZE + wrapped > l.offset {
-            return Err(format!("wrapped text at {{offset {}, size {}}} overlaps itself", l.offset, l.size));
+            return Err(format!(
+                "wrapped text at {{offset {}, size {}}} overlaps itself",
+                l.offset, l.size
+            ));
         }
     }
     Ok(())
@@ -141,7 +162,11 @@ pub fn next_offset(committed: &RawLocn, area: u64) -> u64 {
         return MDA_HEADER_SIZE;
     }
     let (o, s) = (committed.offset, committed.size);
-    let last = if o + s > area { (o + s - area) + MDA_HEADER_SIZE - 1 } else { o + s - 1 };
+    let last = if o + s > area {
+        (o + s - area) + MDA_HEADER_SIZE - 1
+    } else {
+        o + s - 1
+    };
     if area - last < MDA_ALIGN {
         return MDA_HEADER_SIZE;
     }
@@ -157,7 +182,10 @@ pub fn next_offset(committed: &RawLocn, area: u64) -> u64 {
 /// two when it wraps back to the start of the buffer.
 fn pieces(offset: u64, len: u64, area: u64) -> [(u64, u64); 2] {
     if offset + len > area {
-        [(offset, area - offset), (MDA_HEADER_SIZE, offset + len - area)]
+        [
+            (offset, area - offset),
+            (MDA_HEADER_SIZE, offset + len - area),
+        ]
     } else {
         [(offset, len), (0, 0)]
     }
@@ -178,7 +206,11 @@ pub fn write_header(dev: &dyn BlockDev, h: &MdaHeader) -> Result<()> {
 
 /// Reads the text at `l` and checks its checksum. The result keeps the NUL.
 pub fn read_text(dev: &dyn BlockDev, h: &MdaHeader, l: &RawLocn) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::BadText { dev: dev.identity().to_string(), start: h.start, reason };
+    let bad = |reason: String| Error::BadText {
+        dev: dev.identity().to_string(),
+        start: h.start,
+        reason,
+    };
     check_locn(l, h.size).map_err(bad)?;
     let mut text = Vec::with_capacity(io::usize_of(l.size)?);
     for (off, len) in pieces(l.offset, l.size, h.size) {
@@ -188,7 +220,10 @@ pub fn read_text(dev: &dyn BlockDev, h: &MdaHeader, l: &RawLocn) -> Result<Vec<u
     }
     let crc = lvm_crc(&text);
     if crc != l.checksum {
-        return Err(bad(format!("text checksum {crc:#010x}, the header says {:#010x}", l.checksum)));
+        return Err(bad(format!(
+            "text checksum {crc:#010x}, the header says {:#010x}",
+            l.checksum
+        )));
     }
     Ok(text)
 }
@@ -211,7 +246,12 @@ pub fn write_text(dev: &dyn BlockDev, h: &MdaHeader, offset: u64, text: &[u8]) -
         io::write(dev, "writing metadata text", h.start + off, &buf)?;
         done += plen;
     }
-    Ok(RawLocn { offset, size: len, checksum: calc(text, INITIAL_CRC), flags: 0 })
+    Ok(RawLocn {
+        offset,
+        size: len,
+        checksum: calc(text, INITIAL_CRC),
+        flags: 0,
+    })
 }
 
 #[cfg(test)]
@@ -221,21 +261,40 @@ mod tests {
     #[test]
     fn header_round_trip_and_checks() {
         let mut h = MdaHeader::empty(4096, 1_044_480);
-        h.committed = RawLocn { offset: 512, size: 726, checksum: 7, flags: 0 };
+        h.committed = RawLocn {
+            offset: 512,
+            size: 726,
+            checksum: 7,
+            flags: 0,
+        };
         let s = h.encode();
         assert_eq!(&s[4..20], MDA_MAGIC);
         assert_eq!(MdaHeader::decode(&s, 4096, 1_044_480).unwrap(), h);
-        assert!(MdaHeader::decode(&s, 8192, 1_044_480).unwrap_err().contains("PV label"));
+        assert!(MdaHeader::decode(&s, 8192, 1_044_480)
+            .unwrap_err()
+            .contains("PV label"));
         let mut t = s;
         t[200] ^= 1; // an unused byte is covered by the checksum too
-        assert!(MdaHeader::decode(&t, 4096, 1_044_480).unwrap_err().contains("checksum"));
+        assert!(MdaHeader::decode(&t, 4096, 1_044_480)
+            .unwrap_err()
+            .contains("checksum"));
     }
 
     #[test]
     fn placement_follows_lvm() {
         // Observed with a 32 KiB area (spec §7): copies follow each other on 512 boundaries.
         let z = 32768;
-        let at = |o, s| next_offset(&RawLocn { offset: o, size: s, checksum: 0, flags: 0 }, z);
+        let at = |o, s| {
+            next_offset(
+                &RawLocn {
+                    offset: o,
+                    size: s,
+                    checksum: 0,
+                    flags: 0,
+                },
+                z,
+            )
+        };
         assert_eq!(next_offset(&RawLocn::default(), z), 512);
         assert_eq!(at(512, 726), 1536);
         assert_eq!(at(1536, 1000), 2560);
@@ -251,9 +310,67 @@ mod tests {
 
     #[test]
     fn wrapped_location_must_not_overlap_itself() {
-        assert!(check_locn(&RawLocn { offset: 30720, size: 2170, checksum: 0, flags: 0 }, 32768).is_ok());
-        assert!(check_locn(&RawLocn { offset: 1024, size: 32000, checksum: 0, flags: 0 }, 32768).is_err());
-        assert!(check_locn(&RawLocn { offset: 100, size: 10, checksum: 0, flags: 0 }, 32768).is_err());
-        assert!(check_locn(&RawLocn { offset: 512, size: u64::MAX, checksum: 0, flags: 0 }, 32768).is_err());
+        assert!(check_locn(
+            &RawLocn {
+                offset: 30720,
+                size: 2170,
+                checksum: 0,
+                flags: 0
+            },
+            32768
+        )
+        .is_ok());
+        // {1024, 32000} wraps 256 bytes to [512, 768): it fits (lvm accepts wrap <= offset too).
+        assert!(check_locn(
+            &RawLocn {
+                offset: 1024,
+                size: 32000,
+                checksum: 0,
+                flags: 0
+            },
+            32768
+        )
+        .is_ok());
+        // One byte more than the 32256-byte buffer would overlap itself.
+        assert!(check_locn(
+            &RawLocn {
+                offset: 1024,
+                size: 32257,
+                checksum: 0,
+                flags: 0
+            },
+            32768
+        )
+        .is_err());
+        assert!(check_locn(
+            &RawLocn {
+                offset: u64::MAX - 1,
+                size: 2,
+                checksum: 0,
+                flags: 0
+            },
+            u64::MAX
+        )
+        .is_err());
+        assert!(check_locn(
+            &RawLocn {
+                offset: 100,
+                size: 10,
+                checksum: 0,
+                flags: 0
+            },
+            32768
+        )
+        .is_err());
+        assert!(check_locn(
+            &RawLocn {
+                offset: 512,
+                size: u64::MAX,
+                checksum: 0,
+                flags: 0
+            },
+            32768
+        )
+        .is_err());
     }
 }

@@ -172,6 +172,20 @@ impl OpenVg {
                     ignored: false,
                 });
             }
+            // Extents past the device's end (a LUN that shrank) must never be handed out.
+            let end = pv
+                .pe_count
+                .saturating_mul(vg.extent_bytes())
+                .saturating_add(pv.pe_start * 512);
+            if end > d.pv.dev.size() {
+                health.corrupt.push(format!(
+                    "{}: PV {} has {} extents ending at byte {end}, past the device's {} bytes",
+                    d.pv.path,
+                    pv.name,
+                    pv.pe_count,
+                    d.pv.dev.size()
+                ));
+            }
             members.push(Member {
                 pv: d.pv.clone(),
                 label: label.clone(),

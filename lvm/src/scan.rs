@@ -18,7 +18,10 @@ pub struct PvDev {
 
 impl PvDev {
     pub fn new(dev: Arc<dyn BlockDev>, path: impl Into<String>) -> PvDev {
-        PvDev { dev, path: path.into() }
+        PvDev {
+            dev,
+            path: path.into(),
+        }
     }
 }
 
@@ -71,7 +74,10 @@ pub struct Scan {
 /// Reads every device; a device that cannot be read at all is an error,
 /// damaged structures are recorded in the result.
 pub fn scan(devs: &[PvDev]) -> Result<Scan> {
-    let mut out = Scan { devs: Vec::new(), texts: Vec::new() };
+    let mut out = Scan {
+        devs: Vec::new(),
+        texts: Vec::new(),
+    };
     let mut seen: HashMap<(u32, u64), Result<usize, String>> = HashMap::new();
     for pv in devs {
         let dev = &*pv.dev;
@@ -90,23 +96,28 @@ pub fn scan(devs: &[PvDev]) -> Result<Scan> {
                     Ok(h) if h.committed.is_empty() => AreaScan::Empty(h),
                     Ok(h) if h.committed.ignored() => AreaScan::Ignored(h),
                     Ok(h) => {
-                        let key = (h.committed.checksum, h.committed.size);
-                        let parsed = match seen.get(&key) {
-                            Some(r) => r.clone(),
-                            None => {
-                                let r = match read_text(dev, &h, &h.committed) {
-                                    Err(Error::BadText { reason, .. }) => Err(reason),
-                                    Err(e) => return Err(e),
-                                    Ok(raw) => match Vg::from_text(&raw) {
-                                        Ok(vg) => {
-                                            out.texts.push(ScannedText { raw, vg });
-                                            Ok(out.texts.len() - 1)
-                                        }
-                                        Err(e) => Err(e.to_string()),
-                                    },
-                                };
-                                seen.insert(key, r.clone());
-                                r
+                        // Every copy is read and checksummed on its own device (a
+                        // damaged copy must not condemn good ones elsewhere); only
+                        // the parse of identical texts is shared.
+                        let parsed = match read_text(dev, &h, &h.committed) {
+                            Err(Error::BadText { reason, .. }) => Err(reason),
+                            Err(e) => return Err(e),
+                            Ok(raw) => {
+                                let key = (h.committed.checksum, h.committed.size);
+                                match seen.get(&key) {
+                                    Some(r) => r.clone(),
+                                    None => {
+                                        let r = match Vg::from_text(&raw) {
+                                            Ok(vg) => {
+                                                out.texts.push(ScannedText { raw, vg });
+                                                Ok(out.texts.len() - 1)
+                                            }
+                                            Err(e) => Err(e.to_string()),
+                                        };
+                                        seen.insert(key, r.clone());
+                                        r
+                                    }
+                                }
                             }
                         };
                         match parsed {
@@ -115,10 +126,18 @@ pub fn scan(devs: &[PvDev]) -> Result<Scan> {
                         }
                     }
                 };
-                areas.push(ScannedArea { start: m.offset, size: m.size, state });
+                areas.push(ScannedArea {
+                    start: m.offset,
+                    size: m.size,
+                    state,
+                });
             }
         }
-        out.devs.push(ScannedDev { pv: pv.clone(), label, areas });
+        out.devs.push(ScannedDev {
+            pv: pv.clone(),
+            label,
+            areas,
+        });
     }
     Ok(out)
 }

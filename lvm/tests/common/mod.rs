@@ -22,11 +22,18 @@ pub fn tmpdir() -> tempfile::TempDir {
 }
 
 pub fn stamp() -> Stamp {
-    Stamp { time: 1_700_000_000, host: "testhost".into() }
+    Stamp {
+        time: 1_700_000_000,
+        host: "testhost".into(),
+    }
 }
 
 pub fn header() -> TextHeader<'static> {
-    TextHeader { description: "Write from a test.", creation_host: "testhost", creation_time: 1_700_000_000 }
+    TextHeader {
+        description: "Write from a test.",
+        creation_host: "testhost",
+        creation_time: 1_700_000_000,
+    }
 }
 
 pub fn strings(v: &[&str]) -> Vec<String> {
@@ -45,7 +52,10 @@ impl Disk {
     pub fn new(dir: &Path, name: &str, size: u64) -> Disk {
         let path = dir.join(name);
         let f = FileDev::open(&path, &OpenOptions::new().create_size(Some(size))).unwrap();
-        Disk { path, file: Arc::new(f) }
+        Disk {
+            path,
+            file: Arc::new(f),
+        }
     }
 
     pub fn pv(&self) -> PvDev {
@@ -138,13 +148,29 @@ impl Disk {
 
 /// Adds an LV of `stripes.len()` stripes of `per_stripe` extents each, on the
 /// first free range of that length of each named PV (as lvcreate -i does).
-pub fn add_striped(v: &mut Vg, name: &str, pvs: &[&str], per_stripe: u64, stripe_size: u64) -> lvm::Result<()> {
+pub fn add_striped(
+    v: &mut Vg,
+    name: &str,
+    pvs: &[&str],
+    per_stripe: u64,
+    stripe_size: u64,
+) -> lvm::Result<()> {
     let free = v.free_areas()?;
     let mut stripes = Vec::new();
     for pv in pvs {
-        let i = v.pvs.iter().position(|p| p.name == *pv).expect("PV in the VG");
-        let a = free.iter().find(|a| a.pv == i && a.len >= per_stripe).expect("room for a stripe");
-        stripes.push(Stripe { pv: pv.to_string(), start_pe: a.start });
+        let i = v
+            .pvs
+            .iter()
+            .position(|p| p.name == *pv)
+            .expect("PV in the VG");
+        let a = free
+            .iter()
+            .find(|a| a.pv == i && a.len >= per_stripe)
+            .expect("room for a stripe");
+        stripes.push(Stripe {
+            pv: pv.to_string(),
+            start_pe: a.start,
+        });
     }
     let st = stamp();
     v.lvs.push(Lv {
@@ -158,7 +184,10 @@ pub fn add_striped(v: &mut Vg, name: &str, pvs: &[&str], per_stripe: u64, stripe
         segments: vec![Segment {
             start_extent: 0,
             extent_count: per_stripe * pvs.len() as u64,
-            kind: SegmentKind::Striped { stripe_size: Some(stripe_size), stripes },
+            kind: SegmentKind::Striped {
+                stripe_size: Some(stripe_size),
+                stripes,
+            },
             other: Section::default(),
         }],
     });
@@ -172,18 +201,44 @@ pub fn sample_vg(dir: &Path) -> (Vec<Disk>, OpenVg) {
     let a = Disk::new(dir, "a", 128 * MIB);
     let b = Disk::new(dir, "b", 128 * MIB);
     format_pv(&*a.file, &PvFormat::default()).unwrap();
-    format_pv(&*b.file, &PvFormat { mda_copies: 2, ..Default::default() }).unwrap();
+    format_pv(
+        &*b.file,
+        &PvFormat {
+            mda_copies: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut vg = OpenVg::create("vg0", &[a.pv(), b.pv()], 4 * MIB).unwrap();
     let st = stamp();
-    vg.change("create lv0", |v| v.create_lv("lv0", 3, &strings(&["t1", "owner=me"]), &st).map(|_| ())).unwrap();
-    vg.change("create lv1", |v| v.create_lv("lv1", 2, &[], &st).map(|_| ())).unwrap();
+    vg.change("create lv0", |v| {
+        v.create_lv("lv0", 3, &strings(&["t1", "owner=me"]), &st)
+            .map(|_| ())
+    })
+    .unwrap();
+    vg.change("create lv1", |v| {
+        v.create_lv("lv1", 2, &[], &st).map(|_| ())
+    })
+    .unwrap();
     vg.change("extend lv0", |v| v.extend_lv("lv0", 2)).unwrap();
-    vg.change("tag vg0", |v| v.change_tags(None, &strings(&["vgtag", "site:x"]), &[])).unwrap();
-    vg.change("create str", |v| add_striped(v, "str", &["pv0", "pv1"], 2, 128)).unwrap();
-    vg.change("create data", |v| v.create_lv("data", 40, &strings(&["big"]), &st).map(|_| ())).unwrap();
+    vg.change("tag vg0", |v| {
+        v.change_tags(None, &strings(&["vgtag", "site:x"]), &[])
+    })
+    .unwrap();
+    vg.change("create str", |v| {
+        add_striped(v, "str", &["pv0", "pv1"], 2, 128)
+    })
+    .unwrap();
+    vg.change("create data", |v| {
+        v.create_lv("data", 40, &strings(&["big"]), &st).map(|_| ())
+    })
+    .unwrap();
     let v = vg.vg();
     assert_eq!(v.lv("lv0").unwrap().segments.len(), 2);
-    assert!(v.lv("data").unwrap().segments.len() >= 2, "data spans both PVs");
+    assert!(
+        v.lv("data").unwrap().segments.len() >= 2,
+        "data spans both PVs"
+    );
     (vec![a, b], vg)
 }
 
@@ -195,8 +250,14 @@ pub fn mem_label(pe_count: u64, extent_bytes: u64) -> PvLabel {
         sector: 1,
         uuid: Uuid::generate().unwrap(),
         device_size: pe_start + pe_count * extent_bytes,
-        data_areas: vec![DiskLocn { offset: pe_start, size: 0 }],
-        mdas: vec![DiskLocn { offset: 4096, size: pe_start - 4096 }],
+        data_areas: vec![DiskLocn {
+            offset: pe_start,
+            size: 0,
+        }],
+        mdas: vec![DiskLocn {
+            offset: 4096,
+            size: pe_start - 4096,
+        }],
         ext_version: PV_EXT_VERSION,
         ext_flags: 0,
         bootloader_areas: Vec::new(),
@@ -207,16 +268,35 @@ pub fn mem_label(pe_count: u64, extent_bytes: u64) -> PvLabel {
 pub fn mem_vg(pe_counts: &[u64], extent_bytes: u64) -> Vg {
     let mut vg = Vg::new("vg", extent_bytes).unwrap();
     for (i, &n) in pe_counts.iter().enumerate() {
-        vg.add_pv(&mem_label(n, extent_bytes), &format!("/dev/mem{i}")).unwrap();
+        vg.add_pv(&mem_label(n, extent_bytes), &format!("/dev/mem{i}"))
+            .unwrap();
     }
     vg
 }
 
 /// Replaces the first `from` after the first `anchor` (both must exist).
 pub fn replace_after(text: &str, anchor: &str, from: &str, to: &str) -> String {
-    let a = text.find(anchor).unwrap_or_else(|| panic!("{anchor:?} not in the text"));
-    let f = a + text[a..].find(from).unwrap_or_else(|| panic!("{from:?} not after {anchor:?}"));
+    let a = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("{anchor:?} not in the text"));
+    let f = a + text[a..]
+        .find(from)
+        .unwrap_or_else(|| panic!("{from:?} not after {anchor:?}"));
     format!("{}{}{}", &text[..f], to, &text[f + from.len()..])
+}
+
+/// Replaces the first whole line starting with `prefix` after `anchor`.
+pub fn replace_line_after(text: &str, anchor: &str, prefix: &str, line: &str) -> String {
+    let a = text
+        .find(anchor)
+        .unwrap_or_else(|| panic!("{anchor:?} not in the text"));
+    let start = a
+        + text[a..]
+            .find(&format!("\n{prefix}"))
+            .unwrap_or_else(|| panic!("{prefix:?} not after {anchor:?}"))
+        + 1;
+    let end = start + text[start..].find('\n').unwrap_or(text.len() - start);
+    format!("{}{}{}", &text[..start], line, &text[end..])
 }
 
 /// Text of `raw` (which ends in a NUL) as a string, without the NUL.
@@ -235,21 +315,97 @@ pub fn with_nul(s: &str) -> Vec<u8> {
 /// independent check of `used_extents`): panics on a double allocation or
 /// an extent past the PV's end.
 pub fn extent_bitmap(vg: &Vg) -> Vec<Vec<bool>> {
-    let mut map: Vec<Vec<bool>> = vg.pvs.iter().map(|p| vec![false; p.pe_count as usize]).collect();
+    let mut map: Vec<Vec<bool>> = vg
+        .pvs
+        .iter()
+        .map(|p| vec![false; p.pe_count as usize])
+        .collect();
     for lv in &vg.lvs {
         for seg in &lv.segments {
-            let SegmentKind::Striped { stripes, .. } = &seg.kind else { continue };
+            let SegmentKind::Striped { stripes, .. } = &seg.kind else {
+                continue;
+            };
             let per = seg.extent_count / stripes.len() as u64;
-            assert_eq!(per * stripes.len() as u64, seg.extent_count, "LV {}: uneven stripes", lv.name);
+            assert_eq!(
+                per * stripes.len() as u64,
+                seg.extent_count,
+                "LV {}: uneven stripes",
+                lv.name
+            );
             for st in stripes {
-                let i = vg.pvs.iter().position(|p| p.name == st.pv).expect("known PV");
+                let i = vg
+                    .pvs
+                    .iter()
+                    .position(|p| p.name == st.pv)
+                    .expect("known PV");
                 for e in st.start_pe..st.start_pe + per {
-                    assert!(e < vg.pvs[i].pe_count, "LV {}: extent {e} past PV {} end", lv.name, st.pv);
-                    assert!(!map[i][e as usize], "LV {}: extent {e} of {} allocated twice", lv.name, st.pv);
+                    assert!(
+                        e < vg.pvs[i].pe_count,
+                        "LV {}: extent {e} past PV {} end",
+                        lv.name,
+                        st.pv
+                    );
+                    assert!(
+                        !map[i][e as usize],
+                        "LV {}: extent {e} of {} allocated twice",
+                        lv.name, st.pv
+                    );
                     map[i][e as usize] = true;
                 }
             }
         }
     }
     map
+}
+
+/// A block device in memory (512-byte sectors), for tests that need many
+/// fresh copies of a small VG.
+pub struct MemDev {
+    data: std::sync::Mutex<Vec<u8>>,
+    id: san::DevId,
+}
+
+impl MemDev {
+    pub fn new(data: Vec<u8>) -> MemDev {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MemDev {
+            data: std::sync::Mutex::new(data),
+            id: san::DevId(format!("mem:{n}")),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.data.lock().unwrap().clone()
+    }
+}
+
+impl BlockDev for MemDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> san::Result<()> {
+        san::check_io(self, offset, buf.len())?;
+        let d = self.data.lock().unwrap();
+        buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> san::Result<()> {
+        san::check_io(self, offset, buf.len())?;
+        self.data.lock().unwrap()[offset as usize..offset as usize + buf.len()]
+            .copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> san::Result<()> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+    fn logical_sector_size(&self) -> u32 {
+        512
+    }
+    fn physical_sector_size(&self) -> u32 {
+        4096
+    }
+    fn identity(&self) -> &san::DevId {
+        &self.id
+    }
 }

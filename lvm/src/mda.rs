@@ -191,6 +191,19 @@ fn pieces(offset: u64, len: u64, area: u64) -> [(u64, u64); 2] {
     }
 }
 
+/// Would a copy of `len` bytes at `at` overlap the committed copy `old`?
+pub fn copies_overlap(old: &RawLocn, at: u64, len: u64, area: u64) -> bool {
+    if old.is_empty() || old.ignored() {
+        return false;
+    }
+    let a = pieces(old.offset, old.size, area);
+    let b = pieces(at, len, area);
+    a.iter().any(|&(ao, al)| {
+        b.iter()
+            .any(|&(bo, bl)| al > 0 && bl > 0 && ao < bo + bl && bo < ao + al)
+    })
+}
+
 pub fn read_header(dev: &dyn BlockDev, start: u64, size: u64) -> Result<MdaHeader> {
     let s = io::read(dev, "reading a metadata area header", start, SECTOR)?;
     MdaHeader::decode(&s, start, size).map_err(|reason| Error::BadMdaHeader {
@@ -258,6 +271,15 @@ pub fn write_text(dev: &dyn BlockDev, h: &MdaHeader, offset: u64, text: &[u8]) -
 mod tests {
     use super::*;
 
+    fn locn(offset: u64, size: u64) -> RawLocn {
+        RawLocn {
+            offset,
+            size,
+            checksum: 0,
+            flags: 0,
+        }
+    }
+
     #[test]
     fn header_round_trip_and_checks() {
         let mut h = MdaHeader::empty(4096, 1_044_480);
@@ -284,17 +306,7 @@ mod tests {
     fn placement_follows_lvm() {
         // Observed with a 32 KiB area (spec §7): copies follow each other on 512 boundaries.
         let z = 32768;
-        let at = |o, s| {
-            next_offset(
-                &RawLocn {
-                    offset: o,
-                    size: s,
-                    checksum: 0,
-                    flags: 0,
-                },
-                z,
-            )
-        };
+        let at = |o, s| next_offset(&locn(o, s), z);
         assert_eq!(next_offset(&RawLocn::default(), z), 512);
         assert_eq!(at(512, 726), 1536);
         assert_eq!(at(1536, 1000), 2560);
@@ -310,67 +322,13 @@ mod tests {
 
     #[test]
     fn wrapped_location_must_not_overlap_itself() {
-        assert!(check_locn(
-            &RawLocn {
-                offset: 30720,
-                size: 2170,
-                checksum: 0,
-                flags: 0
-            },
-            32768
-        )
-        .is_ok());
+        assert!(check_locn(&locn(30720, 2170), 32768).is_ok());
         // {1024, 32000} wraps 256 bytes to [512, 768): it fits (lvm accepts wrap <= offset too).
-        assert!(check_locn(
-            &RawLocn {
-                offset: 1024,
-                size: 32000,
-                checksum: 0,
-                flags: 0
-            },
-            32768
-        )
-        .is_ok());
+        assert!(check_locn(&locn(1024, 32000), 32768).is_ok());
         // One byte more than the 32256-byte buffer would overlap itself.
-        assert!(check_locn(
-            &RawLocn {
-                offset: 1024,
-                size: 32257,
-                checksum: 0,
-                flags: 0
-            },
-            32768
-        )
-        .is_err());
-        assert!(check_locn(
-            &RawLocn {
-                offset: u64::MAX - 1,
-                size: 2,
-                checksum: 0,
-                flags: 0
-            },
-            u64::MAX
-        )
-        .is_err());
-        assert!(check_locn(
-            &RawLocn {
-                offset: 100,
-                size: 10,
-                checksum: 0,
-                flags: 0
-            },
-            32768
-        )
-        .is_err());
-        assert!(check_locn(
-            &RawLocn {
-                offset: 512,
-                size: u64::MAX,
-                checksum: 0,
-                flags: 0
-            },
-            32768
-        )
-        .is_err());
+        assert!(check_locn(&locn(1024, 32257), 32768).is_err());
+        assert!(check_locn(&locn(u64::MAX - 1, 2), u64::MAX).is_err());
+        assert!(check_locn(&locn(100, 10), 32768).is_err());
+        assert!(check_locn(&locn(512, u64::MAX), 32768).is_err());
     }
 }

@@ -11,8 +11,8 @@
 use crate::label::{write_label, PvLabel, PV_EXT_USED, PV_EXT_VERSION};
 use crate::lvdev::LvDev;
 use crate::mda::{
-    max_text_len, next_offset, read_header, write_header, write_text, MdaHeader, RawLocn,
-    MDA_HEADER_SIZE,
+    copies_overlap, max_text_len, next_offset, read_header, write_header, write_text, MdaHeader,
+    RawLocn,
 };
 use crate::model::{TextHeader, Vg};
 use crate::ops::{hostname, Stamp};
@@ -468,7 +468,7 @@ impl OpenVg {
                     });
                 }
                 let at = next_offset(&a.header.committed, a.header.size);
-                if overlaps(&a.header.committed, at, len, a.header.size) {
+                if copies_overlap(&a.header.committed, at, len, a.header.size) {
                     return Err(Error::MetadataTooLarge {
                         dev: m.pv.path.clone(),
                         len,
@@ -567,24 +567,4 @@ fn damage(scan: &Scan) -> Option<Error> {
         }
     }
     None
-}
-
-/// Would a copy of `len` bytes at `at` overlap the committed copy `old`?
-fn overlaps(old: &RawLocn, at: u64, len: u64, area: u64) -> bool {
-    if old.is_empty() || old.ignored() {
-        return false;
-    }
-    let ranges = |o: u64, l: u64| -> [(u64, u64); 2] {
-        if o + l > area {
-            [(o, area), (MDA_HEADER_SIZE, o + l - area + MDA_HEADER_SIZE)]
-        } else {
-            [(o, o + l), (0, 0)]
-        }
-    };
-    let a = ranges(old.offset, old.size);
-    let b = ranges(at, len);
-    a.iter().any(|x| {
-        b.iter()
-            .any(|y| x.0 < x.1 && y.0 < y.1 && x.0 < y.1 && y.0 < x.1)
-    })
 }

@@ -89,13 +89,6 @@ impl OpenVg {
         let (vg, raw) = (best.vg.clone(), best.raw.clone());
         let mut health = Health::default();
         let mut members: Vec<Member> = Vec::new();
-        for d in &devs {
-            if let LabelScan::Bad(reason) = &d.label {
-                health
-                    .corrupt
-                    .push(format!("{}: bad PV label: {reason}", d.pv.path));
-            }
-        }
         for pv in &vg.pvs {
             let mut found = devs
                 .iter()
@@ -191,6 +184,16 @@ impl OpenVg {
                 label: label.clone(),
                 areas,
             });
+        }
+        // A damaged label may be a missing PV's: name it. Otherwise it is another device's business.
+        if !health.missing.is_empty() {
+            for d in &devs {
+                if let LabelScan::Bad(reason) = &d.label {
+                    health
+                        .corrupt
+                        .push(format!("{}: bad PV label: {reason}", d.pv.path));
+                }
+            }
         }
         Ok(OpenVg {
             vg,

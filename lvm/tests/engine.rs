@@ -1,7 +1,7 @@
 //! The engine end to end on sparse files: format, create, change, reopen.
 
 use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp};
-use san::{FileDev, OpenOptions};
+use san::{BlockDev, FileDev, OpenOptions};
 use std::sync::Arc;
 
 fn dev(dir: &std::path::Path, name: &str, size: u64) -> PvDev {
@@ -69,4 +69,25 @@ fn a_lun_that_shrank_is_read_but_not_written() {
         .change("test", |v| v.create_lv("lv1", 1, &[], &stamp).map(drop))
         .unwrap_err();
     assert!(matches!(err, lvm::Error::Refused { .. }), "{err}");
+}
+
+#[test]
+fn a_damaged_label_on_another_device_does_not_block_the_vg() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let a = dev(dir.path(), "a", 64 << 20);
+    let other = dev(dir.path(), "other", 64 << 20);
+    format_pv(&*a.dev, &PvFormat::default()).unwrap();
+    format_pv(&*other.dev, &PvFormat::default()).unwrap();
+    OpenVg::create("vg0", std::slice::from_ref(&a), 4 << 20).unwrap();
+    // Flip a byte inside the other device's label sector: its checksum no longer matches.
+    let mut sector = vec![0u8; 512];
+    other.dev.read_at(&mut sector, 512).unwrap();
+    sector[100] ^= 0xff;
+    other.dev.write_at(&sector, 512).unwrap();
+    let mut vg = OpenVg::open(&[a, other], Some("vg0")).unwrap();
+    assert_eq!(vg.health(), &lvm::Health::default());
+    vg.change("test", |v| {
+        v.create_lv("lv0", 1, &[], &Stamp::now()).map(drop)
+    })
+    .unwrap();
 }

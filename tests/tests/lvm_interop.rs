@@ -58,32 +58,15 @@ fn lvm2_reads_what_we_write() {
     skip_unless_lvm2!();
     let fx = fixture(&[512 * MIB, 512 * MIB, 256 * MIB]).unwrap();
     let d = devs(&fx);
-    format_pv(
-        &*d[0].dev,
-        &PvFormat {
+    // Metadata areas: one on pv0, two on pv1, none on pv2.
+    for (dev, copies) in d.iter().zip([1, 2, 0]) {
+        let f = PvFormat {
             mda_size: 4 * MIB,
+            mda_copies: copies,
             ..Default::default()
-        },
-    )
-    .unwrap();
-    format_pv(
-        &*d[1].dev,
-        &PvFormat {
-            mda_size: 4 * MIB,
-            mda_copies: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    format_pv(
-        &*d[2].dev,
-        &PvFormat {
-            mda_size: 4 * MIB,
-            mda_copies: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+        };
+        format_pv(&*dev.dev, &f).unwrap();
+    }
     let mut vg = OpenVg::create("ours", &d, 4 * MIB).unwrap();
     let s = stamp();
     // A two-stripe segment, written through the model (our own allocator only makes linear ones).

@@ -449,6 +449,7 @@ impl OpenVg {
     fn write_everywhere(&mut self, text: &[u8]) -> Result<()> {
         let len = text.len() as u64;
         // Refuse a change based on a stale read, and metadata that does not fit, before writing anything.
+        let mut offsets = Vec::new();
         for m in &self.members {
             for a in m.areas.iter().filter(|a| !a.ignored) {
                 let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
@@ -462,16 +463,8 @@ impl OpenVg {
                     });
                 }
                 let max = max_text_len(a.header.size);
-                if len > max {
-                    return Err(Error::MetadataTooLarge {
-                        dev: m.pv.path.clone(),
-                        len,
-                        max,
-                        area: a.header.size,
-                    });
-                }
                 let at = next_offset(&a.header.committed, a.header.size);
-                if copies_overlap(&a.header.committed, at, len, a.header.size) {
+                if len > max || copies_overlap(&a.header.committed, at, len, a.header.size) {
                     return Err(Error::MetadataTooLarge {
                         dev: m.pv.path.clone(),
                         len,
@@ -479,24 +472,23 @@ impl OpenVg {
                         area: a.header.size,
                     });
                 }
+                offsets.push(at);
             }
         }
         self.failed = true;
-        let mut locns = Vec::new();
-        for m in &self.members {
-            for a in m.areas.iter().filter(|a| !a.ignored) {
-                let at = next_offset(&a.header.committed, a.header.size);
-                locns.push(write_text(&*m.pv.dev, &a.header, at, text)?);
-            }
+        let mut locns = Vec::with_capacity(offsets.len());
+        let in_use = self
+            .members
+            .iter()
+            .flat_map(|m| m.areas.iter().filter(|a| !a.ignored).map(move |a| (m, a)));
+        for ((m, a), at) in in_use.zip(offsets) {
+            locns.push(write_text(&*m.pv.dev, &a.header, at, text)?);
         }
         self.flush_all()?;
         for precommit in [true, false] {
-            let mut next = locns.iter();
+            let mut next = locns.iter().copied();
             for m in &mut self.members {
-                for a in m.areas.iter_mut().filter(|a| !a.ignored) {
-                    let l = *next
-                        .next()
-                        .ok_or_else(|| Error::InvalidArgument("area count changed".into()))?;
+                for (a, l) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
                     let mut h = a.header;
                     if precommit {
                         h.precommitted = l;

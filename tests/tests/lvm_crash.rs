@@ -134,23 +134,10 @@ fn ops() -> Vec<(&'static str, Op)> {
 
 fn rig() -> Rig {
     let fx = LvmFixture::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR"))), &[PV_SIZE; 3]).unwrap();
-    let rig = Rig {
+    Rig {
         fx,
         saved: Vec::new(),
-    };
-    let d = rig.plain();
-    // Three metadata areas: one on pv0, two on pv1; pv2 waits to be added.
-    format_pv(&*d[0].dev, &PvFormat::default()).unwrap();
-    format_pv(
-        &*d[1].dev,
-        &PvFormat {
-            mda_copies: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    format_pv(&*d[2].dev, &PvFormat::default()).unwrap();
-    rig
+    }
 }
 
 fn populate(d: &[PvDev]) {
@@ -266,6 +253,7 @@ impl Rig {
     fn restore_or_build(&mut self, op: &str) {
         let d = self.plain();
         // Re-format everything: each operation starts from the same kind of state.
+        // Three metadata areas: one on pv0, two on pv1; pv2 waits to be added.
         for (i, dev) in d.iter().enumerate() {
             let copies = if i == 1 { 2 } else { 1 };
             format_pv(

@@ -39,6 +39,9 @@ pub struct OpenOptions {
     /// Create the file if missing and extend it (sparse) to at least this
     /// size; never shrinks. For test images; ignored for block devices.
     pub create_size: Option<u64>,
+    /// Open with O_DSYNC: each write is durable when it returns, with no
+    /// separate flush (lease records, where one write is one protocol step).
+    pub sync: bool,
 }
 
 impl Default for OpenOptions {
@@ -47,6 +50,7 @@ impl Default for OpenOptions {
             read_only: false,
             direct: true,
             create_size: None,
+            sync: false,
         }
     }
 }
@@ -65,6 +69,10 @@ impl OpenOptions {
     }
     pub fn create_size(mut self, size: Option<u64>) -> Self {
         self.create_size = size;
+        self
+    }
+    pub fn sync(mut self, yes: bool) -> Self {
+        self.sync = yes;
         self
     }
 }
@@ -200,9 +208,14 @@ fn open_file(path: &Path, opts: &OpenOptions, direct: bool) -> io::Result<File> 
     o.read(true)
         .write(!opts.read_only)
         .create(opts.create_size.is_some());
+    let mut flags = 0;
     if direct {
-        o.custom_flags(libc::O_DIRECT);
+        flags |= libc::O_DIRECT;
     }
+    if opts.sync {
+        flags |= libc::O_DSYNC;
+    }
+    o.custom_flags(flags);
     o.open(path)
 }
 

@@ -285,7 +285,8 @@ impl Resource {
                 },
             };
             match self.run_ballot(me, &area, mine, opts.shared)? {
-                BallotResult::Committed(held, seen) => {
+                BallotResult::Committed(done) => {
+                    let (held, seen) = *done;
                     if held.leader.owner_id != me.host_id
                         || held.leader.owner_generation != me.generation
                     {
@@ -510,14 +511,14 @@ impl Resource {
         l.write_timestamp = monotime();
         l.flags = (l.flags & !LFL_SHORT_HOLD) | if shared { LFL_SHORT_HOLD } else { 0 };
         self.write_leader(me, &l)?;
-        Ok(BallotResult::Committed(
+        Ok(BallotResult::Committed(Box::new((
             Held {
                 leader: l,
                 shared,
                 dblock: mine,
             },
             seen2,
-        ))
+        ))))
     }
 
     /// The read after a phase write: abort on a larger lver or mbal.
@@ -648,7 +649,7 @@ enum Phase {
 }
 
 enum BallotResult {
-    Committed(Held, Area),
+    Committed(Box<(Held, Area)>),
     Aborted(Dblock),
     Restart,
     Decided(Leader),

@@ -35,3 +35,27 @@ pub fn jitter(max: Duration) -> Duration {
     let ns = max.as_nanos().max(1) as u64;
     Duration::from_nanos(random_u64() % ns)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock every process on this host
+/// shares, so a deadline passes between daemon and clients as a number.
+pub fn monotime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as in `monotime`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An `Instant` as CLOCK_MONOTONIC nanoseconds (Rust's `Instant` is that
+/// clock on Linux, but opaque).
+pub fn instant_ns(t: std::time::Instant) -> u64 {
+    let now_i = std::time::Instant::now();
+    let now_ns = monotime_ns();
+    if t >= now_i {
+        now_ns + (t - now_i).as_nanos() as u64
+    } else {
+        now_ns.saturating_sub((now_i - t).as_nanos() as u64)
+    }
+}

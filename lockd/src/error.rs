@@ -49,11 +49,12 @@ pub enum Error {
         owner_id: u64,
         owner_generation: u64,
     },
-    #[error("resource {resource} is held by host {owner_id}, which stopped renewing; it can be taken over in {remaining:?}")]
+    #[error("resource {resource} is held by host {owner_id}, {}; if that host is dead the lease can be taken over in {remaining:?} (acquire with wait)", if *seen_renewing { "which stopped renewing" } else { "whose renewals we have not watched long enough" })]
     OwnedRetry {
         resource: String,
         owner_id: u64,
         remaining: Duration,
+        seen_renewing: bool,
     },
     #[error("resource {resource} lease version {lver} went to host {owner_id}")]
     AcquiredByOther {

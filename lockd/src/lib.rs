@@ -13,13 +13,16 @@
 //! by io_timeout. [`timing`] derives every timeout from io_timeout and states
 //! the fencing inequality.
 
+pub mod client;
 pub mod clock;
 mod crc32c;
+pub mod daemon;
 pub mod delta;
 pub mod direct;
 mod error;
 pub mod leaseio;
 pub mod paxos;
+pub mod proto;
 pub mod record;
 pub mod timing;
 

@@ -385,6 +385,10 @@ impl Resource {
                     resource: self.resource_label(),
                     owner_id: leader.owner_id,
                     remaining: host_dead.saturating_sub(wait_start.elapsed()),
+                    seen_renewing: matches!(
+                        me.host_state(leader.owner_id),
+                        Some(crate::delta::HostState::Fail | crate::delta::HostState::Dead)
+                    ),
                 }
             }
         };

@@ -312,9 +312,8 @@ impl Resource {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 BallotResult::Restart => ballot = None,
-                BallotResult::Decided(l) => {
+                BallotResult::Decided(l, dblock) => {
                     if l.owner_id == me.host_id && l.owner_generation == me.generation {
-                        let dblock = ballot.unwrap_or(mine);
                         return self.finish(
                             me,
                             Held {
@@ -470,7 +469,7 @@ impl Resource {
             Phase::Ok(a) => a,
             Phase::Abort => return Ok(BallotResult::Aborted(mine)),
             Phase::Restart => return Ok(BallotResult::Restart),
-            Phase::Decided(l) => return Ok(BallotResult::Decided(l)),
+            Phase::Decided(l) => return Ok(BallotResult::Decided(l, mine)),
         };
         let best = seen
             .dblocks
@@ -501,7 +500,7 @@ impl Resource {
             Phase::Ok(a) => a,
             Phase::Abort => return Ok(BallotResult::Aborted(mine)),
             Phase::Restart => return Ok(BallotResult::Restart),
-            Phase::Decided(l) => return Ok(BallotResult::Decided(l)),
+            Phase::Decided(l) => return Ok(BallotResult::Decided(l, mine)),
         };
 
         // Commit: the value is chosen; cache it in the leader.
@@ -656,7 +655,8 @@ enum BallotResult {
     Committed(Box<(Held, Area)>),
     Aborted(Dblock),
     Restart,
-    Decided(Leader),
+    /// Someone committed this lver; our dblock as last written.
+    Decided(Leader, Dblock),
 }
 
 /// Checks a geometry/num_hosts pair before init.

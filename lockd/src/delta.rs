@@ -434,8 +434,14 @@ impl HostId {
         Ok(out)
     }
 
-    /// Frees the host id: timestamp 0, owner and generation kept.
+    /// Frees the host id: timestamp 0, owner and generation kept. Refused
+    /// once the lease failed (overwritten, killed) or expired.
     pub fn release(&self) -> Result<()> {
+        // Fix: this used to write unconditionally. After RenewCorrupt, or
+        // when a stopped host resumes past its deadline, another host may
+        // own the id by now; our old record with timestamp 0 would erase
+        // its record and make its leases look free to everyone.
+        self.check_valid()?;
         let mut rec = self.state().leader;
         rec.timestamp = 0;
         self.kill();
@@ -461,6 +467,12 @@ impl HostId {
         let st = self.state();
         let (leader, since) = st.liveness.last_change(host_id)?;
         (leader.owner_generation == generation && leader.timestamp != 0).then_some(since)
+    }
+
+    /// The record of `host_id` our renewals last read, and the local time
+    /// they first saw it (its last change, or when we started watching).
+    pub fn last_seen(&self, host_id: u64) -> Option<(Leader, Instant)> {
+        self.state().liveness.last_change(host_id)
     }
 
     /// Every host seen by renewals: id, record, state.

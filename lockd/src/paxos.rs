@@ -228,9 +228,11 @@ impl Resource {
             match self.acquire_once(me, opts) {
                 // A shared requester that meets another's short hold, or
                 // loses a race to another shared requester, tries again.
-                Err(e @ (Error::HeldByLiveHost { .. } | Error::AcquiredByOther { .. }))
-                    if opts.shared && shared_tries < SHARED_RETRIES =>
-                {
+                Err(
+                    e @ (Error::HeldByLiveHost { .. }
+                    | Error::AcquiredByOther { .. }
+                    | Error::OwnedRetry { .. }),
+                ) if opts.shared && shared_tries < SHARED_RETRIES => {
                     let l = self.read_leader()?;
                     if l.timestamp != 0 && l.flags & LFL_SHORT_HOLD == 0 {
                         return Err(e);
@@ -369,9 +371,20 @@ impl Resource {
         }
         let owner_io = u64::from(first.io_timeout).max(1);
         let host_dead = me.timeouts.host_dead(owner_io);
-        let wait_start = me
-            .last_live(leader.owner_id, first.owner_generation)
-            .unwrap_or(started);
+        // Fix: our renewals' memory of the owner counts only while the
+        // record just read is the one they saw. It used to be taken as is,
+        // so an observer whose renewals lagged (up to its id_renewal_fail,
+        // which exceeds host_dead of an owner with a shorter io_timeout)
+        // took a renewing owner for dead. A record changed since our last
+        // look means the owner renewed after it: alive (sanlock: IDLIVE).
+        let seen = me.last_seen(leader.owner_id);
+        let renewed_since_seen = seen.is_some_and(|(l, _)| {
+            l.owner_generation == first.owner_generation && l.timestamp != 0 && l != first
+        });
+        let wait_start = match seen {
+            Some((l, since)) if l == first => since,
+            _ => started,
+        };
         let busy = |live: bool| -> Error {
             if live {
                 Error::HeldByLiveHost {
@@ -391,9 +404,10 @@ impl Resource {
                 }
             }
         };
-        // The renewal thread saw it change recently: alive.
-        if me.host_state(leader.owner_id) == Some(crate::delta::HostState::Live)
-            && wait_start.elapsed() < host_dead
+        // The renewal thread saw it change recently, or it changed since: alive.
+        if renewed_since_seen
+            || me.host_state(leader.owner_id) == Some(crate::delta::HostState::Live)
+                && wait_start.elapsed() < host_dead
         {
             return Err(busy(true));
         }
@@ -541,7 +555,14 @@ impl Resource {
             }
             let Some((d, _)) = d else { continue };
             if d.lver > mine.lver {
-                return Ok(Phase::Restart);
+                // Fix: this was a Restart, which retries at once and without
+                // limit, so a dblock ahead of a leader that does not move
+                // made acquire spin on the disk forever. That happens when a
+                // host crashes mid-ballot after a release racing a commit
+                // set the leader back one lver, or in a damaged area. As an
+                // abort it backs off and ends in Contended; a leader that did
+                // move on is seen at the retry.
+                return Ok(Phase::Abort);
             }
             if d.lver == mine.lver && d.mbal > mine.mbal {
                 return Ok(Phase::Abort);
@@ -584,7 +605,10 @@ impl Resource {
             let rec = me.ls.read_host(h)?.leader;
             let holder_gone = rec.timestamp == 0
                 || rec.owner_generation != mode.generation
-                || me.host_state(h) == Some(crate::delta::HostState::Dead);
+                // Fix: "dead" by our renewals' memory only if the record
+                // just read is still the one they saw (as in wait_for_owner).
+                || me.host_state(h) == Some(crate::delta::HostState::Dead)
+                    && me.last_seen(h).is_some_and(|(l, _)| l == rec);
             if holder_gone {
                 // Clear a dead holder's shared mode block, as sanlock does.
                 self.write_dblock_of(me, h, d, &ModeBlock::default())?;
@@ -609,6 +633,13 @@ impl Resource {
         if now.write_id != me.host_id {
             return Ok(());
         }
+        let same_version = now.lver == ours.lver
+            && now.owner_id == ours.owner_id
+            && now.owner_generation == ours.owner_generation;
+        if same_version && now.timestamp == 0 {
+            // A retried release whose leader write had landed.
+            return Ok(());
+        }
         if !now.same_except_timestamp(ours) || now.timestamp != ours.timestamp {
             return Err(Error::NotOwner {
                 resource: self.resource_label(),
@@ -624,8 +655,15 @@ impl Resource {
         self.write_leader(me, &l)
     }
 
-    /// Releases a held lease: marks our dblock released (and drops a shared
-    /// mode block), then frees the leader if we wrote it.
+    /// Releases a held lease: frees the leader if we wrote it, then marks our
+    /// dblock released (dropping a shared mode block).
+    ///
+    /// Leader first, unlike sanlock: once our RELEASED dblock is visible
+    /// another host may commit the next version, and a leader write of ours
+    /// after its read would set the leader back a version. With the leader
+    /// freed first, nobody can commit in between (they would need our
+    /// RELEASED flag or our host to be dead), and a ballot for the next
+    /// version ignores our dblock of the old one.
     pub fn release(&self, me: &HostId, held: &Held) -> Result<()> {
         let mut d = held.dblock;
         if d.lver != held.leader.lver {
@@ -636,11 +674,18 @@ impl Resource {
             };
         }
         d.flags |= DBLOCK_RELEASED;
-        self.write_dblock(me, &d, &ModeBlock::default())?;
-        if held.shared {
-            return Ok(());
+        let leader = if held.shared {
+            Ok(())
+        } else {
+            self.release_leader(me, &held.leader)
+        };
+        if let Err(e @ (Error::Io { .. } | Error::Timeout { .. } | Error::LeaseExpired { .. })) =
+            leader
+        {
+            return Err(e);
         }
-        self.release_leader(me, &held.leader)
+        self.write_dblock(me, &d, &ModeBlock::default())?;
+        leader
     }
 }
 

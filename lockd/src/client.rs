@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -195,6 +196,20 @@ impl Client {
         Ok(())
     }
 
+    /// Lets the connection survive `exec`, so the program exec'd becomes the
+    /// lease holder (it keeps the pid we registered) and its exit closes
+    /// the connection, which releases its leases.
+    pub fn keep_across_exec(&self) -> std::io::Result<()> {
+        let fd = lock(&self.writer).as_raw_fd();
+        // SAFETY: fcntl on an fd this client owns, with integer arguments.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Replaces the default fence action (SIGKILL of this process), e.g. to
     /// stop a VM's disk I/O instead.
     pub fn on_fence(&self, handler: impl Fn(FenceReason) + Send + Sync + 'static) {
@@ -249,7 +264,17 @@ impl Client {
             spec: spec.clone(),
             pid,
         });
-        if pid.is_none() && r.is_ok() {
+        // Fix: the count used to drop only on success. lockd takes the
+        // lease out of its table before the disk release, so after a failed
+        // disk write (which it retries later) we hold nothing, get no more
+        // renewal events, and the fence watch would kill this process at the
+        // stale deadline. Only -22 (not held by us: nothing changed) keeps it.
+        let dropped = match &r {
+            Ok(_) => true,
+            Err(ClientError::Refused { code, .. }) => *code != -22,
+            Err(_) => false,
+        };
+        if pid.is_none() && dropped {
             if let Some(n) = lock(&self.shared.held).get_mut(&spec.lockspace) {
                 *n = n.saturating_sub(1);
             }

@@ -114,8 +114,29 @@ pub struct DumpEntry {
     pub owner_id: u64,
     pub owner_generation: u64,
     pub lver: u64,
-    /// "lockspace", "host", "resource", "shared" (a shared holder's block)
+    /// "lockspace", "host", "resource", "shared" (a shared holder's
+    /// block), "damaged" (a record that fails its checks; see `error`)
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl DumpEntry {
+    /// A record that did not decode, listed so damage is never silent.
+    fn damaged(offset: u64, sector: &[u8], e: &crate::record::RecordError) -> DumpEntry {
+        let raw = Leader::decode_raw(sector).ok().map(|(l, _)| l);
+        DumpEntry {
+            offset,
+            lockspace: raw.map(|l| l.space_name.to_string()).unwrap_or_default(),
+            resource: raw.map(|l| l.resource_name.to_string()).unwrap_or_default(),
+            timestamp: raw.map_or(0, |l| l.timestamp),
+            owner_id: raw.map_or(0, |l| l.owner_id),
+            owner_generation: raw.map_or(0, |l| l.owner_generation),
+            lver: raw.map_or(0, |l| l.lver),
+            kind: "damaged",
+            error: Some(e.to_string()),
+        }
+    }
 }
 
 /// Walks `len` bytes from `offset` in align-size steps and lists every
@@ -141,8 +162,14 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
             DELTA_MAGIC => {
                 let buf = dev.read(at, area_len as usize)?;
                 for (i, sector) in buf.chunks(s as usize).enumerate() {
-                    let Ok(l) = Leader::decode(sector, LeaderKind::Delta, s as u32) else {
-                        continue;
+                    let l = match Leader::decode(sector, LeaderKind::Delta, s as u32) {
+                        Ok(l) => l,
+                        // Past the host slots (zeroes): nothing there.
+                        Err(_) if sector.iter().all(|&b| b == 0) => continue,
+                        Err(e) => {
+                            out.push(DumpEntry::damaged(at + i as u64 * s, sector, &e));
+                            continue;
+                        }
                     };
                     if i > 0 && l.owner_id == 0 && l.timestamp == 0 {
                         continue;
@@ -160,11 +187,13 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
                         } else {
                             "host"
                         },
+                        error: None,
                     });
                 }
             }
-            PAXOS_MAGIC => {
-                if let Ok(l) = Leader::decode(&head, LeaderKind::Paxos, s as u32) {
+            PAXOS_MAGIC => match Leader::decode(&head, LeaderKind::Paxos, s as u32) {
+                Err(e) => out.push(DumpEntry::damaged(at, &head, &e)),
+                Ok(l) => {
                     out.push(DumpEntry {
                         offset: at,
                         lockspace: l.space_name.to_string(),
@@ -174,6 +203,7 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
                         owner_generation: l.owner_generation,
                         lver: l.lver,
                         kind: "resource",
+                        error: None,
                     });
                     let sectors = ((l.num_hosts + PAXOS_DBLOCK_SECTOR) * s).min(area_len);
                     let buf = dev.read(at, sectors as usize)?;
@@ -195,11 +225,12 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
                                 owner_generation: mode.generation,
                                 lver: d.lver,
                                 kind: "shared",
+                                error: None,
                             });
                         }
                     }
                 }
-            }
+            },
             _ => {}
         }
         at += align;
@@ -214,10 +245,10 @@ pub fn format_dump(entries: &[DumpEntry]) -> String {
         "offset", "lockspace", "resource", "timestamp", "own", "gen", "lver"
     );
     for e in entries {
-        let lver = if e.kind == "shared" {
-            "SH".to_string()
-        } else {
-            e.lver.to_string()
+        let lver = match (&e.error, e.kind) {
+            (Some(err), _) => format!("{} DAMAGED: {err}", e.lver),
+            (None, "shared") => "SH".to_string(),
+            (None, _) => e.lver.to_string(),
         };
         s.push_str(&format!(
             "{:010} {:>48} {:>48} {:010} {:04} {:04} {}\n",

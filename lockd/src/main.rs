@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::process::CommandExt;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
@@ -357,18 +359,18 @@ fn client_cmd(socket: PathBuf, cmd: ClientCmd) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let (spec, shared) = res(&resource)?;
-            // The command's lifetime bounds the lease: if we die, lockd
-            // releases; if lockd dies, the client library kills us.
+            // As sanlock's `client command`: register, acquire, then become
+            // the command, keeping the registered connection open across
+            // exec. The command is the holder (same pid): lockd releases
+            // when it exits and stops it if the lockspace fails.
             c.register(Duration::ZERO)?;
             c.acquire(&spec, shared, wait, None)?;
-            let status = std::process::Command::new(&command[0])
+            c.keep_across_exec()
+                .context("keeping the lockd connection across exec")?;
+            let err = std::process::Command::new(&command[0])
                 .args(&command[1..])
-                .status()
-                .with_context(|| format!("running {}", command[0]))?;
-            c.release(&spec, None)?;
-            return Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ));
+                .exec();
+            bail!("running {}: {err}", command[0]);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -248,6 +248,11 @@ impl Resource {
     fn acquire_once(&self, me: &HostId, opts: AcquireOptions) -> Result<Held> {
         let started = Instant::now();
         let mut ballot: Option<Dblock> = None;
+        // Our dblock on disk says we held and released this lver already:
+        // the leader was set back. A ballot must re-commit that value (it
+        // was chosen), after which we free the leader and go on to the
+        // next version rather than claim a version we gave up.
+        let mut repairing = false;
         let mut attempts = 0u32;
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -279,14 +284,47 @@ impl Resource {
             let mine = match ballot {
                 Some(d) if d.lver == next_lver => d,
                 _ => match area.dblocks.get(me.host_id as usize - 1).copied().flatten() {
-                    Some((d, _)) if d.lver == next_lver => d,
-                    _ => Dblock {
-                        lver: next_lver,
-                        ..Dblock::default()
-                    },
+                    Some((d, _)) if d.lver == next_lver => {
+                        repairing = d.flags & DBLOCK_RELEASED != 0;
+                        d
+                    }
+                    _ => {
+                        repairing = false;
+                        Dblock {
+                            lver: next_lver,
+                            ..Dblock::default()
+                        }
+                    }
                 },
             };
-            match self.run_ballot(me, &area, mine, opts.shared)? {
+            let outcome = self.run_ballot(me, &area, mine, opts.shared)?;
+            if repairing {
+                let decided = match &outcome {
+                    BallotResult::Committed(done) => Some((done.0.leader, done.0.dblock)),
+                    BallotResult::Decided(l, d) => Some((*l, *d)),
+                    _ => None,
+                };
+                if let Some((leader, dblock)) = decided {
+                    log::warn!(
+                        "resource {}: leader was set back to lver {}; re-committed our released lver {} and freed it",
+                        self.resource_label(),
+                        leader.lver - 1,
+                        leader.lver
+                    );
+                    if leader.owner_id == me.host_id && leader.owner_generation == me.generation {
+                        let held = Held {
+                            leader,
+                            shared: false,
+                            dblock,
+                        };
+                        self.release(me, &held)?;
+                    }
+                    repairing = false;
+                    ballot = None;
+                    continue;
+                }
+            }
+            match outcome {
                 BallotResult::Committed(done) => {
                     let (held, seen) = *done;
                     if held.leader.owner_id != me.host_id
@@ -353,11 +391,18 @@ impl Resource {
         started: Instant,
     ) -> Result<bool> {
         let leader = area.leader;
-        // The owner marked its dblock for this lver released: it is done.
+        // Another host's ballot made this owner, which then marked its
+        // dblock released: it is done. (An owner that wrote the leader
+        // itself frees the leader on release; sanlock does that after
+        // marking its dblock, so taking the flag alone as free would let us
+        // commit the next version before sanlock's late leader write sets
+        // the leader back.)
         let owner_slot = leader.owner_id.checked_sub(1).map(|i| i as usize);
-        if let Some(Some((d, _))) = owner_slot.and_then(|i| area.dblocks.get(i)) {
-            if d.lver == leader.lver && d.flags & DBLOCK_RELEASED != 0 {
-                return Ok(true);
+        if leader.write_id != leader.owner_id {
+            if let Some(Some((d, _))) = owner_slot.and_then(|i| area.dblocks.get(i)) {
+                if d.lver == leader.lver && d.flags & DBLOCK_RELEASED != 0 {
+                    return Ok(true);
+                }
             }
         }
         let first = me.ls.read_host(leader.owner_id)?.leader;

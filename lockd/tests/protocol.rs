@@ -1187,3 +1187,70 @@ fn exclusive_acquire_release_costs_six_and_three_ios() {
         .unwrap();
     assert_eq!((held2.leader.lver, held2.leader.owner_id), (3, 2));
 }
+
+/// sanlock releases by marking its dblock, then freeing the leader if it is
+/// unchanged. Host 2 must not take the RELEASED flag alone as free when
+/// the owner wrote the leader (it would commit the next version inside that
+/// window and a late leader write would set the leader back); and if the
+/// leader was set back anyway, re-acquiring must not hand out again a
+/// version it already released while another host moves to the next one.
+#[test]
+fn a_leader_set_back_by_a_late_release_never_gives_two_holders() {
+    let s = setup(4 * MIB, &[(MIB, "r", 2000)]);
+    let hosts = join(&s, &[1, 2]);
+    let _renew: Vec<_> = hosts.iter().map(|h| Renewer::start(h.clone())).collect();
+    let (h1, h2) = (&hosts[0], &hosts[1]);
+    let raw = Raw::new(&s);
+    let (c1, d1) = fault_dev(&s);
+    let (c2, d2) = fault_dev(&s);
+    let r1 = Resource::new(d1, MIB, LS, "r").unwrap();
+    let r2 = Resource::new(d2, MIB, LS, "r").unwrap();
+
+    // Host 1 releases sanlock's way: dblock RELEASED, leader still held.
+    let held1 = r1.acquire(h1, excl()).unwrap();
+    let held_leader = raw.sector(MIB);
+    r1.release(h1, &held1).unwrap();
+    raw.put(MIB, &held_leader);
+    // Seen alive and not freed: busy, not "released".
+    thread::sleep(Duration::from_millis(4500));
+    let e = r2.acquire(h2, nowait()).unwrap_err();
+    assert!(e.is_busy(), "{e}");
+
+    // The leader was set back anyway (a late write after a newer commit):
+    // lver 2 decided for host 2 and released by it, leader back at lver 1.
+    raw.put(MIB, &held_leader);
+    let mut free1 = raw.leader(MIB).unwrap();
+    free1.timestamp = 0;
+    let mut sector = held_leader.clone();
+    free1.encode(&mut sector);
+    let d = Dblock {
+        mbal: 2,
+        bal: 2,
+        inp: 2,
+        inp2: h2.generation,
+        inp3: 1,
+        lver: 2,
+        flags: DBLOCK_RELEASED,
+    };
+    raw.put_dblock(MIB, 2, &d, false);
+    raw.put(MIB, &sector);
+
+    // Host 2 re-acquires slowly while host 1 ballots twice: at most one holds.
+    c2.set_delay(Duration::ZERO, Duration::from_millis(400));
+    let (a2, a1) = thread::scope(|sc| {
+        let t = sc.spawn(|| r2.acquire(h2, excl()));
+        thread::sleep(Duration::from_millis(100));
+        let first = r1.acquire(h1, excl());
+        c1.set_delay(Duration::ZERO, Duration::from_millis(300));
+        let second = first.or_else(|_| r1.acquire(h1, excl()));
+        (t.join().unwrap(), second)
+    });
+    let lvers = (
+        a2.as_ref().map(|h| h.leader.lver).ok(),
+        a1.as_ref().map(|h| h.leader.lver).ok(),
+    );
+    assert!(a2.is_err() || a1.is_err(), "both hold: {lvers:?}");
+    if let Ok(h) = &a2 {
+        assert!(h.leader.lver >= 3, "re-used released lver: {lvers:?}");
+    }
+}

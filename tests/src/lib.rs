@@ -1,5 +1,6 @@
-//! Test harness for ssv: sparse backing files, loop devices and a private,
-//! metadata-only lvm2 environment (this machine has no device-mapper).
+//! Test harness for ssv: sparse backing files, loop devices, a private,
+//! metadata-only lvm2 environment (this machine has no device-mapper), and
+//! real sanlock ([`sanlock`]) next to lockd in-process ([`leases`]).
 //!
 //! Typical use in an integration test or benchmark:
 //!
@@ -21,9 +22,11 @@
 //! files go away, so keep a [`Scratch`] alive longer than the [`LoopDev`]s on
 //! its files ([`LvmFixture`] does this for you).
 
+pub mod leases;
 mod loopdev;
 mod lvm2;
 mod report;
+pub mod sanlock;
 pub mod vgview;
 
 pub use loopdev::{backing_file_of, detach_leaked, LoopDev, Scratch};

@@ -82,6 +82,16 @@ impl LoopDev {
     /// `losetup -f --show FILE`. If that fails, loops leaked by earlier
     /// crashed runs of this harness are detached and the attach is retried.
     pub fn attach(file: &Path) -> Result<LoopDev> {
+        Self::attach_inner(file, None)
+    }
+
+    /// As [`LoopDev::attach`], with a logical sector size for the device
+    /// (`losetup --sector-size`, e.g. 4096 to emulate a 4Kn LUN).
+    pub fn attach_with_sector_size(file: &Path, sector_size: u32) -> Result<LoopDev> {
+        Self::attach_inner(file, Some(sector_size))
+    }
+
+    fn attach_inner(file: &Path, sector_size: Option<u32>) -> Result<LoopDev> {
         let backing = file
             .canonicalize()
             .with_context(|| format!("resolving {}", file.display()))?;
@@ -92,8 +102,12 @@ impl LoopDev {
                 detach_leaked();
                 std::thread::sleep(Duration::from_millis(100 * attempt));
             }
-            let out = Command::new(&losetup)
-                .args(["-f", "--show"])
+            let mut cmd = Command::new(&losetup);
+            cmd.args(["-f", "--show"]);
+            if let Some(size) = sector_size {
+                cmd.arg("--sector-size").arg(size.to_string());
+            }
+            let out = cmd
                 .arg(&backing)
                 .stdin(Stdio::null())
                 .output()
@@ -112,7 +126,11 @@ impl LoopDev {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        bail!("losetup -f --show {} failed: {last_err}", backing.display())
+        let how = sector_size.map_or(String::new(), |s| format!("--sector-size {s} "));
+        bail!(
+            "losetup -f --show {how}{} failed: {last_err}",
+            backing.display()
+        )
     }
 
     /// The device node, e.g. `/dev/loop3`.

@@ -56,6 +56,9 @@ pub struct Daemon {
     cfg: Config,
     host_name: Name,
     devs: Mutex<HashMap<String, Arc<Dev>>>,
+    /// Resources seen, by spec: each remembers its leader's num_hosts, so
+    /// an acquire reads leader and dblocks in one I/O.
+    resources: Mutex<HashMap<String, Arc<Resource>>>,
     spaces: Mutex<HashMap<String, Arc<Space>>>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
@@ -84,6 +87,7 @@ impl Daemon {
             cfg,
             host_name,
             devs: Mutex::new(HashMap::new()),
+            resources: Mutex::new(HashMap::new()),
             spaces: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -135,6 +139,21 @@ impl Daemon {
             .entry(path.to_string())
             .or_insert(d)
             .clone())
+    }
+
+    fn resource(&self, spec: &ResourceSpec) -> Result<Arc<Resource>> {
+        let key = spec.to_string();
+        if let Some(r) = lock(&self.resources).get(&key) {
+            return Ok(r.clone());
+        }
+        let dev = self.dev(&spec.path)?;
+        let r = Arc::new(Resource::new(
+            dev.lease.clone(),
+            spec.offset,
+            &spec.lockspace,
+            &spec.resource,
+        )?);
+        Ok(lock(&self.resources).entry(key).or_insert(r).clone())
     }
 
     fn space(&self, name: &str) -> Result<Arc<Space>> {
@@ -256,13 +275,7 @@ impl Daemon {
             }
         }
         let result = (|| {
-            let dev = self.dev(&spec.path)?;
-            let res = Arc::new(Resource::new(
-                dev.lease.clone(),
-                spec.offset,
-                &spec.lockspace,
-                &spec.resource,
-            )?);
+            let res = self.resource(&spec)?;
             let held = res.acquire(
                 &space.host,
                 AcquireOptions {
@@ -272,12 +285,13 @@ impl Daemon {
             )?;
             Ok((res, held))
         })();
-        space
-            .acquiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        let (res, held) = result?;
+        let (res, held) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                space.unmark_busy(&key);
+                return Err(e);
+            }
+        };
         let lease = LocalLease {
             spec,
             res,
@@ -285,7 +299,27 @@ impl Daemon {
             holders: vec![(holder, hpid)],
         };
         let info = space.info(&lease, hpid);
-        space.leases().insert(key, lease);
+        {
+            // Into the table before the resource stops being "acquiring",
+            // under the table's lock: in between, a second local acquire
+            // would find neither, ballot for the next lease version over ours
+            // (the leader names this host, so it does not wait) and both
+            // local holders would think they hold the lease.
+            let mut leases = space.leases();
+            leases.insert(key.clone(), lease);
+            space.unmark_busy(&key);
+        }
+        // The lockspace may have failed while we were acquiring, after
+        // `fail` collected the holders to stop: this one would not be
+        // stopped, so it must not get the lease. (`fail` sets the flag
+        // before it reads the table, and we read the flag after inserting.)
+        if let Some(reason) = space.failed() {
+            space.leases().remove(&key);
+            return Err(Error::LeaseExpired {
+                space: format!("{} ({reason})", space.spec.lockspace),
+                since: space.host.renewal_age(),
+            });
+        }
         // The holder may have died while we were acquiring.
         if !self.holder_alive(holder, hpid) {
             space.drop_holder(holder);
@@ -323,6 +357,9 @@ impl Daemon {
                 )));
             }
             if l.holders.is_empty() {
+                // Busy for local acquirers until the release is on disk
+                // (`Space::release_on_disk`).
+                space.mark_busy(&spec.resource);
                 leases.remove(&spec.resource)
             } else {
                 None
@@ -639,16 +676,54 @@ impl Daemon {
         Ok(())
     }
 
+    /// Stops every lease holder (SIGTERM, SIGKILL after kill_grace), then
+    /// releases the leases and host ids.
+    ///
+    /// Fix: this used to release first and leave the holders running. A
+    /// pid holder (`lockd client acquire -p`) has no connection to notice
+    /// lockd is gone, and a library client notices only once lockd has
+    /// exited, so another host could acquire a lease whose old holder was
+    /// still writing. A lease whose holder survives SIGKILL is not released,
+    /// nor is its host id: other hosts then wait out host_dead.
     fn shutdown(&self) {
+        // Renewals go on while the holders are stopped; no new acquires.
         let spaces: Vec<Arc<Space>> = lock(&self.spaces).drain().map(|(_, s)| s).collect();
+        let mut pids: Vec<u32> = spaces
+            .iter()
+            .flat_map(|s| {
+                s.leases()
+                    .values()
+                    .flat_map(|l| l.holders.iter().map(|(_, p)| *p))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        if !pids.is_empty() {
+            log::warn!("stopping lease holders {pids:?} before releasing their leases");
+        }
+        let left = fence::stop_holders(&pids, self.cfg.timeouts.kill_grace());
         for s in spaces {
             s.stop();
             if s.failed().is_some() {
                 continue;
             }
             let leases: Vec<LocalLease> = s.leases().drain().map(|(_, l)| l).collect();
+            let mut kept = false;
             for l in leases {
+                if l.holders.iter().any(|(_, p)| left.contains(p)) {
+                    log::error!(
+                        "lockspace {}: not releasing {} (holder survived SIGKILL)",
+                        s.spec.lockspace,
+                        l.spec.resource
+                    );
+                    kept = true;
+                    continue;
+                }
                 let _ = s.release_on_disk(l.res, l.held);
+            }
+            if kept {
+                continue;
             }
             if let Err(e) = s.host.release() {
                 log::warn!("lockspace {}: releasing our host id: {e}", s.spec.lockspace);

@@ -48,6 +48,8 @@ pub struct Space {
     /// Leases whose release failed (I/O error); retried after renewals.
     release_retry: Mutex<Vec<(Arc<Resource>, Held)>>,
     failed: Mutex<Option<String>>,
+    /// Why the last renewal attempt failed (cleared by a success).
+    last_error: Mutex<Option<String>>,
     stop: AtomicBool,
 }
 
@@ -65,6 +67,7 @@ impl Space {
             acquiring: Mutex::new(HashSet::new()),
             release_retry: Mutex::new(Vec::new()),
             failed: Mutex::new(None),
+            last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
         })
     }
@@ -91,11 +94,35 @@ impl Space {
         }
     }
 
+    /// Marks a resource busy for local acquirers (see `release_on_disk`).
+    /// Call with the lease table locked, as the lease leaves it.
+    pub fn mark_busy(&self, key: &str) {
+        lock(&self.acquiring).insert(key.to_string());
+    }
+
+    pub fn unmark_busy(&self, key: &str) {
+        lock(&self.acquiring).remove(key);
+    }
+
     /// Releases on disk, or queues the release for retry if the I/O fails.
+    ///
+    /// The resource was marked busy (`mark_busy`) when its lease left the
+    /// table, and stays busy until this release is on disk. Otherwise a
+    /// local acquire could start meanwhile: the leader still names this
+    /// host, so it ballots for the next lease version at once, and this
+    /// release then writes our dblock and leader back over that ballot
+    /// (an older lver, RELEASED; a free leader of the old version). Another
+    /// host would no longer see our phase-2 value, and could win the same
+    /// version while the local acquirer believes it holds it.
     pub fn release_on_disk(&self, res: Arc<Resource>, held: Held) -> crate::Result<()> {
+        let key = res.name.to_string();
         match res.release(&self.host, &held) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.unmark_busy(&key);
+                Ok(())
+            }
             Err(e @ (crate::Error::Io { .. } | crate::Error::Timeout { .. })) => {
+                // Stays busy until the retry is on disk.
                 log::warn!(
                     "release of {}:{} failed ({e}); retrying after the next renewal",
                     res.space,
@@ -104,7 +131,10 @@ impl Space {
                 lock(&self.release_retry).push((res, held));
                 Err(e)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.unmark_busy(&key);
+                Err(e)
+            }
         }
     }
 
@@ -123,6 +153,10 @@ impl Space {
                     true
                 }
             });
+            // Busy for local acquirers until released on disk.
+            for (res, _) in &freed {
+                self.mark_busy(&res.name.to_string());
+            }
         }
         if self.failed().is_some() {
             return;
@@ -141,9 +175,19 @@ impl Space {
     /// id_renewal_fail.
     pub fn run_renewal(self: Arc<Self>, notify: Arc<dyn Notify>) {
         let t = self.host.timeouts;
+        {
+            let me = self.clone();
+            let notify = notify.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("deadline-{}", self.spec.lockspace))
+                .spawn(move || me.watch_deadline(&*notify));
+            if let Err(e) = spawned {
+                log::error!("cannot start the renewal deadline thread: {e}");
+            }
+        }
         let mut next = Instant::now() + t.id_renewal();
         let mut warned = false;
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.load(Ordering::SeqCst) && self.failed().is_none() {
             let now = Instant::now();
             if now < next {
                 std::thread::sleep((next - now).min(Duration::from_millis(100)));
@@ -153,10 +197,12 @@ impl Space {
             match self.host.renew() {
                 Ok(r) => {
                     warned = false;
+                    *lock(&self.last_error) = None;
                     next = attempt + t.id_renewal();
                     self.after_renewal(&r.requested_by, &*notify);
                 }
                 Err(e) => {
+                    *lock(&self.last_error) = Some(e.to_string());
                     next = attempt + t.io();
                     let age = self.host.renewal_age();
                     if age >= t.id_renewal_fail() || matches!(e, crate::Error::RenewCorrupt { .. })
@@ -178,9 +224,33 @@ impl Space {
         }
     }
 
+    /// Fails the lockspace as soon as id_renewal_fail has passed since the
+    /// last successful renewal.
+    ///
+    /// Fix: the renewal loop used to be the only judge, and it looks at the
+    /// age only when an attempt returns; an attempt stuck in slow I/O takes
+    /// up to io_timeout for the read and again for the write. The failure
+    /// (and so the SIGKILL of holders, kill_grace later) could come up to
+    /// 2·io_timeout late, past host_dead, when other hosts take the leases
+    /// over: `check_fencing` leaves only io_timeout of margin.
+    fn watch_deadline(&self, notify: &dyn Notify) {
+        let fail_after = self.host.timeouts.id_renewal_fail();
+        while !self.stop.load(Ordering::SeqCst) && self.failed().is_none() {
+            let age = self.host.renewal_age();
+            if age >= fail_after {
+                let why = lock(&self.last_error)
+                    .clone()
+                    .unwrap_or_else(|| "no renewal attempt finished in time".into());
+                self.fail(&format!("renewal failing for {age:?}: {why}"), notify);
+                return;
+            }
+            std::thread::sleep((fail_after - age).min(Duration::from_millis(50)));
+        }
+    }
+
     fn after_renewal(&self, requested_by: &[u64], notify: &dyn Notify) {
         let until = self.valid_until_ns();
-        let holders: Vec<Holder> = self
+        let holders: HashSet<Holder> = self
             .leases()
             .values()
             .flat_map(|l| l.holders.iter().map(|(h, _)| *h))
@@ -189,8 +259,25 @@ impl Space {
             lockspace: self.spec.lockspace.clone(),
             valid_until_ns: until,
         };
-        for h in holders.iter().collect::<HashSet<_>>() {
+        if self.failed().is_some() {
+            return;
+        }
+        for h in &holders {
             notify.event(*h, &ev);
+        }
+        // A renewal can complete just as the deadline thread fails the
+        // lockspace. Holders must not be left believing the Renewed event:
+        // `fail` sets the flag before it sends LockspaceFailed, so if it is
+        // set now, say it again after ours.
+        if let Some(reason) = self.failed() {
+            let ev = Event::LockspaceFailed {
+                lockspace: self.spec.lockspace.clone(),
+                reason,
+            };
+            for h in &holders {
+                notify.event(*h, &ev);
+            }
+            return;
         }
         let retry = std::mem::take(&mut *lock(&self.release_retry));
         for (res, held) in retry {
@@ -205,7 +292,8 @@ impl Space {
     /// we hold; a request for a newer version is passed to the holders, and
     /// FORCE_KILL stops them.
     fn examine_requests(&self, notify: &dyn Notify) {
-        let held: Vec<(String, Arc<Resource>, u64, Vec<(Holder, u32)>)> = self
+        type Entry = (String, Arc<Resource>, u64, Vec<(Holder, u32)>);
+        let held: Vec<Entry> = self
             .leases()
             .iter()
             .map(|(k, l)| {
@@ -246,14 +334,21 @@ impl Space {
 
     /// Renewal failed for good: no more lease writes; stop every holder
     /// before other hosts may take the leases over.
+    /// Runs once: the renewal loop and the deadline thread may both call it.
     fn fail(&self, reason: &str, notify: &dyn Notify) {
+        {
+            let mut failed = lock(&self.failed);
+            if failed.is_some() {
+                return;
+            }
+            self.host.kill();
+            *failed = Some(reason.to_string());
+        }
         log::error!(
             "lockspace {} host id {}: {reason}; its leases are lost, stopping their holders",
             self.spec.lockspace,
             self.host.host_id
         );
-        self.host.kill();
-        *lock(&self.failed) = Some(reason.to_string());
         let holders: Vec<(Holder, u32)> = self
             .leases()
             .values()

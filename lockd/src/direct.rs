@@ -122,19 +122,36 @@ pub struct DumpEntry {
 }
 
 impl DumpEntry {
-    /// A record that did not decode, listed so damage is never silent.
-    fn damaged(offset: u64, sector: &[u8], e: &crate::record::RecordError) -> DumpEntry {
-        let raw = Leader::decode_raw(sector).ok().map(|(l, _)| l);
+    fn of(offset: u64, l: &Leader, kind: &'static str) -> DumpEntry {
         DumpEntry {
             offset,
-            lockspace: raw.map(|l| l.space_name.to_string()).unwrap_or_default(),
-            resource: raw.map(|l| l.resource_name.to_string()).unwrap_or_default(),
-            timestamp: raw.map_or(0, |l| l.timestamp),
-            owner_id: raw.map_or(0, |l| l.owner_id),
-            owner_generation: raw.map_or(0, |l| l.owner_generation),
-            lver: raw.map_or(0, |l| l.lver),
-            kind: "damaged",
+            lockspace: l.space_name.to_string(),
+            resource: l.resource_name.to_string(),
+            timestamp: l.timestamp,
+            owner_id: l.owner_id,
+            owner_generation: l.owner_generation,
+            lver: l.lver,
+            kind,
+            error: None,
+        }
+    }
+
+    /// A record that did not decode, listed so damage is never silent.
+    fn damaged(offset: u64, sector: &[u8], e: &crate::record::RecordError) -> DumpEntry {
+        let raw = Leader::decode_raw(sector).map_or_else(
+            |_| {
+                Leader::new(
+                    LeaderKind::Paxos,
+                    Geometry::DEFAULT,
+                    Name::default(),
+                    Name::default(),
+                )
+            },
+            |(l, _)| l,
+        );
+        DumpEntry {
             error: Some(e.to_string()),
+            ..DumpEntry::of(offset, &raw, "damaged")
         }
     }
 }
@@ -174,37 +191,18 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
                     if i > 0 && l.owner_id == 0 && l.timestamp == 0 {
                         continue;
                     }
-                    out.push(DumpEntry {
-                        offset: at + i as u64 * s,
-                        lockspace: l.space_name.to_string(),
-                        resource: l.resource_name.to_string(),
-                        timestamp: l.timestamp,
-                        owner_id: l.owner_id,
-                        owner_generation: l.owner_generation,
-                        lver: l.lver,
-                        kind: if i == 0 && l.owner_id == 0 {
-                            "lockspace"
-                        } else {
-                            "host"
-                        },
-                        error: None,
-                    });
+                    let kind = if i == 0 && l.owner_id == 0 {
+                        "lockspace"
+                    } else {
+                        "host"
+                    };
+                    out.push(DumpEntry::of(at + i as u64 * s, &l, kind));
                 }
             }
             PAXOS_MAGIC => match Leader::decode(&head, LeaderKind::Paxos, s as u32) {
                 Err(e) => out.push(DumpEntry::damaged(at, &head, &e)),
                 Ok(l) => {
-                    out.push(DumpEntry {
-                        offset: at,
-                        lockspace: l.space_name.to_string(),
-                        resource: l.resource_name.to_string(),
-                        timestamp: l.timestamp,
-                        owner_id: l.owner_id,
-                        owner_generation: l.owner_generation,
-                        lver: l.lver,
-                        kind: "resource",
-                        error: None,
-                    });
+                    out.push(DumpEntry::of(at, &l, "resource"));
                     let sectors = ((l.num_hosts + PAXOS_DBLOCK_SECTOR) * s).min(area_len);
                     let buf = dev.read(at, sectors as usize)?;
                     for (i, sector) in buf
@@ -217,15 +215,11 @@ pub fn dump(dev: &LeaseDev, offset: u64, len: u64) -> Result<Vec<DumpEntry>> {
                         };
                         if mode.flags & MODE_SHARED != 0 {
                             out.push(DumpEntry {
-                                offset: at + i as u64 * s,
-                                lockspace: l.space_name.to_string(),
-                                resource: l.resource_name.to_string(),
                                 timestamp: 0,
                                 owner_id: i as u64 - PAXOS_DBLOCK_SECTOR + 1,
                                 owner_generation: mode.generation,
                                 lver: d.lver,
-                                kind: "shared",
-                                error: None,
+                                ..DumpEntry::of(at + i as u64 * s, &l, "shared")
                             });
                         }
                     }

@@ -25,6 +25,7 @@ use lockd::leaseio::LeaseDev;
 use lockd::paxos::{AcquireOptions, Resource};
 use lockd::record::Geometry;
 use lockd::timing::Timeouts;
+use ssv_tests::bench::{ms, ratio, stats, Stats};
 use ssv_tests::leases::{join, lease_dev, JoinSpec};
 use ssv_tests::sanlock::{
     build_acquire_loop, output_within, sanlock_skip_reason, InitOpts, LockspaceSpec, ResourceSpec,
@@ -45,33 +46,6 @@ const RESOURCES: [(&str, u64, u64, bool); 4] = [
     ("sanlk16", 4 * MIB, 16, false),
 ];
 const FILE_SIZE: u64 = 8 * MIB;
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}ms", d.as_secs_f64() * 1e3)
-}
-
-fn ratio(metric: &str, ours: Duration, base: Duration) {
-    let speedup = base.as_secs_f64() / ours.as_secs_f64().max(1e-9);
-    println!(
-        "RATIO {metric} ours={} baseline={} speedup={speedup:.1}",
-        ms(ours),
-        ms(base)
-    );
-}
 
 /// A RATIO line for a count or size (fewer is better), same format.
 fn ratio_of(metric: &str, ours: f64, base: f64, unit: &str) {

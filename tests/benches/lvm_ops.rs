@@ -10,6 +10,7 @@
 use anyhow::{Context, Result};
 use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp};
 use san::{FileDev, OpenOptions};
+use ssv_tests::bench::{ratio, stats, Stats};
 use ssv_tests::{skip_reason, LvmFixture, MIB};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,24 +19,6 @@ use std::time::{Duration, Instant};
 const EXTENT: u64 = 4 * MIB;
 /// The pool default: room for well over 10,000 LVs.
 const MDA_SIZE: u64 = 128 * MIB;
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut v: Vec<Duration>) -> Stats {
-    v.sort();
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    Stats {
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}ms", d.as_secs_f64() * 1e3)
-}
 
 /// A VG of `lvs` one-extent LVs, made by our engine on a fresh loop device.
 fn build(lvs: usize, spare: usize) -> Result<(LvmFixture, OpenVg)> {
@@ -102,15 +85,6 @@ fn lvm2(lvs: usize, samples: usize) -> Result<(Stats, Stats)> {
         extend.push(timed(&["lvextend", "-l", "+1", &format!("benchvg/lv{i}")])?);
     }
     Ok((stats(create), stats(extend)))
-}
-
-fn ratio(metric: &str, ours: Duration, base: Duration) {
-    let speedup = base.as_secs_f64() / ours.as_secs_f64().max(1e-9);
-    println!(
-        "RATIO {metric} ours={} baseline={} speedup={speedup:.1}",
-        ms(ours),
-        ms(base)
-    );
 }
 
 fn main() -> Result<()> {

@@ -22,6 +22,7 @@
 //! files go away, so keep a [`Scratch`] alive longer than the [`LoopDev`]s on
 //! its files ([`LvmFixture`] does this for you).
 
+pub mod bench;
 pub mod leases;
 mod loopdev;
 mod lvm2;

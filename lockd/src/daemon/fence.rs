@@ -138,4 +138,24 @@ mod tests {
         let _ = stubborn.wait();
         assert!(!alive(polite.id()) && !alive(stubborn.id()));
     }
+
+    /// A regular file stands in for /dev/watchdog (none exists here): each
+    /// ping writes a byte, disarm writes the magic 'V' that stops a real one.
+    #[test]
+    fn watchdog_pings_and_disarms_with_the_magic_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none");
+        assert!(Watchdog::open(&missing, Duration::from_secs(60))
+            .unwrap()
+            .is_none());
+        let path = dir.path().join("watchdog");
+        std::fs::write(&path, b"").unwrap();
+        let mut wd = Watchdog::open(&path, Duration::from_secs(60))
+            .unwrap()
+            .unwrap();
+        wd.ping();
+        wd.ping();
+        wd.disarm();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0\0V");
+    }
 }

@@ -12,7 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use san::{BlockDev, FaultControl, FaultDev, FileDev, OpenOptions};
 
@@ -256,7 +256,11 @@ impl Daemon {
             owner_id: space.host.host_id,
             owner_generation: space.host.generation,
         };
-        {
+        // A local acquire or release of this resource in flight (a holder
+        // that just exited is being released) ends within a few I/Os: wait
+        // for it rather than report the lease busy.
+        let settle = Instant::now() + self.cfg.timeouts.io() * 2;
+        loop {
             let mut leases = space.leases();
             if let Some(l) = leases.get_mut(&key) {
                 if l.held.shared && shared && !l.holders.iter().any(|(h, _)| *h == holder) {
@@ -265,14 +269,19 @@ impl Daemon {
                 }
                 return Err(local_busy());
             }
-            if !space
+            if space
                 .acquiring
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone())
             {
+                break;
+            }
+            drop(leases);
+            if Instant::now() >= settle {
                 return Err(local_busy());
             }
+            std::thread::sleep(Duration::from_millis(2));
         }
         let result = (|| {
             let res = self.resource(&spec)?;

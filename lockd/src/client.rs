@@ -15,13 +15,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::monotime_ns;
 use crate::proto::{
     Envelope, Event, LeaseInfo, LockspaceSpec, Reply, Request, ResourceSpec, Status,
 };
+use crate::sync::lock;
 
 /// Default socket path; `LOCKD_SOCKET` overrides it.
 pub const DEFAULT_SOCKET: &str = "/run/lockd/lockd.sock";
@@ -78,10 +79,6 @@ struct Shared {
     grace_ns: AtomicU64,
     handler: Mutex<Option<Handler>>,
     events: Mutex<Option<Sender<Event>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {

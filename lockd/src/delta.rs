@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::clock::monotime;
 use crate::leaseio::LeaseDev;
 use crate::record::{bitmap_bit, Geometry, Leader, LeaderKind, Name, BITMAP_LEN, BITMAP_OFFSET};
+use crate::sync::lock;
 use crate::timing::Timeouts;
 use crate::{Error, Result};
 
@@ -337,7 +338,7 @@ impl HostId {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HeldState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Local time until which our leases are valid: the last renewal plus
@@ -512,8 +513,8 @@ impl Renewer {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::spawn(move || loop {
-            let (lock, cv) = &*s;
-            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (stopped, cv) = &*s;
+            let guard = lock(stopped);
             let (guard, _) = cv
                 .wait_timeout_while(guard, host.timeouts.id_renewal(), |stopped| !*stopped)
                 .unwrap_or_else(|e| e.into_inner());
@@ -538,8 +539,8 @@ impl Renewer {
 
 impl Drop for Renewer {
     fn drop(&mut self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let (stopped, cv) = &*self.stop;
+        *lock(stopped) = true;
         cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use san::{AlignedBuf, BlockDev};
 
+use crate::sync::lock;
 use crate::{Error, Result};
 
 /// Memory alignment of lease buffers (O_DIRECT on 4Kn devices).
@@ -56,7 +57,7 @@ impl IoStats {
 pub struct LeaseDev {
     dev: Arc<dyn BlockDev>,
     name: String,
-    timeout: Mutex<Duration>,
+    timeout: Duration,
     /// Idle workers; a timed-out worker is never put back.
     workers: Mutex<Vec<SyncSender<Job>>>,
     pub stats: IoStats,
@@ -76,7 +77,7 @@ impl LeaseDev {
         LeaseDev {
             dev,
             name: name.into(),
-            timeout: Mutex::new(timeout),
+            timeout,
             workers: Mutex::new(Vec::new()),
             stats: IoStats::default(),
         }
@@ -99,11 +100,7 @@ impl LeaseDev {
     }
 
     pub fn timeout(&self) -> Duration {
-        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn set_timeout(&self, t: Duration) {
-        *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        self.timeout
     }
 
     /// Reads `len` bytes at `offset` into a fresh buffer.
@@ -180,15 +177,12 @@ impl LeaseDev {
     }
 
     fn take_worker(&self) -> SyncSender<Job> {
-        let idle = self.workers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = lock(&self.workers).pop();
         idle.unwrap_or_else(|| spawn_worker(self.dev.clone()))
     }
 
     fn put_worker(&self, w: SyncSender<Job>) {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(w);
+        lock(&self.workers).push(w);
     }
 }
 

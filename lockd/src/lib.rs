@@ -24,6 +24,7 @@ pub mod leaseio;
 pub mod paxos;
 pub mod proto;
 pub mod record;
+mod sync;
 pub mod timing;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use san::{BlockDev, FaultControl, FaultDev, FileDev, OpenOptions};
@@ -24,6 +24,7 @@ use crate::proto::{
     Request, ResourceSpec, Status,
 };
 use crate::record::Name;
+use crate::sync::lock;
 use crate::timing::Timeouts;
 use crate::{Error, Result};
 
@@ -63,10 +64,6 @@ pub struct Daemon {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
     watchdog_state: Mutex<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Notifier(Arc<Daemon>);
@@ -154,6 +151,11 @@ impl Daemon {
             &spec.resource,
         )?);
         Ok(lock(&self.resources).entry(key).or_insert(r).clone())
+    }
+
+    /// The joined lockspaces, outside the map's lock.
+    fn spaces(&self) -> Vec<Arc<Space>> {
+        lock(&self.spaces).values().cloned().collect()
     }
 
     fn space(&self, name: &str) -> Result<Arc<Space>> {
@@ -269,12 +271,7 @@ impl Daemon {
                 }
                 return Err(local_busy());
             }
-            if space
-                .acquiring
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone())
-            {
+            if space.try_mark_busy(&key) {
                 break;
             }
             drop(leases);
@@ -390,7 +387,7 @@ impl Daemon {
     }
 
     fn all_leases(&self) -> Vec<(Holder, LeaseInfo)> {
-        let spaces: Vec<Arc<Space>> = lock(&self.spaces).values().cloned().collect();
+        let spaces = self.spaces();
         let mut out = Vec::new();
         for s in spaces {
             for l in s.leases().values() {
@@ -416,7 +413,7 @@ impl Daemon {
     }
 
     pub fn status(&self) -> Status {
-        let spaces: Vec<Arc<Space>> = lock(&self.spaces).values().cloned().collect();
+        let spaces = self.spaces();
         let mut lockspaces: Vec<LockspaceStatus> = spaces
             .iter()
             .map(|s| {
@@ -580,7 +577,7 @@ impl Daemon {
         }
         // The client is gone: its leases go with it.
         lock(&self.conns).remove(&id);
-        let spaces: Vec<Arc<Space>> = lock(&self.spaces).values().cloned().collect();
+        let spaces = self.spaces();
         for s in spaces {
             s.drop_holder(Holder::Conn(id));
         }
@@ -590,7 +587,7 @@ impl Daemon {
     fn reap_pids(self: Arc<Self>) {
         loop {
             std::thread::sleep(Duration::from_millis(500));
-            let spaces: Vec<Arc<Space>> = lock(&self.spaces).values().cloned().collect();
+            let spaces = self.spaces();
             for s in spaces {
                 for p in s.dead_pid_holders() {
                     log::info!("lease holder pid {p} exited; releasing its leases");
@@ -628,7 +625,7 @@ impl Daemon {
         let mut wd = wd;
         let interval = (fire / 6).max(Duration::from_secs(1));
         loop {
-            let spaces: Vec<Arc<Space>> = lock(&self.spaces).values().cloned().collect();
+            let spaces = self.spaces();
             if spaces.iter().all(|s| s.watchdog_ok()) {
                 wd.ping();
             } else {

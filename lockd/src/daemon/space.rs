@@ -12,6 +12,7 @@ use crate::leaseio::LeaseDev;
 use crate::paxos::{Held, Resource};
 use crate::proto::{Event, LeaseInfo, LockspaceSpec, ResourceSpec};
 use crate::record::FORCE_KILL;
+use crate::sync::lock;
 
 use super::fence;
 
@@ -43,18 +44,15 @@ pub struct Space {
     pub host: Arc<HostId>,
     pub dev: Arc<LeaseDev>,
     leases: Mutex<HashMap<String, LocalLease>>,
-    /// Resources being acquired now (a second local acquire is busy).
-    pub acquiring: Mutex<HashSet<String>>,
+    /// Resources being acquired or released on disk now: a local acquire
+    /// waits for them to settle.
+    acquiring: Mutex<HashSet<String>>,
     /// Leases whose release failed (I/O error); retried after renewals.
     release_retry: Mutex<Vec<(Arc<Resource>, Held)>>,
     failed: Mutex<Option<String>>,
     /// Why the last renewal attempt failed (cleared by a success).
     last_error: Mutex<Option<String>>,
     stop: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Space {
@@ -97,7 +95,12 @@ impl Space {
     /// Marks a resource busy for local acquirers (see `release_on_disk`).
     /// Call with the lease table locked, as the lease leaves it.
     pub fn mark_busy(&self, key: &str) {
-        lock(&self.acquiring).insert(key.to_string());
+        self.try_mark_busy(key);
+    }
+
+    /// Marks a resource busy unless it already is; true if we marked it.
+    pub fn try_mark_busy(&self, key: &str) -> bool {
+        lock(&self.acquiring).insert(key.to_string())
     }
 
     pub fn unmark_busy(&self, key: &str) {

@@ -236,7 +236,6 @@ pub struct Renewal {
 #[derive(Debug)]
 struct HeldState {
     leader: Leader,
-    bitmap: [u8; BITMAP_LEN],
     /// Local time our last successful renewal write was issued.
     renewed_at: Instant,
     /// Request bits we set, and until when.
@@ -303,9 +302,8 @@ impl HostId {
         rec.num_hosts = 0;
         rec.max_hosts = 1;
         rec.lver = 0;
-        let bitmap = [0u8; BITMAP_LEN];
         let renewed_at = Instant::now();
-        ls.write_host(host_id, &rec, &bitmap)?;
+        ls.write_host(host_id, &rec, &[0u8; BITMAP_LEN])?;
         std::thread::sleep(timeouts.delta_short_delay());
         let check = ls.read_host(host_id)?.leader;
         if check != rec {
@@ -328,7 +326,6 @@ impl HostId {
             timeouts,
             state: Mutex::new(HeldState {
                 leader: rec,
-                bitmap,
                 renewed_at,
                 bits: HashMap::new(),
                 liveness: Liveness::default(),
@@ -378,25 +375,28 @@ impl HostId {
         let all = self.ls.read_all()?;
         let now = Instant::now();
         let mut out = Renewal::default();
-        let prev = self.state().leader;
         let mut ours = None;
-        for (i, rec) in all.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            match rec {
-                Ok(r) => {
-                    if id == self.host_id {
-                        ours = Some(r.leader);
-                        continue;
+        let prev = {
+            let mut st = self.state();
+            for (i, rec) in all.into_iter().enumerate() {
+                let id = i as u64 + 1;
+                match rec {
+                    Ok(r) => {
+                        if id == self.host_id {
+                            ours = Some(r.leader);
+                            continue;
+                        }
+                        if r.leader.timestamp != 0 && r.requests(self.host_id) {
+                            out.requested_by.push(id);
+                        }
+                        st.liveness.observe(id, &r.leader, now);
                     }
-                    if r.leader.timestamp != 0 && r.requests(self.host_id) {
-                        out.requested_by.push(id);
-                    }
-                    self.state().liveness.observe(id, &r.leader, now);
+                    Err(e) if id == self.host_id => return Err(e),
+                    Err(e) => out.bad_records.push((id, e.to_string())),
                 }
-                Err(e) if id == self.host_id => return Err(e),
-                Err(e) => out.bad_records.push((id, e.to_string())),
             }
-        }
+            st.leader
+        };
         let on_disk = ours.ok_or_else(|| Error::Internal("own record missing".into()))?;
         if on_disk.owner_id != prev.owner_id
             || on_disk.owner_generation != prev.owner_generation
@@ -430,7 +430,6 @@ impl HostId {
         self.ls.write_host(self.host_id, &next, &bitmap)?;
         let mut st = self.state();
         st.leader = next;
-        st.bitmap = bitmap;
         st.renewed_at = issued;
         Ok(out)
     }
@@ -464,12 +463,6 @@ impl HostId {
 
     /// The local time we last saw `host_id`'s record change (or started
     /// watching it), if its generation is `generation`.
-    pub fn last_live(&self, host_id: u64, generation: u64) -> Option<Instant> {
-        let st = self.state();
-        let (leader, since) = st.liveness.last_change(host_id)?;
-        (leader.owner_generation == generation && leader.timestamp != 0).then_some(since)
-    }
-
     /// The record of `host_id` our renewals last read, and the local time
     /// they first saw it (its last change, or when we started watching).
     pub fn last_seen(&self, host_id: u64) -> Option<(Leader, Instant)> {

@@ -525,10 +525,8 @@ impl Resource {
         // Phase 1: publish our mbal, keeping any bal/inp of this lver.
         self.write_dblock(me, &mine, &ModeBlock::default())?;
         let seen = match self.check_phase(me, &area.leader, &mine)? {
-            Phase::Ok(a) => a,
-            Phase::Abort => return Ok(BallotResult::Aborted(mine)),
-            Phase::Restart => return Ok(BallotResult::Restart),
-            Phase::Decided(l) => return Ok(BallotResult::Decided(l, mine)),
+            Ok(a) => a,
+            Err(stop) => return Ok(stop),
         };
         let best = seen
             .dblocks
@@ -556,10 +554,8 @@ impl Resource {
         // Phase 2.
         self.write_dblock(me, &mine, &ModeBlock::default())?;
         let seen2 = match self.check_phase(me, &area.leader, &mine)? {
-            Phase::Ok(a) => a,
-            Phase::Abort => return Ok(BallotResult::Aborted(mine)),
-            Phase::Restart => return Ok(BallotResult::Restart),
-            Phase::Decided(l) => return Ok(BallotResult::Decided(l, mine)),
+            Ok(a) => a,
+            Err(stop) => return Ok(stop),
         };
 
         // Commit: the value is chosen; cache it in the leader.
@@ -583,15 +579,21 @@ impl Resource {
         ))))
     }
 
-    /// The read after a phase write: abort on a larger lver or mbal.
-    fn check_phase(&self, me: &HostId, before: &Leader, mine: &Dblock) -> Result<Phase> {
+    /// The read after a phase write: the area to go on with, or how the
+    /// ballot ends (abort on a larger lver or mbal, or a leader that moved).
+    fn check_phase(
+        &self,
+        me: &HostId,
+        before: &Leader,
+        mine: &Dblock,
+    ) -> Result<std::result::Result<Area, BallotResult>> {
         let a = self.read_area(before.num_hosts)?;
         if a.leader.lver > before.lver {
-            return Ok(if a.leader.lver == mine.lver {
-                Phase::Decided(a.leader)
+            return Ok(Err(if a.leader.lver == mine.lver {
+                BallotResult::Decided(a.leader, *mine)
             } else {
-                Phase::Restart
-            });
+                BallotResult::Restart
+            }));
         }
         for (i, d) in a.dblocks.iter().enumerate() {
             let h = i as u64 + 1;
@@ -607,13 +609,13 @@ impl Resource {
                 // set the leader back one lver, or in a damaged area. As an
                 // abort it backs off and ends in Contended; a leader that did
                 // move on is seen at the retry.
-                return Ok(Phase::Abort);
+                return Ok(Err(BallotResult::Aborted(*mine)));
             }
             if d.lver == mine.lver && d.mbal > mine.mbal {
-                return Ok(Phase::Abort);
+                return Ok(Err(BallotResult::Aborted(*mine)));
             }
         }
-        Ok(Phase::Ok(a))
+        Ok(Ok(a))
     }
 
     /// After our commit: an exclusive holder checks shared holders; a shared
@@ -732,13 +734,6 @@ impl Resource {
         self.write_dblock(me, &d, &ModeBlock::default())?;
         leader
     }
-}
-
-enum Phase {
-    Ok(Area),
-    Abort,
-    Restart,
-    Decided(Leader),
 }
 
 enum BallotResult {

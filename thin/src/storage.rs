@@ -1,0 +1,147 @@
+//! One layer's LV as an imago storage object. Every read and write of the
+//! engine, data and metadata alike, comes through here, which is where ssv
+//! keeps the highest allocated host offset, parks writes that need space past
+//! the LV's end, and bounds all I/O to the LV.
+
+use crate::growth::{Grower, LvMap};
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::storage::drivers::CommonStorageHelper;
+use imago::Storage;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Memory alignment asked of the engine's buffers (O_DIRECT needs at most a page).
+const MEM_ALIGN: usize = 4096;
+
+pub(crate) struct Backend {
+    pub name: String,
+    pub map: Arc<LvMap>,
+    pub grower: Option<Arc<Grower>>,
+    /// Highest allocated host offset (cluster-rounded end).
+    pub end: AtomicU64,
+    pub cluster_size: u64,
+    helper: CommonStorageHelper,
+}
+
+impl Backend {
+    pub fn new(
+        name: &str,
+        map: Arc<LvMap>,
+        grower: Option<Arc<Grower>>,
+        end: u64,
+        cluster_size: u64,
+    ) -> Arc<Backend> {
+        Arc::new(Backend {
+            name: name.to_string(),
+            map,
+            grower,
+            end: AtomicU64::new(end),
+            cluster_size,
+            helper: CommonStorageHelper::default(),
+        })
+    }
+
+    fn written(&self, end: u64) {
+        let end = end.div_ceil(self.cluster_size) * self.cluster_size;
+        let prev = self.end.fetch_max(end, Ordering::AcqRel);
+        if let (true, Some(g)) = (end > prev, &self.grower) {
+            g.note_end(&self.map, end);
+        }
+    }
+}
+
+/// The handle imago holds; clones share the backend.
+#[derive(Clone)]
+pub(crate) struct LayerStorage(pub Arc<Backend>);
+
+impl fmt::Debug for LayerStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LayerStorage({})", self.0.name)
+    }
+}
+
+impl fmt::Display for LayerStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lv:{}", self.0.name)
+    }
+}
+
+fn io_err(e: san::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl Storage for LayerStorage {
+    fn mem_align(&self) -> usize {
+        MEM_ALIGN
+    }
+
+    fn req_align(&self) -> usize {
+        self.0.map.dev().logical_sector_size() as usize
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.map.size())
+    }
+
+    /// Reads past the LV's end return zeroes (the storage contract); they
+    /// never reach the device.
+    unsafe fn pure_readv(&self, bufv: IoVectorMut<'_>, offset: u64) -> io::Result<()> {
+        let dev = self.0.map.dev();
+        let size = dev.size();
+        let mut at = offset;
+        for mut slice in bufv.into_inner() {
+            let buf: &mut [u8] = &mut slice;
+            let inside = size.saturating_sub(at).min(buf.len() as u64) as usize;
+            if inside > 0 {
+                dev.read_at(&mut buf[..inside], at).map_err(io_err)?;
+            }
+            buf[inside..].fill(0);
+            at += buf.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes past the LV's end wait for an extension (writable layers) or
+    /// fail with `StorageFull`.
+    unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(bufv.len())
+            .ok_or_else(|| io::Error::other("write offset overflows"))?;
+        if end > self.0.map.size() {
+            let Some(g) = &self.0.grower else {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("LV {} ends at {} bytes", self.0.name, self.0.map.size()),
+                ));
+            };
+            g.wait_for(&self.0.map, end)
+                .map_err(|e| io::Error::new(io::ErrorKind::StorageFull, e))?;
+        }
+        let dev = self.0.map.dev();
+        let mut at = offset;
+        for slice in bufv.into_inner() {
+            dev.write_at(&slice, at).map_err(io_err)?;
+            at += slice.len() as u64;
+        }
+        self.0.written(end);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.0.map.dev().flush().map_err(io_err)
+    }
+
+    unsafe fn invalidate_cache(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn get_storage_helper(&self) -> &CommonStorageHelper {
+        &self.0.helper
+    }
+}

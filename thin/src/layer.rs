@@ -106,7 +106,7 @@ pub fn allocated_end(dev: &dyn BlockDev, h: &Header) -> Result<u64> {
     let cs = h.cluster_size();
     let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
     let rt = read_bytes(dev, h.refcount_table_offset, rt_bytes)?;
-    let refs_per_block = cs * 8 >> h.refcount_order;
+    let refs_per_block = (cs * 8) >> h.refcount_order;
     for i in (0..rt_bytes / 8).rev() {
         let at = (i * 8) as usize;
         let mut e = [0u8; 8];

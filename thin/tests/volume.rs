@@ -78,3 +78,129 @@ fn write_read_grow_and_qemu_agrees() {
     ]);
     assert!(ok, "{text}");
 }
+
+fn fill(v: &Volume, expect: &mut [u8], seed: u8, count: u64) {
+    let mut x = u64::from(seed) + 7;
+    for i in 0..count {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 24) % (expect.len() as u64 - 200_000) / 512 * 512;
+        let len = 512 * (1 + (x % 300) as usize);
+        let buf: Vec<u8> = (0..len)
+            .map(|j| (seed ^ (i as u8) ^ (j as u8)) | 1)
+            .collect();
+        v.write(&buf, off).unwrap();
+        expect[off as usize..off as usize + len].copy_from_slice(&buf);
+    }
+    v.flush().unwrap();
+}
+
+fn same(store: &dyn LvStore, top: &str, expect: &[u8]) {
+    let v = Volume::open(store, top, &OpenOptions::read_only()).unwrap();
+    let mut back = vec![0u8; expect.len()];
+    v.read(&mut back, 0).unwrap();
+    assert!(back == expect, "{top} differs");
+}
+
+fn qemu_same(dir: &std::path::Path, top: &str, expect: &[u8]) {
+    let img = dir.join(top);
+    let (ok, text) = qemu_img(&["check", "-f", "qcow2", img.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let raw = dir.join(format!("{top}.expect"));
+    std::fs::write(&raw, expect).unwrap();
+    let (ok, text) = qemu_img(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        img.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
+    assert!(ok, "{top}: {text}");
+}
+
+#[test]
+fn snapshots_revert_merge_and_clones() {
+    use thin::chain::{delete_snapshot, revert, snapshot, LayerOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn LvStore> = Arc::new(DirStore::new(dir.path(), 4 << 20));
+    let ext: Arc<dyn thin::Extender> = Arc::new(StoreExtender(store.clone()));
+    let size = 64u64 << 20;
+    let opts = CreateOptions {
+        size: Some(size),
+        initial_lv_size: 4 << 20,
+        ..Default::default()
+    };
+    thin::create(&*store, "base", &opts).unwrap();
+    let rw = OpenOptions::default().with_extender(ext.clone());
+    let mut e0 = vec![0u8; size as usize];
+    fill(
+        &Volume::open(&*store, "base", &rw).unwrap(),
+        &mut e0,
+        1,
+        200,
+    );
+    let lo = LayerOptions {
+        initial_lv_size: 4 << 20,
+        ..Default::default()
+    };
+    snapshot(&*store, "base", "s1", &lo).unwrap();
+    let mut e1 = e0.clone();
+    fill(&Volume::open(&*store, "s1", &rw).unwrap(), &mut e1, 2, 200);
+    snapshot(&*store, "s1", "top", &lo).unwrap();
+    let mut e2 = e1.clone();
+    {
+        let v = Volume::open(&*store, "top", &rw).unwrap();
+        assert_eq!(v.layers(), ["top", "s1", "base"]);
+        fill(&v, &mut e2, 3, 200);
+        v.write_zeroes(1 << 20, 3 << 20).unwrap();
+        e2[1 << 20..4 << 20].fill(0);
+        v.flush().unwrap();
+    }
+    same(&*store, "top", &e2);
+    same(&*store, "s1", &e1);
+    qemu_same(dir.path(), "top", &e2);
+
+    // Merge the middle snapshot into the top: same data, one layer fewer.
+    delete_snapshot(&*store, "top", "s1", Some(ext.clone()), 32).unwrap();
+    assert!(!store.exists("s1").unwrap());
+    assert_eq!(
+        Volume::open(&*store, "top", &OpenOptions::read_only())
+            .unwrap()
+            .layers(),
+        ["top", "base"]
+    );
+    same(&*store, "top", &e2);
+    qemu_same(dir.path(), "top", &e2);
+
+    // Full clone: independent, same data.
+    let mut seen = Vec::new();
+    let rep = thin::clone::full_clone(&*store, "top", "copy", &opts, Some(ext.clone()), &mut |p| {
+        seen.push(p)
+    })
+    .unwrap();
+    assert!(rep.copied > 0 && seen.last().unwrap().done == seen.last().unwrap().total);
+    assert_eq!(
+        Volume::open(&*store, "copy", &OpenOptions::read_only())
+            .unwrap()
+            .layers(),
+        ["copy"]
+    );
+    qemu_same(dir.path(), "copy", &e2);
+
+    // Linked clone over the base snapshot, then revert the volume to it.
+    thin::clone::linked_clone(&*store, "base", "linked", &opts).unwrap();
+    same(&*store, "linked", &e0);
+    let removed = revert(&*store, "top", "base", "top2", &lo).unwrap();
+    assert_eq!(removed, ["top"]);
+    same(&*store, "top2", &e0);
+    qemu_same(dir.path(), "top2", &e0);
+
+    // Merge the base into the linked clone once nothing else uses it.
+    store.remove("top2").unwrap();
+    delete_snapshot(&*store, "linked", "base", Some(ext), 32).unwrap();
+    same(&*store, "linked", &e0);
+    qemu_same(dir.path(), "linked", &e0);
+}

@@ -116,11 +116,11 @@ pub fn delete_snapshot(
         format: Some("qcow2".into()),
     });
     {
-        let mut oo = OpenOptions {
+        let oo = OpenOptions {
             max_depth,
+            extender,
             ..OpenOptions::default()
         };
-        oo.extender = extender;
         let up = Volume::open(store, &upper, &oo)?;
         let snap = Volume::open(store, snapshot, &OpenOptions::read_only())?;
         let size = up.virtual_size().min(snap.virtual_size());

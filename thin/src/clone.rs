@@ -71,8 +71,10 @@ pub fn full_clone(
     };
     volume::create(store, dst, &create)?;
     let copied = (|| {
-        let mut oo = OpenOptions::default();
-        oo.extender = extender;
+        let oo = OpenOptions {
+            extender,
+            ..OpenOptions::default()
+        };
         let out = Volume::open(store, dst, &oo)?;
         let report = copy_allocated(&src, &out, total, progress)?;
         out.flush()?;

@@ -175,6 +175,19 @@ impl BlockDev for LvDev {
     fn write_at(&self, buf: &[u8], offset: u64) -> san::Result<()> {
         self.each(offset, buf.len(), |dev, at, r| dev.write_at(&buf[r], at))
     }
+    fn write_zeroes(&self, offset: u64, len: u64) -> san::Result<()> {
+        // Split like any I/O, one segment piece at a time (lengths can pass usize).
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(1 << 30);
+            self.each(offset + done, n as usize, |dev, at, r| {
+                dev.write_zeroes(at, (r.end - r.start) as u64)
+            })?;
+            done += n;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> san::Result<()> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut done: Vec<&DevId> = Vec::new();

@@ -27,6 +27,8 @@ const BLKGETSIZE64: libc::Ioctl =
 const BLKSSZGET: libc::Ioctl = 0x12 << 8 | 104;
 /// `_IO(0x12, 123)`: physical sector size, as an unsigned int.
 const BLKPBSZGET: libc::Ioctl = 0x12 << 8 | 123;
+/// `_IO(0x12, 127)`: zero a byte range of a block device.
+const BLKZEROOUT: libc::Ioctl = 0x12 << 8 | 127;
 
 /// How to open a [`FileDev`].
 #[derive(Clone, Debug)]
@@ -290,6 +292,51 @@ impl BlockDev for FileDev {
             off += chunk.len() as u64;
         }
         Ok(())
+    }
+
+    /// fallocate(ZERO_RANGE) on files, BLKZEROOUT on block devices (the
+    /// kernel turns it into WRITE SAME or unmap where the LUN can); zero
+    /// buffers where the filesystem or device cannot.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(self.logical, self.size(), offset, len)?;
+        if self.read_only {
+            return Err(self.io_err(
+                "write zeroes",
+                offset,
+                len as usize,
+                io::Error::new(io::ErrorKind::PermissionDenied, "device opened read-only"),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let fd = self.file.as_raw_fd();
+        let rc = if self.is_block {
+            let range: [u64; 2] = [offset, len];
+            // SAFETY: BLKZEROOUT reads two u64s (start, length) through the
+            // pointer, which points to a live array of two u64; the fd is open.
+            unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) }
+        } else {
+            // SAFETY: plain syscall on an open fd; no memory is passed.
+            unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                )
+            }
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOTTY) => {
+                crate::write_zero_buffers(self, offset, len)
+            }
+            _ => Err(self.io_err("write zeroes", offset, len as usize, e)),
+        }
     }
 
     fn flush(&self) -> Result<()> {

@@ -32,6 +32,12 @@ pub trait BlockDev: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     fn flush(&self) -> Result<()>;
+    /// Makes `len` bytes at `offset` read as zeroes; alignment and range as
+    /// for writes. Devices with a cheap primitive (fallocate, BLKZEROOUT,
+    /// later WRITE SAME) override this; the default writes zero buffers.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        write_zero_buffers(self, offset, len)
+    }
     /// Current size in bytes.
     fn size(&self) -> u64;
     fn logical_sector_size(&self) -> u32;
@@ -62,6 +68,9 @@ impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
     fn flush(&self) -> Result<()> {
         (**self).flush()
     }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        (**self).write_zeroes(offset, len)
+    }
     fn size(&self) -> u64 {
         (**self).size()
     }
@@ -76,10 +85,28 @@ impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
     }
 }
 
+/// Writes zeroes with ordinary writes of up to 1 MiB (checked up front, so
+/// a request past the end writes nothing).
+pub fn write_zero_buffers<D: BlockDev + ?Sized>(dev: &D, offset: u64, len: u64) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    check_range(dev.logical_sector_size(), dev.size(), offset, len)?;
+    let zeroes = AlignedBuf::new(len.min(CHUNK) as usize, 4096);
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK) as usize;
+        dev.write_at(&zeroes[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Checks the [`BlockDev`] contract for one request; implementations call it first.
 pub fn check_io(dev: &dyn BlockDev, offset: u64, len: usize) -> Result<()> {
-    let sector = u64::from(dev.logical_sector_size());
-    let len = len as u64;
+    check_range(dev.logical_sector_size(), dev.size(), offset, len as u64)
+}
+
+fn check_range(sector: u32, size: u64, offset: u64, len: u64) -> Result<()> {
+    let sector = u64::from(sector);
     if offset % sector != 0 || len % sector != 0 {
         return Err(Error::Misaligned {
             offset,
@@ -88,11 +115,7 @@ pub fn check_io(dev: &dyn BlockDev, offset: u64, len: usize) -> Result<()> {
         });
     }
     match offset.checked_add(len) {
-        Some(end) if end <= dev.size() => Ok(()),
-        _ => Err(Error::OutOfRange {
-            offset,
-            len,
-            size: dev.size(),
-        }),
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange { offset, len, size }),
     }
 }

@@ -60,6 +60,11 @@ impl BlockDev for WindowDev {
         self.inner.write_at(buf, self.offset + offset)
     }
 
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(self.logical_sector_size(), self.len, offset, len)?;
+        self.inner.write_zeroes(self.offset + offset, len)
+    }
+
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }

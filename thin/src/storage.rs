@@ -52,6 +52,27 @@ impl Backend {
     }
 }
 
+impl LayerStorage {
+    /// Waits until the LV holds `[offset, offset + len)`; returns the end.
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<u64> {
+        let b = &self.0;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("write offset overflows"))?;
+        if end > b.map.size() {
+            let Some(g) = &b.grower else {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("LV {} ends at {} bytes", b.name, b.map.size()),
+                ));
+            };
+            g.wait_for(&b.map, end)
+                .map_err(|e| io::Error::new(io::ErrorKind::StorageFull, e))?;
+        }
+        Ok(end)
+    }
+}
+
 /// The handle imago holds; clones share the backend.
 #[derive(Clone)]
 pub(crate) struct LayerStorage(pub Arc<Backend>);
@@ -106,19 +127,7 @@ impl Storage for LayerStorage {
     /// Writes past the LV's end wait for an extension (writable layers) or
     /// fail with `StorageFull`.
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
-        let end = offset
-            .checked_add(bufv.len())
-            .ok_or_else(|| io::Error::other("write offset overflows"))?;
-        if end > self.0.map.size() {
-            let Some(g) = &self.0.grower else {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!("LV {} ends at {} bytes", self.0.name, self.0.map.size()),
-                ));
-            };
-            g.wait_for(&self.0.map, end)
-                .map_err(|e| io::Error::new(io::ErrorKind::StorageFull, e))?;
-        }
+        let end = self.reserve(offset, bufv.len())?;
         let dev = self.0.map.dev();
         let mut at = offset;
         for slice in bufv.into_inner() {
@@ -127,6 +136,24 @@ impl Storage for LayerStorage {
         }
         self.0.written(end);
         Ok(())
+    }
+
+    /// Zeroes through the device's own primitive (fallocate, BLKZEROOUT);
+    /// the same bounds and parking as writes.
+    unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        let end = self.reserve(offset, length)?;
+        self.0
+            .map
+            .dev()
+            .write_zeroes(offset, length)
+            .map_err(io_err)?;
+        self.0.written(end);
+        Ok(())
+    }
+
+    unsafe fn pure_write_allocated_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        // SAFETY: same contract as ours, passed through.
+        unsafe { self.pure_write_zeroes(offset, length) }
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -74,12 +74,49 @@ pub fn revert(
 ) -> Result<Vec<String>> {
     let chain = volume::chain(store, top, opts.max_depth)?;
     let idx = position(&chain, top, snapshot)?;
-    new_layer(store, new_top, snapshot, opts)?;
     let removed: Vec<String> = chain[..idx].iter().map(|(n, _)| n.clone()).collect();
+    // Each removed layer may only be used by the one above it in this chain.
+    for (i, name) in removed.iter().enumerate() {
+        let above: Vec<&str> = removed[..i].iter().map(String::as_str).collect();
+        refuse_if_used(store, name, &above)?;
+    }
+    new_layer(store, new_top, snapshot, opts)?;
     for name in &removed {
         store.remove(name)?;
     }
     Ok(removed)
+}
+
+/// LVs other than `except` whose image names `layer` as its backing.
+fn users_of(store: &dyn LvStore, layer: &str, except: &[&str]) -> Result<Vec<String>> {
+    let Some(all) = store.list()? else {
+        return Ok(Vec::new());
+    };
+    let mut users = Vec::new();
+    for name in all {
+        if name == layer || except.contains(&name.as_str()) {
+            continue;
+        }
+        // LVs that are not images (leases, foreign LVs) name no backing.
+        let Ok(h) = layer::read_header(&*store.open(&name)?) else {
+            continue;
+        };
+        if h.backing.is_some_and(|b| b.name == layer) {
+            users.push(name);
+        }
+    }
+    Ok(users)
+}
+
+fn refuse_if_used(store: &dyn LvStore, layer: &str, except: &[&str]) -> Result<()> {
+    let users = users_of(store, layer, except)?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "layer {layer} is also the base of {}; remove or flatten (full-clone) those first",
+        users.join(", ")
+    )))
 }
 
 fn position(chain: &[(String, crate::format::Header)], top: &str, layer: &str) -> Result<usize> {
@@ -111,6 +148,7 @@ pub fn delete_snapshot(
     let chain = volume::chain(store, top, max_depth)?;
     let idx = position(&chain, top, snapshot)?;
     let upper = chain[idx - 1].0.clone();
+    refuse_if_used(store, snapshot, &[&upper])?;
     let below = chain.get(idx + 1).map(|(n, _)| Backing {
         name: n.clone(),
         format: Some("qcow2".into()),

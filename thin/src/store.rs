@@ -19,6 +19,12 @@ pub trait LvStore: Send + Sync {
     fn extend(&self, name: &str, size: u64) -> Result<Arc<dyn BlockDev>>;
     fn remove(&self, name: &str) -> Result<()>;
     fn exists(&self, name: &str) -> Result<bool>;
+    /// Every LV of the pool, so chain changes can refuse to drop a layer
+    /// another chain still uses; `None` if the store cannot tell (then the
+    /// caller answers for it).
+    fn list(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// An [`Extender`] that extends through a store directly (single host, tests).
@@ -37,23 +43,17 @@ impl Extender for StoreExtender {
 /// lease); a VG changed under us is re-read once and the change retried.
 pub struct VgStore {
     vg: Mutex<OpenVg>,
-    /// Open O_DIRECT for data (the PV devices given may be opened without it).
-    direct: bool,
 }
 
 impl VgStore {
     pub fn open(pvs: &[PvDev], vg: &str) -> Result<VgStore> {
         Ok(VgStore {
             vg: Mutex::new(OpenVg::open(pvs, Some(vg))?),
-            direct: true,
         })
     }
 
     pub fn from_open(vg: OpenVg) -> VgStore {
-        VgStore {
-            vg: Mutex::new(vg),
-            direct: true,
-        }
+        VgStore { vg: Mutex::new(vg) }
     }
 
     fn with_vg<T>(
@@ -75,8 +75,13 @@ impl VgStore {
         bytes.div_ceil(vg.vg().extent_bytes()).max(1)
     }
 
-    pub fn direct_io(&self) -> bool {
-        self.direct
+    /// The VG as last read or committed.
+    pub fn vg(&self) -> lvm::Vg {
+        self.vg
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .vg()
+            .clone()
     }
 }
 
@@ -126,6 +131,11 @@ impl LvStore for VgStore {
     fn exists(&self, name: &str) -> Result<bool> {
         let vg = self.vg.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(vg.vg().lv(name).is_some())
+    }
+
+    fn list(&self) -> Result<Option<Vec<String>>> {
+        let vg = self.vg.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Some(vg.vg().lvs.iter().map(|l| l.name.clone()).collect()))
     }
 }
 
@@ -210,5 +220,20 @@ impl LvStore for DirStore {
     fn exists(&self, name: &str) -> Result<bool> {
         Self::check_name(name)?;
         Ok(self.path(name).exists())
+    }
+
+    fn list(&self) -> Result<Option<Vec<String>>> {
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?;
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::Io(format!("{}: {e}", self.dir.display())))?;
+            if let Some(n) = entry.file_name().to_str() {
+                if Self::check_name(n).is_ok() && entry.path().is_file() {
+                    names.push(n.to_string());
+                }
+            }
+        }
+        Ok(Some(names))
     }
 }

@@ -198,7 +198,11 @@ fn snapshots_revert_merge_and_clones() {
     same(&*store, "top2", &e0);
     qemu_same(dir.path(), "top2", &e0);
 
-    // Merge the base into the linked clone once nothing else uses it.
+    // The base serves two chains: merging it into one would break the other.
+    let e = delete_snapshot(&*store, "linked", "base", Some(ext.clone()), 32).unwrap_err();
+    assert!(e.to_string().contains("top2"), "{e}");
+    same(&*store, "top2", &e0);
+    // Once nothing else uses it, it merges into the linked clone.
     store.remove("top2").unwrap();
     delete_snapshot(&*store, "linked", "base", Some(ext), 32).unwrap();
     same(&*store, "linked", &e0);

@@ -12,6 +12,8 @@ use san::{FileDev, OpenOptions};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+mod volume;
+
 /// ssv pools have many LVs: a 128 MiB metadata area holds about 200,000 of them.
 const POOL_MDA_SIZE: &str = "128m";
 /// ssv pools use large extents: fewer segments, smaller metadata.
@@ -46,6 +48,9 @@ enum Cmd {
     /// Logical volumes.
     #[command(subcommand)]
     Lv(LvCmd),
+    /// Thin volumes: qcow2 images in LVs that grow as they are written.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
     /// Rewrite stale metadata copies and PV headers from the newest valid copy.
     Repair {
         vg: String,
@@ -280,6 +285,7 @@ fn main() -> Result<()> {
             open_rw(&vg, &devices)?.change(&line, |v| v.change_tags(None, &tags.add, &tags.del))?;
         }
         Cmd::Lv(cmd) => lv(cmd, &line)?,
+        Cmd::Volume(cmd) => volume::run(cmd)?,
         Cmd::Repair { vg, devices } => {
             let devs = open_devs(&devices, false)?;
             let mut open = OpenVg::open(&devs, Some(&vg))?;

@@ -1,0 +1,369 @@
+//! `ssvadm volume`: thin volumes (qcow2 in LVs) worked on directly, with no
+//! daemon: create, inspect, copy data in and out, snapshot, revert, merge,
+//! clone. Like the rest of ssvadm it takes no lease.
+
+use crate::{parse_size, split_lv};
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use lvm::{OpenVg, PvDev, SegmentKind};
+use san::FileDev;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use thin::chain::{self, LayerOptions};
+use thin::{CreateOptions, LvStore, OpenOptions, StoreExtender, VgStore, Volume};
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Create a thin volume: a qcow2 image in a new LV that grows as it is written.
+    Create {
+        /// VG/NAME
+        volume: String,
+        /// Virtual size (k/m/g/t; bare numbers are MiB).
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long, default_value = "64k")]
+        cluster_size: String,
+        /// LV size to start with.
+        #[arg(long, default_value = "1g")]
+        initial: String,
+        /// Start as a linked clone of this read-only layer (LV name).
+        #[arg(long)]
+        backing: Option<String>,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Layers, sizes and where each layer's LV lies on its PV.
+    Info {
+        volume: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Copy a file (or stdin: -) into the volume; the LV grows as needed.
+    Write {
+        volume: String,
+        #[arg(long)]
+        from: String,
+        /// Where in the volume to start (k/m/g/t; bare numbers are MiB).
+        #[arg(long, default_value = "0")]
+        offset: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Copy the volume's whole virtual disk out as raw data.
+    Read {
+        volume: String,
+        #[arg(long)]
+        to: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Freeze the volume's top layer as a snapshot under a new empty top NEW_TOP.
+    Snapshot {
+        volume: String,
+        new_top: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Make the volume read as SNAPSHOT again under a new top; later layers are removed.
+    Revert {
+        volume: String,
+        snapshot: String,
+        new_top: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Delete a snapshot layer by merging it into the layer above it.
+    DeleteSnapshot {
+        volume: String,
+        snapshot: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+    /// Clone a volume: a full, independent copy of its data, or --linked over a read-only layer.
+    Clone {
+        volume: String,
+        new_name: String,
+        #[arg(long)]
+        linked: bool,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
+}
+
+/// Data I/O bypasses the page cache, as a VM's would.
+fn store(vg: &str, devices: &[String]) -> Result<Arc<VgStore>> {
+    let devs = devices
+        .iter()
+        .map(|p| {
+            let f = FileDev::open(p, &san::OpenOptions::new().direct(true))
+                .with_context(|| format!("opening {p}"))?;
+            Ok(PvDev::new(Arc::new(f), p.clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let open = OpenVg::open(&devs, Some(vg)).with_context(|| format!("opening VG {vg}"))?;
+    Ok(Arc::new(VgStore::from_open(open)))
+}
+
+fn writable(store: &Arc<VgStore>) -> OpenOptions {
+    OpenOptions::default().with_extender(Arc::new(StoreExtender(store.clone())))
+}
+
+const MIB: u64 = 1 << 20;
+
+pub fn run(cmd: VolumeCmd) -> Result<()> {
+    match cmd {
+        VolumeCmd::Create {
+            volume,
+            size,
+            cluster_size,
+            initial,
+            backing,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let opts = CreateOptions {
+                size: size.as_deref().map(parse_size).transpose()?,
+                cluster_size: parse_size(&cluster_size)?,
+                initial_lv_size: parse_size(&initial)?,
+                backing,
+                tags: vec!["ssv".into()],
+            };
+            let h = thin::create(&*st, name, &opts)?;
+            println!(
+                "volume {volume} created: {} virtual, {} KiB clusters",
+                human(h.size),
+                h.cluster_size() >> 10
+            );
+        }
+        VolumeCmd::Info {
+            volume,
+            json,
+            devices,
+        } => info(&volume, json, &devices)?,
+        VolumeCmd::Write {
+            volume,
+            from,
+            offset,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let v = Volume::open(&*st, name, &writable(&st))?;
+            let mut input: Box<dyn Read> = if from == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(std::fs::File::open(&from).with_context(|| format!("opening {from}"))?)
+            };
+            let mut at = parse_size(&offset)?;
+            let mut buf = vec![0u8; 4 << 20];
+            let started = std::time::Instant::now();
+            let mut total = 0u64;
+            loop {
+                let n = read_full(&mut input, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                v.write(&buf[..n], at)
+                    .with_context(|| format!("writing {n} bytes at offset {at}"))?;
+                at += n as u64;
+                total += n as u64;
+                if total % (256 * MIB) < buf.len() as u64 {
+                    eprint!("\r{} written, LV {} ", human(total), human(v.lv_size()));
+                }
+            }
+            v.flush()?;
+            let g = v.growth();
+            eprintln!();
+            println!(
+                "{} written in {:.1} s; LV now {} (highest allocated offset {}); {} extensions, {} writes waited for one",
+                human(total),
+                started.elapsed().as_secs_f64(),
+                human(v.lv_size()),
+                human(v.allocated_end()),
+                g.extensions,
+                g.parked_writes
+            );
+        }
+        VolumeCmd::Read {
+            volume,
+            to,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let v = Volume::open(&*st, name, &OpenOptions::read_only())?;
+            let mut out = std::fs::File::create(&to).with_context(|| format!("creating {to}"))?;
+            let mut buf = vec![0u8; 4 << 20];
+            let size = v.virtual_size();
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(buf.len() as u64) as usize;
+                v.read(&mut buf[..n], at)?;
+                out.write_all(&buf[..n])?;
+                at += n as u64;
+            }
+            println!("{} read into {to}", human(size));
+        }
+        VolumeCmd::Snapshot {
+            volume,
+            new_top,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            chain::snapshot(&*st, name, &new_top, &LayerOptions::default())?;
+            println!("{vg}/{name} is now a snapshot; the volume's top is {vg}/{new_top}");
+        }
+        VolumeCmd::Revert {
+            volume,
+            snapshot,
+            new_top,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let gone = chain::revert(&*st, name, &snapshot, &new_top, &LayerOptions::default())?;
+            println!(
+                "reverted to {snapshot}; new top {vg}/{new_top}; removed {}",
+                gone.join(", ")
+            );
+        }
+        VolumeCmd::DeleteSnapshot {
+            volume,
+            snapshot,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let ext = Arc::new(StoreExtender(st.clone()));
+            chain::delete_snapshot(
+                &*st,
+                name,
+                &snapshot,
+                Some(ext),
+                thin::volume::DEFAULT_MAX_DEPTH,
+            )?;
+            println!("snapshot {snapshot} merged into the layer above it and removed");
+        }
+        VolumeCmd::Clone {
+            volume,
+            new_name,
+            linked,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&volume)?;
+            let st = store(vg, &devices)?;
+            let opts = CreateOptions {
+                tags: vec!["ssv".into()],
+                ..Default::default()
+            };
+            if linked {
+                thin::clone::linked_clone(&*st, name, &new_name, &opts)?;
+                println!("{vg}/{new_name}: linked clone over {vg}/{name} (keep {name} read-only)");
+            } else {
+                let ext = Arc::new(StoreExtender(st.clone()));
+                let mut last = 0;
+                let rep =
+                    thin::clone::full_clone(&*st, name, &new_name, &opts, Some(ext), &mut |p| {
+                        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+                        if pct != last || p.done == p.total {
+                            eprint!("\rcloning: {pct:3}% of {}", human(p.total));
+                            last = pct;
+                        }
+                    })?;
+                eprintln!();
+                println!(
+                    "{vg}/{new_name}: full clone of {vg}/{name}: {} copied, {} of zeroes left unallocated",
+                    human(rep.copied),
+                    human(rep.zero)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+fn human(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= MIB => format!("{:.1} MiB", b as f64 / MIB as f64),
+        b => format!("{b} B"),
+    }
+}
+
+fn info(volume: &str, as_json: bool, devices: &[String]) -> Result<()> {
+    let (vg, name) = split_lv(volume)?;
+    let st = store(vg, devices)?;
+    let layers = thin::volume::chain(&*st, name, thin::volume::DEFAULT_MAX_DEPTH)?;
+    let v = st.vg();
+    let mut out = Vec::new();
+    for (i, (lv_name, h)) in layers.iter().enumerate() {
+        let lv = v
+            .lv(lv_name)
+            .with_context(|| format!("LV {lv_name} missing"))?;
+        // Where a one-segment LV starts on its PV: what QEMU's raw `offset` option takes.
+        let place = match lv.segments.as_slice() {
+            [seg] => match &seg.kind {
+                SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => {
+                    v.pv(&stripes[0].pv).map(|pv| {
+                        (
+                            pv.device.clone(),
+                            pv.pe_start * 512 + stripes[0].start_pe * v.extent_bytes(),
+                        )
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let end = thin::layer::allocated_end(&*st.open(lv_name)?, h)?;
+        out.push(json!({
+            "layer": lv_name,
+            "role": if i == 0 { "top" } else { "snapshot" },
+            "virtual_size": h.size,
+            "cluster_size": h.cluster_size(),
+            "lv_size": lv.extent_count() * v.extent_bytes(),
+            "allocated_end": end,
+            "backing": h.backing.as_ref().map(|b| b.name.clone()),
+            "pv_device": place.as_ref().map(|p| p.0.clone()),
+            "pv_offset": place.as_ref().map(|p| p.1),
+        }));
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "volume": volume, "layers": out }))?
+        );
+        return Ok(());
+    }
+    println!("volume {volume}: {} layers, top first", out.len());
+    for l in &out {
+        println!(
+            "  {:<20} {:<8} virtual {:>10}  LV {:>10}  allocated {:>10}  backing {}",
+            l["layer"].as_str().unwrap_or("?"),
+            l["role"].as_str().unwrap_or("?"),
+            human(l["virtual_size"].as_u64().unwrap_or(0)),
+            human(l["lv_size"].as_u64().unwrap_or(0)),
+            human(l["allocated_end"].as_u64().unwrap_or(0)),
+            l["backing"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: a sparse file as the LUN.
 # Formats it as an ssv pool (an LVM2 VG) with ssvadm, carves volumes, grows
-# one, tags them, shows what is on disk, and lets stock lvm2 check it; then
-# two lockd hosts share leases kept in the pool's ssv_leases LV.
+# one, tags them; writes a thin volume until its LV grows, snapshots and
+# clones it and lets stock qemu-img check the clone in place; shows what is
+# on disk and lets stock lvm2 check it; then two lockd hosts share leases
+# kept in the pool's ssv_leases LV.
 #   STATE=dir (default ./state) holds the LUN file; it is re-created each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,36 @@ step lv rename pool0/vol-c vol-c2 "$lun"
 step lv remove pool0/vol-b "$lun"
 step vg tag pool0 --add ssv.pool=demo "$lun"
 step lv create pool0/ssv_leases --extents 1 --tag ssv "$lun"
+
+echo "== thin volumes: qcow2 images in LVs that grow as they are written"
+step volume create pool0/disk1 --size 10g --initial 1g "$lun"
+head -c 1200M /dev/urandom > "$state/data.bin"
+step volume write pool0/disk1 --from "$state/data.bin" "$lun"
+step volume snapshot pool0/disk1 disk1-s1 "$lun"
+head -c 64M /dev/urandom > "$state/more.bin"
+step volume write pool0/disk1-s1 --from "$state/more.bin" --offset 2g "$lun"
+step volume info pool0/disk1-s1 "$lun"
+step volume clone pool0/disk1-s1 disk2 "$lun"
+# Stock qemu-img reads the clone in place inside the LUN (the LV's byte range).
+read -r off lvsize < <("$ssvadm" volume info --json pool0/disk2 "$lun" | python3 -c '
+import json, sys
+l = json.load(sys.stdin)["layers"][0]
+print(l["pv_offset"], l["lv_size"])')
+img="json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"raw\",\"offset\":$off,\"size\":$lvsize,\"file\":{\"driver\":\"file\",\"filename\":\"$lun\"}}}"
+echo "\$ qemu-img check <disk2 in place: $lun at byte $off>"
+qemu-img check "$img"
+"$ssvadm" volume read pool0/disk2 --to "$state/disk2.raw" "$lun" >/dev/null
+python3 - "$state" <<'PY'
+import sys
+d = sys.argv[1]
+with open(f"{d}/data.bin", "rb") as f: a = f.read()
+with open(f"{d}/more.bin", "rb") as f: b = f.read()
+with open(f"{d}/disk2.raw", "rb") as f:
+    assert f.read(len(a)) == a, "clone differs in the first write"
+    f.seek(2 << 30); assert f.read(len(b)) == b, "clone differs in the second write"
+print("clone disk2 holds both writes, byte for byte")
+PY
+rm -f "$state/data.bin" "$state/more.bin" "$state/disk2.raw"
 step inspect "$lun"
 if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v lvm >/dev/null; then
     echo "== stock lvm2 reads the same pool (metadata only: --driverloaded n)"

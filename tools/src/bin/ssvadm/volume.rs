@@ -162,6 +162,7 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             let mut buf = vec![0u8; 4 << 20];
             let started = std::time::Instant::now();
             let mut total = 0u64;
+            let mut progress = Progress::new();
             loop {
                 let n = read_full(&mut input, &mut buf)?;
                 if n == 0 {
@@ -172,12 +173,13 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
                 at += n as u64;
                 total += n as u64;
                 if total % (256 * MIB) < buf.len() as u64 {
-                    eprint!("\r{} written, LV {} ", human(total), human(v.lv_size()));
+                    let line = format!("{} written, LV {}", human(total), human(v.lv_size()));
+                    progress.show(&line);
                 }
             }
             v.flush()?;
             let g = v.growth();
-            eprintln!();
+            progress.done();
             println!(
                 "{} written in {:.1} s; LV now {} (highest allocated offset {}); {} extensions, {} writes waited for one",
                 human(total),
@@ -266,16 +268,19 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
                 println!("{vg}/{new_name}: linked clone over {vg}/{name} (keep {name} read-only)");
             } else {
                 let ext = Arc::new(StoreExtender(st.clone()));
-                let mut last = 0;
+                let mut progress = Progress::new();
+                let mut last = None;
+                let mut report = |p: thin::clone::Progress| {
+                    let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+                    let step = if progress.tty { pct } else { pct / 25 * 25 };
+                    if last != Some(step) {
+                        progress.show(&format!("cloning: {step:3}% of {}", human(p.total)));
+                        last = Some(step);
+                    }
+                };
                 let rep =
-                    thin::clone::full_clone(&*st, name, &new_name, &opts, Some(ext), &mut |p| {
-                        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
-                        if pct != last || p.done == p.total {
-                            eprint!("\rcloning: {pct:3}% of {}", human(p.total));
-                            last = pct;
-                        }
-                    })?;
-                eprintln!();
+                    thin::clone::full_clone(&*st, name, &new_name, &opts, Some(ext), &mut report)?;
+                progress.done();
                 println!(
                     "{vg}/{new_name}: full clone of {vg}/{name}: {} copied, {} of zeroes left unallocated",
                     human(rep.copied),
@@ -285,6 +290,36 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Progress on stderr: one line rewritten in place on a terminal, plain
+/// lines (fewer of them) in a log.
+struct Progress {
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+    fn show(&mut self, line: &str) {
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+        self.shown = true;
+    }
+    fn done(&self) {
+        if self.tty && self.shown {
+            eprintln!();
+        }
+    }
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {

@@ -208,3 +208,66 @@ fn snapshots_revert_merge_and_clones() {
     same(&*store, "linked", &e0);
     qemu_same(dir.path(), "linked", &e0);
 }
+
+#[test]
+fn resize_and_depth_limit() {
+    use thin::chain::{snapshot, LayerOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn LvStore> = Arc::new(DirStore::new(dir.path(), 1 << 20));
+    let ext: Arc<dyn thin::Extender> = Arc::new(StoreExtender(store.clone()));
+    let opts = CreateOptions {
+        size: Some(8 << 20),
+        initial_lv_size: 1 << 20,
+        ..Default::default()
+    };
+    thin::create(&*store, "v0", &opts).unwrap();
+    {
+        let v = Volume::open(
+            &*store,
+            "v0",
+            &OpenOptions::default().with_extender(ext.clone()),
+        )
+        .unwrap();
+        v.write(&[7u8; 4096], (8 << 20) - 4096).unwrap();
+        assert!(
+            v.write(&[1u8; 512], 8 << 20).is_err(),
+            "write past the virtual end"
+        );
+        let e = v.grow(4 << 20).unwrap_err();
+        assert!(e.to_string().contains("shrinking"), "{e}");
+        v.grow(3 << 30).unwrap();
+        assert_eq!(v.virtual_size(), 3 << 30);
+        v.write(&[9u8; 65536], (3 << 30) - 65536).unwrap();
+        v.flush().unwrap();
+    }
+    let (ok, text) = qemu_img(&["info", dir.path().join("v0").to_str().unwrap()]);
+    assert!(ok && text.contains("virtual size: 3 GiB"), "{text}");
+    let (ok, text) = qemu_img(&["check", dir.path().join("v0").to_str().unwrap()]);
+    assert!(ok, "{text}");
+
+    // A chain of 4 layers under a limit of 4: the next snapshot is refused, clearly.
+    let lo = LayerOptions {
+        initial_lv_size: 1 << 20,
+        max_depth: 4,
+        ..Default::default()
+    };
+    for i in 1..4 {
+        snapshot(&*store, &format!("v{}", i - 1), &format!("v{i}"), &lo).unwrap();
+    }
+    let e = snapshot(&*store, "v3", "v4", &lo).unwrap_err();
+    assert!(
+        matches!(e.root(), thin::Error::ChainTooDeep { limit: 4, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("delete (merge) a snapshot"), "{e}");
+    assert!(!store.exists("v4").unwrap());
+    let deep = OpenOptions {
+        max_depth: 3,
+        ..OpenOptions::read_only()
+    };
+    assert!(Volume::open(&*store, "v3", &deep).is_err());
+    let v = Volume::open(&*store, "v3", &OpenOptions::read_only()).unwrap();
+    let mut b = [0u8; 4096];
+    v.read(&mut b, (8 << 20) - 4096).unwrap();
+    assert_eq!(b, [7u8; 4096]);
+}

@@ -28,6 +28,8 @@ pub const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 
 /// Host offset bits of L1, L2 and refcount table entries (bits 9..55).
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1/L2 entry flag: the table or cluster has refcount 1 (written in place).
+pub const COPIED: u64 = 1 << 63;
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
 pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
 pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
@@ -345,19 +347,27 @@ fn refs_per_block(cs: u64) -> u64 {
     cs * 8 / (1 << REFCOUNT_ORDER)
 }
 
-/// The layout of a new, empty image.
+/// The layout of a new, empty image. All of its metadata is allocated up
+/// front: the L2 tables for the whole virtual size and the refblocks for a
+/// fully allocated image (QEMU's `preallocation=metadata`, without data).
+/// Writes then only ever allocate data clusters, whose refcounts the engine
+/// flushes before the L2 entries that use them; the engine writes the L1
+/// entry of a *new* L2 table, and the refcount table entry of a *new*
+/// refblock, before the refcount that covers it (imago 0.2.6), which a
+/// crash could leave pointing at a free cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmptyLayout {
     pub cluster_size: u64,
     pub reftable_clusters: u64,
+    /// L1 entries the virtual size needs (= L2 tables).
     pub l1_entries: u64,
     pub l1_clusters: u64,
     pub refblocks: u64,
 }
 
 impl EmptyLayout {
-    /// Header at cluster 0, then the refcount table, the L1 table and the
-    /// refblocks that count all of these.
+    /// Header at cluster 0, then the refcount table, the L1 table, the
+    /// refblocks and the L2 tables.
     pub fn new(size: u64, cluster_size: u64) -> Result<EmptyLayout> {
         if !cluster_size.is_power_of_two()
             || !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_size.trailing_zeros())
@@ -374,15 +384,22 @@ impl EmptyLayout {
             )));
         }
         let l1_clusters = clusters(l1 * 8, cluster_size).max(1);
+        let data = clusters(size, cluster_size);
         let (mut rt, mut rb) = (1, 1);
         loop {
-            let total = 1 + rt + l1_clusters + rb;
+            let total = 1 + rt + l1_clusters + rb + l1 + data;
             let need_rb = clusters(total, refs_per_block(cluster_size));
             let need_rt = clusters(need_rb * 8, cluster_size);
-            if need_rb == rb && need_rt == rt {
+            if need_rb <= rb && need_rt <= rt {
                 break;
             }
             (rb, rt) = (need_rb.max(rb), need_rt.max(rt));
+        }
+        if rt * cluster_size > MAX_REFTABLE_BYTES.max(cluster_size) {
+            return Err(Error::InvalidArgument(format!(
+                "a {size}-byte disk needs a refcount table over {} MiB at {cluster_size}-byte clusters; use larger clusters",
+                MAX_REFTABLE_BYTES >> 20
+            )));
         }
         Ok(EmptyLayout {
             cluster_size,
@@ -400,11 +417,20 @@ impl EmptyLayout {
         (1 + self.reftable_clusters) * self.cluster_size
     }
     pub fn refblocks_offset(&self) -> u64 {
-        (1 + self.reftable_clusters + self.l1_clusters) * self.cluster_size
+        self.l1_offset() + self.l1_clusters * self.cluster_size
+    }
+    pub fn l2_offset(&self) -> u64 {
+        self.refblocks_offset() + self.refblocks * self.cluster_size
     }
     /// Bytes the empty image occupies.
     pub fn end(&self) -> u64 {
-        self.refblocks_offset() + self.refblocks * self.cluster_size
+        self.l2_offset() + self.l1_entries * self.cluster_size
+    }
+
+    /// L1 entries the header declares: the whole of its clusters, so a
+    /// virtual resize within them never moves the L1 table.
+    pub fn l1_capacity(&self) -> u64 {
+        (self.l1_clusters * self.cluster_size / 8).min(MAX_L1_BYTES / 8)
     }
 
     pub fn header(&self, size: u64, backing: Option<Backing>) -> Header {
@@ -413,7 +439,7 @@ impl EmptyLayout {
             cluster_bits: self.cluster_size.trailing_zeros(),
             size,
             crypt_method: 0,
-            l1_size: self.l1_entries as u32,
+            l1_size: self.l1_capacity() as u32,
             l1_table_offset: self.l1_offset(),
             refcount_table_offset: self.reftable_offset(),
             refcount_table_clusters: self.reftable_clusters as u32,
@@ -430,8 +456,10 @@ impl EmptyLayout {
         }
     }
 
-    /// Every metadata cluster after the header, as written at creation:
-    /// (offset, bytes). The L1 table is all zeroes (nothing allocated).
+    /// The metadata after the header that is not all zeroes, as (offset,
+    /// bytes): the refcount table, the L1 table (pointing at the L2 tables,
+    /// with COPIED set) and the refblocks that count the metadata. The rest
+    /// up to [`EmptyLayout::end`] must read as zeroes.
     pub fn tables(&self) -> Vec<(u64, Vec<u8>)> {
         let cs = self.cluster_size;
         let mut rt = vec![0u8; (self.reftable_clusters * cs) as usize];
@@ -439,17 +467,20 @@ impl EmptyLayout {
             let off = self.refblocks_offset() + i * cs;
             rt[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&off.to_be_bytes());
         }
+        let mut l1 = vec![0u8; (self.l1_clusters * cs) as usize];
+        for i in 0..self.l1_entries {
+            let e = (self.l2_offset() + i * cs) | COPIED;
+            l1[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
+        }
         let used = self.end() / cs;
-        let mut rbs = vec![0u8; (self.refblocks * cs) as usize];
+        let counted = used.div_ceil(refs_per_block(cs)) * cs;
+        let mut rbs = vec![0u8; counted as usize];
         for c in 0..used {
             rbs[(c * 2) as usize..(c * 2 + 2) as usize].copy_from_slice(&1u16.to_be_bytes());
         }
         vec![
             (self.reftable_offset(), rt),
-            (
-                self.l1_offset(),
-                vec![0u8; (self.l1_clusters * cs) as usize],
-            ),
+            (self.l1_offset(), l1),
             (self.refblocks_offset(), rbs),
         ]
     }
@@ -501,16 +532,19 @@ mod tests {
     fn empty_layout_of_default_disk() {
         let l = EmptyLayout::new(10 << 30, DEFAULT_CLUSTER_SIZE).unwrap();
         assert_eq!(l.l1_entries, 20);
-        assert_eq!((l.reftable_clusters, l.l1_clusters, l.refblocks), (1, 1, 1));
-        assert_eq!(l.end(), 4 * DEFAULT_CLUSTER_SIZE);
+        // 163,840 data clusters and 29 of metadata: 6 refblocks of 32,768.
+        assert_eq!((l.reftable_clusters, l.l1_clusters, l.refblocks), (1, 1, 6));
+        assert_eq!(l.end(), (3 + 6 + 20) * DEFAULT_CLUSTER_SIZE);
+        // All the metadata a fully allocated image needs, as qemu-img measures it.
+        assert_eq!(l.end(), metadata_overhead(10 << 30, DEFAULT_CLUSTER_SIZE));
     }
 
     #[test]
     fn small_clusters_need_several_refblocks() {
-        // 512-byte clusters, 16 GiB: 256 refs per refblock, a 4 MiB L1 table.
-        let l = EmptyLayout::new(16 << 30, 512).unwrap();
-        assert_eq!(l.l1_clusters, 8192);
-        let total = l.end() / 512;
+        // 512-byte clusters, 4 GiB: 256 refs per refblock, a 1 MiB L1 table.
+        let l = EmptyLayout::new(4 << 30, 512).unwrap();
+        assert_eq!(l.l1_clusters, 2048);
+        let total = l.end() / 512 + (4 << 30) / 512;
         assert!(l.refblocks * 256 >= total, "{l:?}");
         assert!(l.reftable_clusters * 64 >= l.refblocks);
     }

@@ -158,7 +158,7 @@ impl Grower {
     }
 
     fn threshold(&self, size: u64) -> u64 {
-        size / 100 * u64::from(self.policy.threshold_percent.min(100))
+        (u128::from(size) * u128::from(self.policy.threshold_percent.min(100)) / 100) as u64
     }
 
     /// Called after every write: starts a background extension when the

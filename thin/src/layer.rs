@@ -68,6 +68,8 @@ pub fn format_empty(
     let encoded = header.encode()?;
     write_padded(dev, 0, &[0u8; 8])?;
     dev.flush()?;
+    // Zero everything (old extents may hold anything), then the tables.
+    dev.write_zeroes(cluster_size, layout.end() - cluster_size)?;
     for (offset, data) in layout.tables() {
         write_padded(dev, offset, &data)?;
     }
@@ -98,6 +100,88 @@ pub fn set_backing(dev: &dyn BlockDev, backing: Option<Backing>) -> Result<()> {
     dev.write_at(&first, 0)?;
     dev.flush()?;
     Ok(())
+}
+
+/// Refcounts of single clusters, reading each refblock once.
+struct Refcounts<'a> {
+    dev: &'a dyn BlockDev,
+    h: &'a Header,
+    table: Vec<u8>,
+    blocks: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl<'a> Refcounts<'a> {
+    fn new(dev: &'a dyn BlockDev, h: &'a Header) -> Result<Refcounts<'a>> {
+        let bytes = u64::from(h.refcount_table_clusters) * h.cluster_size();
+        Ok(Refcounts {
+            dev,
+            h,
+            table: read_bytes(dev, h.refcount_table_offset, bytes)?,
+            blocks: Default::default(),
+        })
+    }
+
+    /// (refblock offset, index in it) of a cluster; `None` without a refblock.
+    fn locate(&self, cluster: u64) -> Option<(u64, u64)> {
+        let per = (self.h.cluster_size() * 8) >> self.h.refcount_order;
+        let at = usize::try_from(cluster / per).ok()?.checked_mul(8)?;
+        let e = self.table.get(at..at + 8)?;
+        let off = u64::from_be_bytes(e.try_into().ok()?) & !0x1ff;
+        (off != 0 && off % self.h.cluster_size() == 0).then_some((off, cluster % per))
+    }
+
+    fn get(&mut self, cluster: u64) -> Result<u64> {
+        let Some((rb, i)) = self.locate(cluster) else {
+            return Ok(0);
+        };
+        if !self.blocks.contains_key(&rb) {
+            let b = read_bytes(self.dev, rb, self.h.cluster_size())?;
+            self.blocks.insert(rb, b);
+        }
+        Ok(refcount_at(&self.blocks[&rb], self.h.refcount_order, i))
+    }
+}
+
+/// Undoes what a crash can leave behind when the engine writes an L1 entry
+/// for a new L2 table before the refblock that counts the table (imago
+/// 0.2.6 does): an L1 entry whose L2 table has refcount 0, which the
+/// allocator would hand out again. Such a table was never flushed after it
+/// was created (flushing writes refblocks first), so it holds no entries;
+/// its L1 entry is cleared. Returns how many were. A table with entries
+/// and no refcount is corruption this cannot explain, and is refused.
+pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
+    let cs = h.cluster_size();
+    let l1 = read_bytes(dev, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
+    let mut refs = Refcounts::new(dev, h)?;
+    let mut cleared = 0;
+    for (i, e) in l1.chunks_exact(8).enumerate() {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(e);
+        let l2 = u64::from_be_bytes(raw) & crate::format::OFFSET_MASK;
+        if l2 == 0 || l2 % cs != 0 || l2 + cs > dev.size() || refs.get(l2 / cs)? != 0 {
+            continue;
+        }
+        let table = read_bytes(dev, l2, cs)?;
+        if table.iter().any(|&b| b != 0) {
+            return Err(Error::Corrupt(format!(
+                "L1 entry {i} points at an L2 table (offset {l2}) with entries but no refcount; \
+                 copy the image out and run `qemu-img check -r all` on it"
+            )));
+        }
+        let at = h.l1_table_offset + i as u64 * 8;
+        let sector = u64::from(dev.logical_sector_size());
+        let start = at / sector * sector;
+        let mut buf = read_bytes(dev, start, sector)?;
+        let k = (at - start) as usize;
+        buf[k..k + 8].fill(0);
+        dev.write_at(&buf, start)?;
+        cleared += 1;
+    }
+    if cleared > 0 {
+        dev.flush()?;
+        log::warn!("cleared {cleared} L1 entries left by a crash (L2 tables never flushed)");
+    }
+    Ok(cleared)
 }
 
 /// End of the highest cluster with a non-zero refcount (QEMU's "image end

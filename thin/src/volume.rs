@@ -184,6 +184,10 @@ impl Volume {
         for (i, (name, h)) in layers.iter().enumerate().rev() {
             let is_top = i == 0;
             let dev = store.open(name)?;
+            if is_top && opts.writable {
+                layer::repair_unreferenced_l2(&*dev, h)
+                    .map_err(|e| e.context(&format!("layer {name}")))?;
+            }
             let end = if is_top {
                 layer::allocated_end(&*dev, h).map_err(|e| e.context(&format!("layer {name}")))?
             } else {

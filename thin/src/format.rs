@@ -39,6 +39,35 @@ pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 pub const INCOMPAT_KNOWN: u64 =
     INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
+/// Why an image with incompatible feature bits `incompat` cannot be used, or
+/// `None` when it has none. The engine implements none of them: imago
+/// refuses the dirty and corrupt bits, zstd and extended L2 entries itself
+/// (thin would report those as corrupt), and with the external-data-file bit
+/// it keeps guest data at its guest offset in the LV itself (over the header
+/// and tables), since ssv never gives it a data file.
+fn incompat_refusal(incompat: u64) -> Option<Error> {
+    let unknown = incompat & !INCOMPAT_KNOWN;
+    Some(if unknown != 0 {
+        Error::Unsupported(format!("incompatible features {unknown:#x}"))
+    } else if incompat & INCOMPAT_CORRUPT != 0 {
+        bad("the image is marked corrupt (repair it with `qemu-img check -r all`)")
+    } else if incompat & INCOMPAT_DIRTY != 0 {
+        Error::Unsupported(
+            "the image was not closed cleanly (dirty, lazy refcounts); \
+             repair it with `qemu-img check -r all`"
+                .into(),
+        )
+    } else if incompat & INCOMPAT_DATA_FILE != 0 {
+        Error::Unsupported("an external data file".into())
+    } else if incompat & INCOMPAT_EXTL2 != 0 {
+        Error::Unsupported("extended L2 entries (subclusters)".into())
+    } else if incompat & INCOMPAT_COMPRESSION != 0 {
+        Error::Unsupported("a compression type other than zlib".into())
+    } else {
+        return None;
+    })
+}
+
 /// The backing layer a header names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backing {
@@ -131,11 +160,8 @@ impl Header {
         if refcount_order > 6 {
             return Err(bad(format!("refcount_order {refcount_order} > 6")));
         }
-        if incompat & !INCOMPAT_KNOWN != 0 {
-            return Err(Error::Unsupported(format!(
-                "incompatible features {:#x}",
-                incompat & !INCOMPAT_KNOWN
-            )));
+        if let Some(e) = incompat_refusal(incompat) {
+            return Err(e);
         }
         let h = Header {
             version,

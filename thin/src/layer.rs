@@ -223,3 +223,41 @@ pub fn allocated_end(dev: &dyn BlockDev, h: &Header) -> Result<u64> {
     }
     Err(Error::Corrupt("no cluster has a refcount".into()))
 }
+
+/// Refuses an image whose own metadata clusters (header, refcount table,
+/// refblocks, L1 table) have a refcount of 0: the allocator would hand them
+/// out for guest data and the next write would overwrite the image's header
+/// or tables (QEMU stops such writes with its overlap checks; imago has
+/// none). L2 tables are [`repair_unreferenced_l2`]'s. Run before opening a
+/// layer for writing.
+pub fn check_metadata_refcounts(dev: &dyn BlockDev, h: &Header) -> Result<()> {
+    let cs = h.cluster_size();
+    let mut refs = Refcounts::new(dev, h)?;
+    let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
+    let mut spans = vec![
+        ("the header", 0, cs),
+        ("the refcount table", h.refcount_table_offset, rt_bytes),
+        ("the L1 table", h.l1_table_offset, u64::from(h.l1_size) * 8),
+    ];
+    for e in refs.table.clone().chunks_exact(8) {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(e);
+        let rb = u64::from_be_bytes(raw) & !0x1ff;
+        // Refblocks outside the LV are ignored here as by allocated_end.
+        if rb != 0 && rb.checked_add(cs).is_some_and(|end| end <= dev.size()) {
+            spans.push(("a refcount block", rb, cs));
+        }
+    }
+    for (what, off, bytes) in spans {
+        for c in off / cs..(off + bytes.max(1)).div_ceil(cs) {
+            if refs.get(c)? == 0 {
+                return Err(Error::Corrupt(format!(
+                    "{what} (cluster at {}) has refcount 0, so new data would overwrite it; \
+                     copy the image out and run `qemu-img check -r all` on it",
+                    c * cs
+                )));
+            }
+        }
+    }
+    Ok(())
+}

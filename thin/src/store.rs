@@ -166,6 +166,21 @@ impl DirStore {
 
     fn open_file(&self, name: &str, size: Option<u64>) -> Result<Arc<dyn BlockDev>> {
         Self::check_name(name)?;
+        // QEMU leaves images whose length is not whole sectors (a new image
+        // ends inside its L1 table, `qemu-io write -c` inside a compressed
+        // cluster) and reads past EOF as zeroes. A device ends at a whole
+        // sector, so give the file its zeroes for real.
+        let path = self.path(name);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let len = meta.len();
+            if meta.is_file() && len % 512 != 0 {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(len.div_ceil(512) * 512))
+                    .map_err(|e| Error::Io(format!("pad {}: {e}", path.display())))?;
+            }
+        }
         let opts = OpenOptions::new().direct(self.direct).create_size(size);
         Ok(Arc::new(FileDev::open(self.path(name), &opts)?))
     }

@@ -185,7 +185,8 @@ impl Volume {
             let is_top = i == 0;
             let dev = store.open(name)?;
             if is_top && opts.writable {
-                layer::repair_unreferenced_l2(&*dev, h)
+                layer::check_metadata_refcounts(&*dev, h)
+                    .and_then(|()| layer::repair_unreferenced_l2(&*dev, h))
                     .map_err(|e| e.context(&format!("layer {name}")))?;
             }
             let end = if is_top {
@@ -196,7 +197,10 @@ impl Volume {
             let map = Arc::new(LvMap::new(dev));
             let grower = match (&opts.extender, is_top && opts.writable) {
                 (Some(x), true) => {
-                    let cap = opts.policy.cap.unwrap_or_else(|| default_cap(h));
+                    // By default: a fully allocated image on top of what is
+                    // allocated now, since clusters in use (compressed ones,
+                    // say) stay allocated while their data is copied anew.
+                    let cap = opts.policy.cap.unwrap_or_else(|| default_cap(h) + end);
                     Some(Arc::new(Grower::new(
                         name,
                         opts.policy.clone(),
@@ -276,9 +280,11 @@ impl Volume {
     }
     /// Grows the virtual size; the growth cap follows.
     pub fn grow(&self, new_size: u64) -> Result<()> {
+        let full = |size| size + format::metadata_overhead(size, self.cluster_size);
+        let old = self.virtual_size();
         self.engine.grow(new_size)?;
         if let Some(g) = &self.grower {
-            g.raise_cap(new_size + format::metadata_overhead(new_size, self.cluster_size));
+            g.raise_cap(g.cap() + full(new_size).saturating_sub(full(old)));
         }
         Ok(())
     }

@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo bench -p ssv-tests --bench thin_ops` (no root; needs
 //! `qemu-img` from Debian's qemu-utils). Under `cargo test --all-targets`
-//! the same rows run with tiny sizes (a smoke run; its figures mean nothing).
+//! the same rows run once with tiny sizes (a smoke run; its figures mean
+//! nothing). `SSV_THIN_LOOP=1` (root) adds the allocating rows on loop
+//! devices (`…_loop`).
 //!
 //! - I/O rows, queue depth 1 and 32: 4 KiB reads, 4 KiB allocating writes,
 //!   4 KiB rewrites, 1 MiB sequential writes. Ours: `depth` threads sharing
@@ -14,18 +16,20 @@
 //!   QEMU: `qemu-img bench -f qcow2 -t none -n -d DEPTH` on the same file
 //!   (reads, rewrites) or on a copy of the same fresh image (allocating
 //!   rows); its own "Run completed in" figure. Raw: `san::FileDev` (O_DIRECT)
-//!   on the same file (reads, rewrites, last) or on a third copy of the fresh
+//!   on the same file (reads; rewrites, last) or on a third copy of the fresh
 //!   image (allocating rows), same offsets, same thread count. Request `i`
 //!   is at `i * step` on all three sides: qemu-img bench's `-S` pattern,
 //!   kept below `size - request` so its wrap rule (which changed in QEMU
-//!   10.1) never applies.
+//!   10.1) never applies. Three rounds; who goes first rotates; every timed
+//!   step starts after a `sync`; medians are reported, with the range.
 //! - Growth: 4 threads write disjoint sequential 1 MiB streams into a volume
-//!   made with a small initial LV on a `VgStore` (sparse-file PV, 128 MiB
+//!   made with a 1 GiB initial LV on a `VgStore` (sparse-file PV, 128 MiB
 //!   extents, our LVM engine), extended by `StoreExtender`, then flush.
 //!   Raw: the same 4 streams straight into the same PV file's extent area,
 //!   after punching it back to holes, then flush.
 //! - Full clone of a 3-layer chain: `thin::clone::full_clone` against
-//!   `qemu-img convert -f qcow2 -O qcow2 -t none -T none` of the same top.
+//!   `qemu-img convert -f qcow2 -O qcow2 -t none -T none` of the same top,
+//!   three rounds, alternating who goes first.
 
 use anyhow::{bail, ensure, Context, Result};
 use lvm::{format_pv, OpenVg, PvDev, PvFormat};
@@ -406,9 +410,9 @@ struct Links {
     dir: PathBuf,
 }
 
-/// Where each side reaches one image, and what keeps it reachable.
+/// Where qemu and raw reach one image's copies (ours reaches it by name in
+/// [`Images::ours_store`]), and what keeps them reachable.
 struct Attached {
-    ours_store_name: String,
     qemu: PathBuf,
     raw: PathBuf,
     _loops: Vec<LoopDev>,
@@ -452,7 +456,6 @@ impl Images {
         let Some(links) = &self.loops else {
             let [_, q, r] = files;
             return Ok(Attached {
-                ours_store_name: name.to_string(),
                 qemu: q,
                 raw: r,
                 _loops: Vec::new(),
@@ -476,7 +479,6 @@ impl Images {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(loops[0].path(), &link)?;
         Ok(Attached {
-            ours_store_name: name.to_string(),
             qemu: loops[1].path().to_path_buf(),
             raw: loops[2].path().to_path_buf(),
             _loops: loops,
@@ -522,7 +524,7 @@ impl Images {
             for side in order(round) {
                 match side {
                     Side::Ours => {
-                        t.ours = self.ours(&at.ours_store_name, depth, pat, Op::Write)?;
+                        t.ours = self.ours(img, depth, pat, Op::Write)?;
                         self.qemu.check(&self.path(img))?;
                     }
                     Side::Qemu => t.qemu = self.qemu.bench(&at.qemu, depth, pat, Op::Write)?,
@@ -770,24 +772,23 @@ struct Growth {
 
 /// Writes `bytes` as `threads` disjoint sequential streams of 1 MiB requests,
 /// stream `t` covering `[t * bytes/threads, (t+1) * bytes/threads)` shifted
-/// by `base`; counts failed writes (a thread stops at its first).
+/// by `base`; returns the failed writes (a thread stops at its first) and
+/// the first error. The caller times it, with its flush.
 fn streams(
     threads: usize,
     bytes: u64,
     base: u64,
     write: &(dyn Fn(&[u8], u64) -> Result<()> + Sync),
-) -> (Duration, u64, Option<anyhow::Error>) {
+) -> (u64, Option<anyhow::Error>) {
     let per = bytes / threads as u64 / MIB * MIB;
     let errors = AtomicU64::new(0);
     let first = Mutex::new(None);
-    let start = Barrier::new(threads + 1);
-    let took = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         for t in 0..threads as u64 {
-            let (errors, first, start) = (&errors, &first, &start);
+            let (errors, first) = (&errors, &first);
             s.spawn(move || {
                 let mut buf = AlignedBuf::new(MIB as usize, 4096);
                 buf.fill(PATTERN);
-                start.wait();
                 let mut off = base + t * per;
                 while off < base + (t + 1) * per {
                     if let Err(e) = write(&buf, off) {
@@ -802,15 +803,8 @@ fn streams(
                 }
             });
         }
-        start.wait();
-        Instant::now()
     });
-    let took = took.elapsed();
-    (
-        took,
-        errors.into_inner(),
-        first.into_inner().unwrap_or(None),
-    )
+    (errors.into_inner(), first.into_inner().unwrap_or(None))
 }
 
 /// Growth on a VG: ours (with flush) against raw streams into the same PV
@@ -872,7 +866,7 @@ fn growth_row(sz: &Sizes, scratch: &Path) -> Result<Growth> {
         let v = Volume::open(&*store, "grow", &opts)?;
         settle();
         let t = Instant::now();
-        let (_, errors, first) = streams(threads, bytes, 0, &|buf, off| {
+        let (errors, first) = streams(threads, bytes, 0, &|buf, off| {
             v.write(buf, off).map_err(Into::into)
         });
         v.flush()?;
@@ -917,7 +911,7 @@ fn growth_row(sz: &Sizes, scratch: &Path) -> Result<Growth> {
     ensure!(dev.is_direct(), "{}: no O_DIRECT here", pv_path.display());
     settle();
     let t = Instant::now();
-    let (_, raw_errors, first) = streams(threads, bytes, pe_start, &|buf, off| {
+    let (raw_errors, first) = streams(threads, bytes, pe_start, &|buf, off| {
         dev.write_at(buf, off).map_err(Into::into)
     });
     dev.flush()?;

@@ -162,7 +162,8 @@ pub fn delete_snapshot(
         let up = Volume::open(store, &upper, &oo)?;
         let snap = Volume::open(store, snapshot, &OpenOptions::read_only())?;
         let size = up.virtual_size().min(snap.virtual_size());
-        let mut buf = vec![0u8; MERGE_CHUNK as usize];
+        // Page-aligned, so the engine hands it to O_DIRECT without a copy.
+        let mut buf = san::AlignedBuf::new(MERGE_CHUNK as usize, 4096);
         let mut off = 0;
         while off < size {
             let (e, n) = up.extent(off, size - off, false)?;

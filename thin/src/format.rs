@@ -106,7 +106,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
@@ -411,16 +411,7 @@ impl EmptyLayout {
         }
         let l1_clusters = clusters(l1 * 8, cluster_size).max(1);
         let data = clusters(size, cluster_size);
-        let (mut rt, mut rb) = (1, 1);
-        loop {
-            let total = 1 + rt + l1_clusters + rb + l1 + data;
-            let need_rb = clusters(total, refs_per_block(cluster_size));
-            let need_rt = clusters(need_rb * 8, cluster_size);
-            if need_rb <= rb && need_rt <= rt {
-                break;
-            }
-            (rb, rt) = (need_rb.max(rb), need_rt.max(rt));
-        }
+        let (rt, rb) = refcount_structures(1 + l1_clusters + l1 + data, cluster_size);
         if rt * cluster_size > MAX_REFTABLE_BYTES.max(cluster_size) {
             return Err(Error::InvalidArgument(format!(
                 "a {size}-byte disk needs a refcount table over {} MiB at {cluster_size}-byte clusters; use larger clusters",
@@ -520,17 +511,22 @@ pub fn metadata_overhead(size: u64, cluster_size: u64) -> u64 {
     let data = clusters(size, cs);
     let l2 = clusters(data, cs / 8);
     let l1 = clusters(l2 * 8, cs).max(1);
+    let (rt, rb) = refcount_structures(1 + data + l2 + l1, cs);
+    (1 + l2 + l1 + rt + rb) * cs
+}
+
+/// Refcount table clusters and refblocks that count `others` clusters plus
+/// themselves (a fixpoint: more refblocks need counting too).
+fn refcount_structures(others: u64, cs: u64) -> (u64, u64) {
     let (mut rt, mut rb) = (1u64, 1u64);
     loop {
-        let total = 1 + data + l2 + l1 + rt + rb;
-        let need_rb = clusters(total, refs_per_block(cs));
+        let need_rb = clusters(others + rt + rb, refs_per_block(cs));
         let need_rt = clusters(need_rb * 8, cs);
         if need_rb <= rb && need_rt <= rt {
-            break;
+            return (rt, rb);
         }
         (rb, rt) = (need_rb.max(rb), need_rt.max(rt));
     }
-    (1 + l2 + l1 + rt + rb) * cs
 }
 
 /// Reads a refcount of `1 << order` bits at index `i` of a refblock.

@@ -3,7 +3,7 @@
 //! offset from the refcounts. Writes are ordered so a crash at any point
 //! leaves either the old state or the new one.
 
-use crate::format::{refcount_at, Backing, EmptyLayout, Header};
+use crate::format::{be64, refcount_at, Backing, EmptyLayout, Header};
 use crate::{Error, Result};
 use san::BlockDev;
 
@@ -121,12 +121,27 @@ impl<'a> Refcounts<'a> {
         })
     }
 
+    fn per_block(&self) -> u64 {
+        (self.h.cluster_size() * 8) >> self.h.refcount_order
+    }
+
+    fn entries(&self) -> u64 {
+        self.table.len() as u64 / 8
+    }
+
+    /// Offset of refblock `i` (refcount table entry `i`, reserved bits
+    /// dropped); 0 when there is none.
+    fn refblock(&self, i: u64) -> u64 {
+        if i >= self.entries() {
+            return 0;
+        }
+        be64(&self.table, (i * 8) as usize) & !0x1ff
+    }
+
     /// (refblock offset, index in it) of a cluster; `None` without a refblock.
     fn locate(&self, cluster: u64) -> Option<(u64, u64)> {
-        let per = (self.h.cluster_size() * 8) >> self.h.refcount_order;
-        let at = usize::try_from(cluster / per).ok()?.checked_mul(8)?;
-        let e = self.table.get(at..at + 8)?;
-        let off = u64::from_be_bytes(e.try_into().ok()?) & !0x1ff;
+        let per = self.per_block();
+        let off = self.refblock(cluster / per);
         (off != 0 && off % self.h.cluster_size() == 0).then_some((off, cluster % per))
     }
 
@@ -154,10 +169,8 @@ pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
     let l1 = read_bytes(dev, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
     let mut refs = Refcounts::new(dev, h)?;
     let mut cleared = 0;
-    for (i, e) in l1.chunks_exact(8).enumerate() {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(e);
-        let l2 = u64::from_be_bytes(raw) & crate::format::OFFSET_MASK;
+    for i in 0..l1.len() / 8 {
+        let l2 = be64(&l1, i * 8) & crate::format::OFFSET_MASK;
         if l2 == 0 || l2 % cs != 0 || l2 + cs > dev.size() || refs.get(l2 / cs)? != 0 {
             continue;
         }
@@ -188,14 +201,10 @@ pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
 /// offset"). Refcounts past the LV's end are reported and ignored.
 pub fn allocated_end(dev: &dyn BlockDev, h: &Header) -> Result<u64> {
     let cs = h.cluster_size();
-    let rt_bytes = u64::from(h.refcount_table_clusters) * cs;
-    let rt = read_bytes(dev, h.refcount_table_offset, rt_bytes)?;
-    let refs_per_block = (cs * 8) >> h.refcount_order;
-    for i in (0..rt_bytes / 8).rev() {
-        let at = (i * 8) as usize;
-        let mut e = [0u8; 8];
-        e.copy_from_slice(&rt[at..at + 8]);
-        let rb_off = u64::from_be_bytes(e) & !0x1ff;
+    let refs = Refcounts::new(dev, h)?;
+    let per = refs.per_block();
+    for i in (0..refs.entries()).rev() {
+        let rb_off = refs.refblock(i);
         if rb_off == 0 {
             continue;
         }
@@ -205,11 +214,11 @@ pub fn allocated_end(dev: &dyn BlockDev, h: &Header) -> Result<u64> {
             )));
         }
         let block = read_bytes(dev, rb_off, cs)?;
-        if let Some(j) = (0..refs_per_block)
+        if let Some(j) = (0..per)
             .rev()
             .find(|&j| refcount_at(&block, h.refcount_order, j) != 0)
         {
-            let end = (i * refs_per_block + j + 1).saturating_mul(cs);
+            let end = (i * per + j + 1).saturating_mul(cs);
             if end > dev.size() {
                 log::warn!(
                     "refcounts count clusters up to {end} bytes, past the LV's end ({} bytes); \
@@ -239,10 +248,8 @@ pub fn check_metadata_refcounts(dev: &dyn BlockDev, h: &Header) -> Result<()> {
         ("the refcount table", h.refcount_table_offset, rt_bytes),
         ("the L1 table", h.l1_table_offset, u64::from(h.l1_size) * 8),
     ];
-    for e in refs.table.clone().chunks_exact(8) {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(e);
-        let rb = u64::from_be_bytes(raw) & !0x1ff;
+    for i in 0..refs.entries() {
+        let rb = refs.refblock(i);
         // Refblocks outside the LV are ignored here as by allocated_end.
         if rb != 0 && rb.checked_add(cs).is_some_and(|end| end <= dev.size()) {
             spans.push(("a refcount block", rb, cs));

@@ -195,12 +195,11 @@ fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size {s:?} is too large"))
 }
 
-fn open_devs(paths: &[String], read_only: bool) -> Result<Vec<PvDev>> {
+fn open_devs(paths: &[String], opts: &OpenOptions) -> Result<Vec<PvDev>> {
     paths
         .iter()
         .map(|p| {
-            let f = FileDev::open(p, &OpenOptions::new().read_only(read_only))
-                .with_context(|| format!("opening {p}"))?;
+            let f = FileDev::open(p, opts).with_context(|| format!("opening {p}"))?;
             Ok(PvDev::new(Arc::new(f), p.clone()))
         })
         .collect()
@@ -221,7 +220,7 @@ fn extents(vg: &Vg, size: &Size) -> Result<u64> {
 
 /// Opens VG `name` for a change; stale copies are repaired first.
 fn open_rw(name: &str, devices: &[String]) -> Result<OpenVg> {
-    let devs = open_devs(devices, false)?;
+    let devs = open_devs(devices, &OpenOptions::new())?;
     let mut vg = OpenVg::open(&devs, Some(name)).with_context(|| format!("opening VG {name}"))?;
     for s in &vg.health().stale {
         eprintln!("repairing stale copy: {s}");
@@ -243,7 +242,7 @@ fn main() -> Result<()> {
             data_alignment,
             force,
         }) => {
-            let dev = open_devs(std::slice::from_ref(&device), false)?.remove(0);
+            let dev = open_devs(std::slice::from_ref(&device), &OpenOptions::new())?.remove(0);
             let f = PvFormat {
                 mda_size: parse_size(&metadata_size)?,
                 mda_copies: metadata_copies,
@@ -262,7 +261,7 @@ fn main() -> Result<()> {
             devices,
             extent_size,
         }) => {
-            let devs = open_devs(&devices, false)?;
+            let devs = open_devs(&devices, &OpenOptions::new())?;
             let open = OpenVg::create(&vg, &devs, parse_size(&extent_size)?)?;
             let free = open.vg().free_extent_count()?;
             println!(
@@ -277,7 +276,7 @@ fn main() -> Result<()> {
             devices,
         }) => {
             let mut open = open_rw(&vg, &devices)?;
-            let new = open_devs(std::slice::from_ref(&new_device), false)?.remove(0);
+            let new = open_devs(std::slice::from_ref(&new_device), &OpenOptions::new())?.remove(0);
             open.add_pv(&new)?;
             println!("VG {vg}: {new_device} added");
         }
@@ -287,7 +286,7 @@ fn main() -> Result<()> {
         Cmd::Lv(cmd) => lv(cmd, &line)?,
         Cmd::Volume(cmd) => volume::run(cmd)?,
         Cmd::Repair { vg, devices } => {
-            let devs = open_devs(&devices, false)?;
+            let devs = open_devs(&devices, &OpenOptions::new())?;
             let mut open = OpenVg::open(&devs, Some(&vg))?;
             if !open.health().corrupt.is_empty() {
                 bail!(
@@ -437,7 +436,7 @@ fn scan_json(scan: &Scan) -> Value {
 }
 
 fn inspect(paths: &[String], as_json: bool) -> Result<()> {
-    let devs = open_devs(paths, true)?;
+    let devs = open_devs(paths, &OpenOptions::new().read_only(true))?;
     let scan = lvm::scan(&devs)?;
     let mut out = scan_json(&scan);
     let mut vgs = Vec::new();

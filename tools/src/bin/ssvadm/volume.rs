@@ -2,11 +2,10 @@
 //! daemon: create, inspect, copy data in and out, snapshot, revert, merge,
 //! clone. Like the rest of ssvadm it takes no lease.
 
-use crate::{parse_size, split_lv};
+use crate::{open_devs, parse_size, split_lv};
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use lvm::{OpenVg, PvDev, SegmentKind};
-use san::FileDev;
+use lvm::{OpenVg, SegmentKind};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -95,14 +94,7 @@ pub enum VolumeCmd {
 
 /// Data I/O bypasses the page cache, as a VM's would.
 fn store(vg: &str, devices: &[String]) -> Result<Arc<VgStore>> {
-    let devs = devices
-        .iter()
-        .map(|p| {
-            let f = FileDev::open(p, &san::OpenOptions::new().direct(true))
-                .with_context(|| format!("opening {p}"))?;
-            Ok(PvDev::new(Arc::new(f), p.clone()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let devs = open_devs(devices, &san::OpenOptions::new().direct(true))?;
     let open = OpenVg::open(&devs, Some(vg)).with_context(|| format!("opening VG {vg}"))?;
     Ok(Arc::new(VgStore::from_open(open)))
 }

@@ -8,7 +8,6 @@
 
 use san::BlockDev;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -21,42 +20,13 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const CLUSTER: u64 = 64 * KIB;
 
-fn have_qemu_img() -> bool {
-    Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn qemu_img(args: &[&str]) -> (i32, String) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
+mod common;
 
 /// `qemu-img check` must find nothing; `qemu-img compare` against the model
 /// as a raw file must find no difference.
 fn qemu_agrees(dir: &Path, lv: &str, model: &[u8]) {
-    let img = dir.join(lv);
-    let img = img.to_str().unwrap();
-    let (rc, text) = qemu_img(&["check", "-f", "qcow2", img]);
-    assert_eq!(rc, 0, "qemu-img check {lv}:\n{text}");
-    let raw = dir.join(format!("{lv}.model"));
-    std::fs::write(&raw, model).unwrap();
-    let (rc, text) = qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        img,
-        raw.to_str().unwrap(),
-    ]);
-    assert_eq!(rc, 0, "qemu-img compare {lv}: {text}");
+    common::qemu_clean(dir, lv);
+    common::qemu_compare(dir, lv, model);
 }
 
 /// xorshift64: the tests' only randomness, seeded per thread.
@@ -139,7 +109,7 @@ fn plan(t: u64, i: u64, rng: &mut Rng, cursor: &mut u64) -> (u64, usize) {
 
 #[test]
 fn eight_writers_and_two_readers_share_one_volume_while_it_grows() {
-    if !have_qemu_img() {
+    if !common::have_qemu() {
         eprintln!("SKIPPED: qemu-img not installed");
         return;
     }
@@ -359,7 +329,7 @@ impl Extender for Switchable {
 
 #[test]
 fn a_failing_extender_gives_no_space_and_the_volume_recovers_in_place() {
-    if !have_qemu_img() {
+    if !common::have_qemu() {
         eprintln!("SKIPPED: qemu-img not installed");
         return;
     }

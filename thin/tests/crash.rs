@@ -30,7 +30,6 @@
 
 use san::{BlockDev, Fault, FaultControl, FaultDev};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -132,31 +131,8 @@ impl Extender for CountingExtender {
 
 // ---------------------------------------------------------------- qemu-img
 
-fn have_qemu_img() -> bool {
-    Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-macro_rules! skip_unless_qemu_img {
-    () => {
-        if !have_qemu_img() {
-            eprintln!("SKIPPED: qemu-img not installed");
-            return;
-        }
-    };
-}
-
-fn qemu_img(args: &[&str]) -> (i32, String) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
+mod common;
+use common::{qemu_compare, qemu_img, skip_unless_qemu};
 
 /// Checks with real qemu-img: clean or leaks only, and (with `repair`)
 /// clean once the leaks are repaired. Returns true if there were leaks.
@@ -174,25 +150,6 @@ fn qemu_check(path: &Path, what: &str, repair: bool) -> bool {
         assert_eq!(rc, 0, "{what}: qemu-img check after repair {p}:\n{text}");
     }
     rc == 3
-}
-
-/// `qemu-img compare` of the image (through its backing chain) against
-/// `expect` as raw bytes.
-fn qemu_compare(dir: &Path, lv: &str, expect: &[u8]) {
-    let raw = dir.join(format!("{lv}.expect"));
-    std::fs::write(&raw, expect).unwrap();
-    let img = dir.join(lv);
-    let (rc, text) = qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        img.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
-    std::fs::remove_file(&raw).unwrap();
-    assert_eq!(rc, 0, "qemu-img compare {lv}: {text}");
 }
 
 // ---------------------------------------------------------------- data
@@ -591,7 +548,7 @@ const ALLOC_WRITES: [W; 6] = [
 
 #[test]
 fn allocating_writes() {
-    skip_unless_qemu_img!();
+    skip_unless_qemu!();
     let prepared = tempfile::tempdir().unwrap();
     {
         let store = plain(prepared.path(), MIB);
@@ -643,7 +600,7 @@ const FIRST_WRITES: [W; 3] = [
 
 #[test]
 fn first_writes_to_an_empty_volume() {
-    skip_unless_qemu_img!();
+    skip_unless_qemu!();
     let prepared = tempfile::tempdir().unwrap();
     create(&*plain(prepared.path(), MIB), "vol", 4 * MIB);
     let old = vec![0u8; SIZE as usize];
@@ -700,7 +657,7 @@ fn growth_options(ext: Arc<dyn Extender>) -> OpenOptions {
 
 #[test]
 fn writes_that_park_until_the_lv_grows() {
-    skip_unless_qemu_img!();
+    skip_unless_qemu!();
     let prepared = tempfile::tempdir().unwrap();
     {
         let store = plain(prepared.path(), MIB);
@@ -790,7 +747,7 @@ const TOP_WRITES: [W; 3] = [
 /// [`first_writes_to_an_empty_volume`] for why this fails with imago 0.2.6.
 #[test]
 fn snapshot_then_write_to_the_new_top() {
-    skip_unless_qemu_img!();
+    skip_unless_qemu!();
     let prepared = tempfile::tempdir().unwrap();
     {
         let store = plain(prepared.path(), MIB);
@@ -861,7 +818,7 @@ fn snapshot_then_write_to_the_new_top() {
 /// torn inside the sector (see `every_write_index`).
 #[test]
 fn delete_snapshot_merges_without_changing_what_the_volume_reads() {
-    skip_unless_qemu_img!();
+    skip_unless_qemu!();
     let prepared = tempfile::tempdir().unwrap();
     let lo = |size| LayerOptions {
         initial_lv_size: size,

@@ -18,7 +18,6 @@
 //! Without qemu-img every test prints "SKIPPED: qemu-img not installed".
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 use thin::{CreateOptions, DirStore, GrowthPolicy, LvStore, OpenOptions, StoreExtender, Volume};
@@ -27,43 +26,8 @@ const MIB: u64 = 1 << 20;
 /// Virtual size of most test images.
 const SIZE: u64 = 16 * MIB;
 
-fn have_qemu() -> bool {
-    ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-macro_rules! skip_unless_qemu {
-    () => {
-        if !have_qemu() {
-            eprintln!("SKIPPED: qemu-img not installed");
-            return;
-        }
-    };
-}
-
-/// Runs a QEMU tool in `dir` (so relative backing names resolve there);
-/// returns (success, stdout + stderr).
-fn tool(dir: &Path, prog: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn tool_ok(dir: &Path, prog: &str, args: &[&str]) -> String {
-    let (ok, text) = tool(dir, prog, args);
-    assert!(ok, "{prog} {}: {text}", args.join(" "));
-    text
-}
+mod common;
+use common::{skip_unless_qemu, tool, tool_ok};
 
 /// `qemu-io -f qcow2 -c CMD… IMAGE` in `dir`.
 fn qemu_io(dir: &Path, image: &str, cmds: &[String]) {

@@ -1,18 +1,10 @@
 //! Volumes on files laid out like /dev/VG/, checked by real qemu-img.
 
-use std::process::Command;
 use std::sync::Arc;
 use thin::{CreateOptions, DirStore, GrowthPolicy, LvStore, OpenOptions, StoreExtender, Volume};
 
-fn qemu_img(args: &[&str]) -> (bool, String) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
+mod common;
+use common::{qemu_clean, qemu_compare, qemu_img};
 
 #[test]
 fn write_read_grow_and_qemu_agrees() {
@@ -62,21 +54,8 @@ fn write_read_grow_and_qemu_agrees() {
     );
     assert!(v.lv_size() > 4 << 20);
     drop(v);
-    let img = dir.path().join("vol");
-    let (ok, text) = qemu_img(&["check", "-f", "qcow2", img.to_str().unwrap()]);
-    assert!(ok, "{text}");
-    let raw = dir.path().join("expect.raw");
-    std::fs::write(&raw, &expect).unwrap();
-    let (ok, text) = qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        img.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
+    qemu_clean(dir.path(), "vol");
+    qemu_compare(dir.path(), "vol", &expect);
 }
 
 fn fill(v: &Volume, expect: &mut [u8], seed: u8, count: u64) {
@@ -104,21 +83,8 @@ fn same(store: &dyn LvStore, top: &str, expect: &[u8]) {
 }
 
 fn qemu_same(dir: &std::path::Path, top: &str, expect: &[u8]) {
-    let img = dir.join(top);
-    let (ok, text) = qemu_img(&["check", "-f", "qcow2", img.to_str().unwrap()]);
-    assert!(ok, "{text}");
-    let raw = dir.join(format!("{top}.expect"));
-    std::fs::write(&raw, expect).unwrap();
-    let (ok, text) = qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        img.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
-    assert!(ok, "{top}: {text}");
+    qemu_clean(dir, top);
+    qemu_compare(dir, top, expect);
 }
 
 #[test]
@@ -240,10 +206,9 @@ fn resize_and_depth_limit() {
         v.write(&[9u8; 65536], (3 << 30) - 65536).unwrap();
         v.flush().unwrap();
     }
-    let (ok, text) = qemu_img(&["info", dir.path().join("v0").to_str().unwrap()]);
-    assert!(ok && text.contains("virtual size: 3 GiB"), "{text}");
-    let (ok, text) = qemu_img(&["check", dir.path().join("v0").to_str().unwrap()]);
-    assert!(ok, "{text}");
+    let (rc, text) = qemu_img(&["info", dir.path().join("v0").to_str().unwrap()]);
+    assert!(rc == 0 && text.contains("virtual size: 3 GiB"), "{text}");
+    qemu_clean(dir.path(), "v0");
 
     // A chain of 4 layers under a limit of 4: the next snapshot is refused, clearly.
     let lo = LayerOptions {

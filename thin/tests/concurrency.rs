@@ -109,10 +109,7 @@ fn plan(t: u64, i: u64, rng: &mut Rng, cursor: &mut u64) -> (u64, usize) {
 
 #[test]
 fn eight_writers_and_two_readers_share_one_volume_while_it_grows() {
-    if !common::have_qemu() {
-        eprintln!("SKIPPED: qemu-img not installed");
-        return;
-    }
+    common::skip_unless_qemu!();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn LvStore> = Arc::new(DirStore::new(dir.path(), MIB));
@@ -329,10 +326,7 @@ impl Extender for Switchable {
 
 #[test]
 fn a_failing_extender_gives_no_space_and_the_volume_recovers_in_place() {
-    if !common::have_qemu() {
-        eprintln!("SKIPPED: qemu-img not installed");
-        return;
-    }
+    common::skip_unless_qemu!();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn LvStore> = Arc::new(DirStore::new(dir.path(), MIB));
     let size = 64 * MIB;

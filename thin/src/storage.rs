@@ -22,6 +22,9 @@ pub(crate) struct Backend {
     /// Highest allocated host offset (cluster-rounded end).
     pub end: AtomicU64,
     pub cluster_size: u64,
+    /// The LV's logical sector size (a VG's PVs share one), asked on every
+    /// request, so kept here rather than fetched from the device.
+    sector: usize,
     helper: CommonStorageHelper,
 }
 
@@ -33,8 +36,10 @@ impl Backend {
         end: u64,
         cluster_size: u64,
     ) -> Arc<Backend> {
+        let sector = map.dev().logical_sector_size() as usize;
         Arc::new(Backend {
             name: name.to_string(),
+            sector,
             map,
             grower,
             end: AtomicU64::new(end),
@@ -99,7 +104,7 @@ impl Storage for LayerStorage {
     }
 
     fn req_align(&self) -> usize {
-        self.0.map.dev().logical_sector_size() as usize
+        self.0.sector
     }
 
     fn size(&self) -> io::Result<u64> {

@@ -6,7 +6,7 @@ use crate::storage::LayerStorage;
 use crate::{Error, Result};
 use imago::format::PreallocateMode;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, ShallowMapping};
+use imago::{FormatAccess, ShallowMapping, StorageExt};
 use std::io;
 use std::sync::{Arc, RwLock};
 
@@ -47,6 +47,7 @@ pub(crate) struct ImagoEngine {
     /// (imago requires that nobody holds a mapping while clusters are freed).
     access: RwLock<Access>,
     has_backing: bool,
+    cluster_size: u64,
     name: String,
 }
 
@@ -66,6 +67,7 @@ impl ImagoEngine {
         writable: bool,
         backing: Option<Arc<Access>>,
     ) -> Result<ImagoEngine> {
+        let cluster_size = storage.0.cluster_size;
         let mut q: Qcow2<LayerStorage, Arc<Access>> = Qcow2::open_image(storage, writable)
             .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
         let has_backing = backing.is_some();
@@ -73,6 +75,7 @@ impl ImagoEngine {
         Ok(ImagoEngine {
             access: RwLock::new(FormatAccess::new(q)),
             has_backing,
+            cluster_size,
             name: name.to_string(),
         })
     }
@@ -122,11 +125,52 @@ impl Engine for ImagoEngine {
             .map_err(|e| engine_err(&self.name, "read", e))
     }
 
+    /// Parts of clusters that read as zeroes are allocated zero-first: imago
+    /// maps zeroed clusters (a short metadata step under its L2-table lock,
+    /// the zeroing mostly done ahead by `LayerStorage`) and the data is
+    /// written after the lock is released. imago's own write holds that lock
+    /// across the data write, which runs every allocating write in one L2
+    /// table's range (512 MiB at 64 KiB clusters) one at a time; QEMU
+    /// serialises only writes to the same cluster, and so do we for small
+    /// writes. Until the data lands the range reads zeroes, as it did
+    /// before, so a crash in between shows the old contents. Whole clusters,
+    /// rewrites and copy-on-write from a backing layer are imago's write:
+    /// zeroing a cluster that is about to be overwritten whole costs more
+    /// than the lock (measured in `thin_ops`).
     fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.read_lock()
-            .write(buf, offset)
-            .map_err(|e| engine_err(&self.name, "write", e))
+        let a = self.read_lock();
+        let err = |e| engine_err(&self.name, "write", e);
+        let mut done = 0;
+        while done < buf.len() {
+            let (at, rest) = (offset + done as u64, &buf[done..]);
+            let (m, n) = a.get_shallow_mapping(at, rest.len() as u64).map_err(err)?;
+            if n == 0 {
+                return Err(Error::Io(format!("{}: no mapping at {at}", self.name)));
+            }
+            let to_boundary = self.cluster_size - at % self.cluster_size;
+            let partial = to_boundary < self.cluster_size || n < self.cluster_size;
+            if !matches!(m, ShallowMapping::Zero { .. }) || !partial {
+                let whole = if partial {
+                    n
+                } else {
+                    n - n % self.cluster_size
+                };
+                let n = (whole as usize).min(rest.len());
+                a.write(&rest[..n], at).map_err(err)?;
+                done += n;
+                continue;
+            }
+            let mapping = a
+                .prepare_data_mapping(at, n.min(to_boundary), false)
+                .map_err(err)?;
+            let (storage, host) = (mapping.storage().clone(), mapping.offset());
+            let n = (mapping.length() as usize).min(rest.len());
+            a.commit_data_mapping(mapping).map_err(err)?;
+            storage.write(&rest[..n], host).map_err(err)?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {

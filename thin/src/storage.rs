@@ -10,10 +10,13 @@ use imago::Storage;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Memory alignment asked of the engine's buffers (O_DIRECT needs at most a page).
 const MEM_ALIGN: usize = 4096;
+
+/// Bytes zeroed at once ahead of allocation (see [`ZeroAhead`]).
+pub(crate) const ZERO_AHEAD: u64 = 1 << 20;
 
 pub(crate) struct Backend {
     pub name: String,
@@ -25,7 +28,32 @@ pub(crate) struct Backend {
     /// The LV's logical sector size (a VG's PVs share one), asked on every
     /// request, so kept here rather than fetched from the device.
     sector: usize,
+    zero_ahead: ZeroAhead,
     helper: CommonStorageHelper,
+}
+
+/// Zeroing ahead of allocation. The engine zeroes every newly allocated
+/// cluster before mapping it; one fallocate or BLKZEROOUT per cluster, under
+/// the engine's L2-table lock, was the largest cost of allocating writes.
+/// Instead, the first zeroing request past everything written zeroes
+/// [`ZERO_AHEAD`] bytes at once, and later requests inside that range skip
+/// their I/O.
+///
+/// Only space past the frontier is zeroed ahead: this handle has written
+/// nothing there, and nothing allocated when it opened lies there (it starts
+/// at the allocated end). Writes that reach past the frontier move it under
+/// the lock before their I/O, so they never overlap a zeroing in flight,
+/// which holds the lock until it completes.
+struct ZeroAhead {
+    /// Mirror of `known.frontier`, so writes below it skip the lock.
+    frontier: AtomicU64,
+    known: Mutex<KnownZero>,
+}
+
+/// `[frontier, zeroed_end)` is zero on the device and unwritten since.
+struct KnownZero {
+    frontier: u64,
+    zeroed_end: u64,
 }
 
 impl Backend {
@@ -44,6 +72,13 @@ impl Backend {
             grower,
             end: AtomicU64::new(end),
             cluster_size,
+            zero_ahead: ZeroAhead {
+                frontier: AtomicU64::new(end),
+                known: Mutex::new(KnownZero {
+                    frontier: end,
+                    zeroed_end: end,
+                }),
+            },
             helper: CommonStorageHelper::default(),
         })
     }
@@ -58,6 +93,50 @@ impl Backend {
 }
 
 impl LayerStorage {
+    fn known_zero(&self) -> std::sync::MutexGuard<'_, KnownZero> {
+        self.0
+            .zero_ahead
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves the frontier past a write to `[.., end)` before its I/O.
+    fn passing(&self, end: u64) {
+        let z = &self.0.zero_ahead;
+        if end <= z.frontier.load(Ordering::Acquire) {
+            return;
+        }
+        let mut k = self.known_zero();
+        k.frontier = k.frontier.max(end);
+        z.frontier.store(k.frontier, Ordering::Release);
+    }
+
+    /// Zeroes `[offset, end)`, ahead of allocation when it lies past the
+    /// frontier, and not at all when it is known zero.
+    fn zero(&self, offset: u64, end: u64) -> io::Result<()> {
+        let dev = self.0.map.dev();
+        let mut k = self.known_zero();
+        if offset < k.frontier {
+            k.frontier = k.frontier.max(end);
+            self.0
+                .zero_ahead
+                .frontier
+                .store(k.frontier, Ordering::Release);
+            drop(k);
+            return dev.write_zeroes(offset, end - offset).map_err(io_err);
+        }
+        if end > k.zeroed_end {
+            let to = offset.saturating_add(ZERO_AHEAD).min(dev.size()).max(end);
+            // The lock is held across the I/O: see `ZeroAhead`.
+            dev.write_zeroes(offset, to - offset).map_err(io_err)?;
+            k.zeroed_end = to;
+        }
+        k.frontier = end;
+        self.0.zero_ahead.frontier.store(end, Ordering::Release);
+        Ok(())
+    }
+
     /// Waits until the LV holds `[offset, offset + len)`; returns the end.
     fn reserve(&self, offset: u64, len: u64) -> io::Result<u64> {
         let b = &self.0;
@@ -133,6 +212,7 @@ impl Storage for LayerStorage {
     /// fail with `StorageFull`.
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
         let end = self.reserve(offset, bufv.len())?;
+        self.passing(end);
         let dev = self.0.map.dev();
         let mut at = offset;
         for slice in bufv.into_inner() {
@@ -147,11 +227,7 @@ impl Storage for LayerStorage {
     /// the same bounds and parking as writes.
     unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
         let end = self.reserve(offset, length)?;
-        self.0
-            .map
-            .dev()
-            .write_zeroes(offset, length)
-            .map_err(io_err)?;
+        self.zero(offset, end)?;
         self.0.written(end);
         Ok(())
     }

@@ -240,3 +240,109 @@ fn resize_and_depth_limit() {
     v.read(&mut b, (8 << 20) - 4096).unwrap();
     assert_eq!(b, [7u8; 4096]);
 }
+
+/// Allocating writes map zeroed clusters before their data lands, and the
+/// zeroing is done ahead in bulk. The LV starts full of a deleted volume's
+/// bytes: every byte never written must still read as zero, through
+/// partial-cluster writes from many threads racing whole-cluster writes
+/// (which skip zeroing) in other L2 tables, discards that free clusters
+/// below the zeroed frontier for reuse, write-zeroes, and reopening.
+#[test]
+fn space_never_written_reads_zero_over_old_lv_contents() {
+    zero_reads_over_old_contents(64 << 10);
+    // 4 KiB clusters: an L2 table maps 2 MiB, so the threads' regions
+    // allocate under different L2 locks, concurrently.
+    zero_reads_over_old_contents(4 << 10);
+}
+
+fn zero_reads_over_old_contents(cluster: u64) {
+    use std::io::{Seek, SeekFrom, Write};
+    const SIZE: usize = 64 << 20;
+    const THREADS: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::new(dir.path(), 4 << 20);
+    let lv = 80 << 20;
+    let opts = CreateOptions {
+        size: Some(SIZE as u64),
+        cluster_size: cluster,
+        initial_lv_size: lv,
+        ..Default::default()
+    };
+    thin::create(&store, "vol", &opts).unwrap();
+    let start = Volume::open(&store, "vol", &OpenOptions::default())
+        .unwrap()
+        .allocated_end();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.path("vol"))
+        .unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.write_all(&vec![0xee; (lv - start) as usize]).unwrap();
+    drop(f);
+
+    let clusters = SIZE as u64 / cluster;
+    let mut expect = vec![0u8; SIZE];
+    for round in 0..3u8 {
+        let v = Volume::open(&store, "vol", &OpenOptions::default()).unwrap();
+        // Each thread in its own region; even threads write whole clusters,
+        // odd ones small pieces at odd places inside clusters.
+        let writes: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let v = &v;
+                    s.spawn(move || {
+                        let mut done = Vec::new();
+                        let mut x = t * 977 + u64::from(round) * 13 + 1;
+                        let per = clusters / THREADS;
+                        for i in 0..150u64 {
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            let c = t * per + (x >> 33) % per;
+                            let (within, len) = if t % 2 == 0 {
+                                (0, cluster as usize)
+                            } else {
+                                let w = (x >> 13) % (cluster / 512 - 4) * 512;
+                                (w, 512 * (1 + (x % 4) as usize))
+                            };
+                            let byte = (round * 64 + t as u8 * 16 + (i % 15) as u8) | 1;
+                            let off = c * cluster + within;
+                            let buf = vec![byte; len];
+                            v.write(&buf, off).unwrap();
+                            done.push((off, buf));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (off, buf) in writes.into_iter().flatten() {
+            expect[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
+        }
+        // Free some clusters (their host space is reused below the
+        // frontier), zero a range, then write into the freed ones again.
+        for c in (round as u64..clusters).step_by(7) {
+            v.discard(c * cluster, cluster).unwrap();
+            expect[(c * cluster) as usize..((c + 1) * cluster) as usize].fill(0);
+        }
+        let (zoff, zlen) = (3 * cluster + 512, 5 * cluster);
+        v.write_zeroes(zoff, zlen).unwrap();
+        expect[zoff as usize..(zoff + zlen) as usize].fill(0);
+        for c in (round as u64..clusters).step_by(21) {
+            let off = c * cluster + 1024;
+            v.write(&[0x5b; 1024], off).unwrap();
+            expect[off as usize..off as usize + 1024].fill(0x5b);
+        }
+        v.flush().unwrap();
+        let mut back = vec![0u8; SIZE];
+        v.read(&mut back, 0).unwrap();
+        if let Some(i) = (0..SIZE).find(|&i| back[i] != expect[i]) {
+            panic!(
+                "{cluster}-byte clusters, round {round}: byte {i} reads {:#x}, expected {:#x}",
+                back[i], expect[i]
+            );
+        }
+    }
+    qemu_same(dir.path(), "vol", &expect);
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ssv's tests and demo use, where missing (as root).
 set -euo pipefail
-pkgs=(lvm2 sanlock libsanlock-dev qemu-utils)
+pkgs=(lvm2 sanlock libsanlock-dev qemu-utils tgt libiscsi-bin iptables)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,6 +7,8 @@ mod align;
 mod error;
 mod fault;
 mod file;
+pub mod iscsi;
+pub mod scsi;
 mod window;
 
 pub use align::AlignedBuf;

@@ -28,6 +28,7 @@ mod loopdev;
 mod lvm2;
 mod report;
 pub mod sanlock;
+pub mod tgtd;
 pub mod vgview;
 
 pub use loopdev::{backing_file_of, detach_leaked, LoopDev, Scratch};

@@ -1,0 +1,245 @@
+//! One LUN over one session as a [`BlockDev`]: identity from VPD 0x83,
+//! geometry from READ CAPACITY(16), I/O with READ/WRITE(16), flush with
+//! SYNCHRONIZE CACHE(16). Unit attentions are retried here; everything a
+//! path can fail with is reported for the multipath layer to act on.
+
+use super::session::{Completion, DataPhase, Session};
+use super::{pdu, IscsiError};
+use crate::scsi::{Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Sense, Status};
+use crate::{BlockDev, DevId, Error, Result};
+use std::io;
+
+/// Unit attentions in a row before a command is failed (each new nexus
+/// and each LUN reset gives one; more means the LU keeps changing).
+const MAX_UA_RETRIES: usize = 8;
+/// Upper bound on one READ/WRITE when the LU does not report one (VPD B0).
+const DEFAULT_MAX_TRANSFER: u64 = 8 << 20;
+/// VPD pages we read.
+const VPD_DEVICE_ID: u8 = 0x83;
+const VPD_BLOCK_LIMITS: u8 = 0xB0;
+const VPD_ALLOC: u16 = 4096;
+
+pub struct IscsiLun {
+    session: Session,
+    lun: [u8; 8],
+    name: String,
+    id: DevId,
+    wwid: String,
+    cap: CapacityData,
+    block: u32,
+    size: u64,
+    max_transfer: u64,
+}
+
+impl IscsiLun {
+    /// Opens LUN `lun` of a logged-in session: clears the new nexus's unit
+    /// attention, reads the identity and the geometry.
+    pub fn open(session: Session, lun: u16) -> Result<IscsiLun, IscsiError> {
+        let name = format!("iscsi:{}/lun{lun}", session.addr());
+        let mut l = IscsiLun {
+            session,
+            lun: pdu::encode_lun(lun),
+            name,
+            id: DevId(String::new()),
+            wwid: String::new(),
+            cap: CapacityData {
+                last_lba: 0,
+                block_len: 512,
+                physical_exponent: 0,
+                lbpme: false,
+                lbprz: false,
+            },
+            block: 512,
+            size: 0,
+            max_transfer: DEFAULT_MAX_TRANSFER,
+        };
+        l.command(&Cdb::TestUnitReady, DataPhase::None)?;
+        let ids = l.vpd(VPD_DEVICE_ID)?;
+        let ids = DeviceIdentification::decode(&ids).map_err(IscsiError::Decode)?;
+        l.wwid = ids.wwid().ok_or_else(|| {
+            IscsiError::Protocol(format!(
+                "{}: VPD 0x83 has no logical-unit designator, so paths cannot be matched",
+                l.name
+            ))
+        })?;
+        l.id = DevId(format!("wwid:{}", l.wwid));
+        l.read_capacity()?;
+        if let Ok(b0) = l.vpd(VPD_BLOCK_LIMITS) {
+            if let Ok(lim) = BlockLimits::decode(&b0) {
+                if lim.max_transfer_len > 0 {
+                    l.max_transfer = (u64::from(lim.max_transfer_len) * u64::from(l.block))
+                        .min(DEFAULT_MAX_TRANSFER);
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    /// The Linux-style WWID (e.g. `36…` for NAA-6): the same on every path.
+    pub fn wwid(&self) -> &str {
+        &self.wwid
+    }
+
+    pub fn capacity(&self) -> CapacityData {
+        self.cap
+    }
+
+    fn read_capacity(&mut self) -> Result<(), IscsiError> {
+        let mut buf = [0u8; 32];
+        self.command(
+            &Cdb::ReadCapacity16 { alloc_len: 32 },
+            DataPhase::In(&mut buf),
+        )?;
+        let cap = CapacityData::decode(&buf).map_err(IscsiError::Decode)?;
+        self.size = cap.size_bytes().map_err(IscsiError::Decode)?;
+        if !(512..=65536).contains(&cap.block_len) || !cap.block_len.is_power_of_two() {
+            return Err(IscsiError::Protocol(format!(
+                "{}: logical block length {} is not a power of two in 512..65536",
+                self.name, cap.block_len
+            )));
+        }
+        self.block = cap.block_len;
+        self.cap = cap;
+        Ok(())
+    }
+
+    fn vpd(&self, page: u8) -> Result<Vec<u8>, IscsiError> {
+        let mut buf = vec![0u8; VPD_ALLOC as usize];
+        let done = self.command(
+            &Cdb::Inquiry {
+                page: Some(page),
+                alloc_len: VPD_ALLOC,
+            },
+            DataPhase::In(&mut buf),
+        )?;
+        let got = (buf.len() as i64 - done.residual.max(0)) as usize;
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Runs `cdb`, retrying unit attentions; any other non-GOOD end is an error.
+    pub fn command(&self, cdb: &Cdb, mut data: DataPhase<'_>) -> Result<Completion, IscsiError> {
+        let bytes = cdb.encode();
+        let bytes = &bytes[..cdb.len()];
+        for _ in 0..MAX_UA_RETRIES {
+            let phase = match &mut data {
+                DataPhase::None => DataPhase::None,
+                DataPhase::In(b) => DataPhase::In(b),
+                DataPhase::Out(b) => DataPhase::Out(b),
+            };
+            let done = self.session.execute(self.lun, bytes, phase)?;
+            match done.status {
+                Status::GOOD | Status::CONDITION_MET => return Ok(done),
+                Status::CHECK_CONDITION => {
+                    let sense = Sense::decode(&done.sense).ok();
+                    let retry = matches!(
+                        sense.map(|x| x.classify()),
+                        Some(
+                            Action::Retry
+                                | Action::RetryRescan
+                                | Action::RetryPrLost
+                                | Action::RetryRegroup
+                        )
+                    );
+                    if !retry {
+                        return Err(IscsiError::Scsi {
+                            lun: self.name.clone(),
+                            command: cdb.name(),
+                            status: done.status,
+                            sense,
+                        });
+                    }
+                }
+                status => {
+                    return Err(IscsiError::Scsi {
+                        lun: self.name.clone(),
+                        command: cdb.name(),
+                        status,
+                        sense: None,
+                    })
+                }
+            }
+        }
+        Err(IscsiError::Protocol(format!(
+            "{}: {} kept getting unit attentions ({MAX_UA_RETRIES} in a row)",
+            self.name,
+            cdb.name()
+        )))
+    }
+
+    fn io_err(&self, op: &'static str, offset: u64, len: usize, e: IscsiError) -> Error {
+        Error::Io {
+            op,
+            dev: self.name.clone(),
+            offset,
+            len: len as u64,
+            source: io::Error::other(e),
+        }
+    }
+}
+
+impl BlockDev for IscsiLun {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
+        let step = self.max_transfer as usize;
+        let mut at = offset;
+        for chunk in buf.chunks_mut(step) {
+            let cdb = Cdb::Read16 {
+                lba: at / u64::from(self.block),
+                blocks: (chunk.len() / self.block as usize) as u32,
+                fua: false,
+                dpo: false,
+            };
+            let n = chunk.len();
+            self.command(&cdb, DataPhase::In(chunk))
+                .map_err(|e| self.io_err("read", at, n, e))?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
+        let step = self.max_transfer as usize;
+        let mut at = offset;
+        for chunk in buf.chunks(step) {
+            let cdb = Cdb::Write16 {
+                lba: at / u64::from(self.block),
+                blocks: (chunk.len() / self.block as usize) as u32,
+                fua: false,
+                dpo: false,
+            };
+            self.command(&cdb, DataPhase::Out(chunk))
+                .map_err(|e| self.io_err("write", at, chunk.len(), e))?;
+            at += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let cdb = Cdb::SynchronizeCache16 {
+            immed: false,
+            lba: 0,
+            blocks: 0,
+        };
+        self.command(&cdb, DataPhase::None)
+            .map(drop)
+            .map_err(|e| self.io_err("flush", 0, 0, e))
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn logical_sector_size(&self) -> u32 {
+        self.block
+    }
+
+    fn physical_sector_size(&self) -> u32 {
+        self.block << self.cap.physical_exponent.min(8)
+    }
+
+    fn identity(&self) -> &DevId {
+        &self.id
+    }
+}

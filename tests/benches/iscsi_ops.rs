@@ -1,0 +1,197 @@
+//! Our iSCSI initiator against libiscsi's `iscsi-perf`, both reading the
+//! same tgtd LUN (a 1 GiB file of non-zero data) in the same run:
+//! sequential reads of 4 KiB at depth 32 and 1, and of 1 MiB at depth 8.
+//! Ours: N threads sharing one session (`IscsiLun`), each issuing its next
+//! request synchronously. iscsi-perf: `-m N -b BLOCKS -t SECS`, its own
+//! "iops average". Rates are per second of wall time, over the same span.
+//!
+//! `cargo bench -p ssv-tests --bench iscsi_ops` (root, tgt and libiscsi-bin
+//! installed); under `cargo test` the same rows run for a fraction of a
+//! second each (a smoke run, figures mean nothing).
+
+use anyhow::{bail, Context, Result};
+use san::iscsi::{login, login::isid, IscsiLun, LoginOptions, Session};
+use san::BlockDev;
+use ssv_tests::tgtd::{LunOpts, Tgtd, TgtdOpts};
+use ssv_tests::{find_tool, Scratch, MIB};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const IQN: &str = "iqn.2026-11.org.ssv.bench:perf";
+const BLOCK: u64 = 512;
+
+struct Row {
+    name: &'static str,
+    depth: usize,
+    bytes: u64,
+}
+
+const ROWS: [Row; 3] = [
+    Row {
+        name: "read_4k_qd32",
+        depth: 32,
+        bytes: 4096,
+    },
+    Row {
+        name: "read_4k_qd1",
+        depth: 1,
+        bytes: 4096,
+    },
+    Row {
+        name: "read_1m_qd8",
+        depth: 8,
+        bytes: MIB,
+    },
+];
+
+/// Requests per second of `row` through our initiator for `secs`.
+fn ours(lun: &IscsiLun, row: &Row, secs: f64) -> Result<f64> {
+    let per = lun.size() / row.bytes;
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..row.depth)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut b = vec![0u8; row.bytes as usize];
+                    while t0.elapsed().as_secs_f64() < secs {
+                        let i = next.fetch_add(1, Ordering::Relaxed) % per;
+                        lun.read_at(&mut b, i * row.bytes)?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// iscsi-perf's "iops average" for `row` over `secs` (whole seconds, >= 1).
+fn libiscsi(url: &str, row: &Row, secs: u64) -> Result<f64> {
+    let out = Command::new("iscsi-perf")
+        .args(["-i", "iqn.2026-11.org.ssv.bench:libiscsi"])
+        .args(["-t", &secs.to_string()])
+        .args(["-m", &row.depth.to_string()])
+        .args(["-b", &(row.bytes / BLOCK).to_string()])
+        .arg(url)
+        .output()
+        .context("running iscsi-perf")?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    let avg = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("iops average "))
+        .next_back()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok());
+    match avg {
+        Some(n) if out.status.success() => Ok(n),
+        _ => bail!(
+            "iscsi-perf {url}: {}: {}{}",
+            out.status,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
+fn fmt(row: &Row, rate: f64) -> String {
+    if row.bytes >= MIB {
+        format!("{:.0}MB/s", rate * row.bytes as f64 / 1e6)
+    } else {
+        format!("{:.1}kIOPS", rate / 1e3)
+    }
+}
+
+fn main() -> Result<()> {
+    if let Some(why) = Tgtd::available() {
+        println!("SKIPPED: {why}");
+        return Ok(());
+    }
+    if find_tool("iscsi-perf").is_none() {
+        println!("SKIPPED: iscsi-perf not installed (Debian package libiscsi-bin)");
+        return Ok(());
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let (secs, rounds) = if full { (5u64, 3) } else { (1, 1) };
+    let lun_bytes = if full { 1024 * MIB } else { 64 * MIB };
+    let ours_secs = if full { secs as f64 } else { 0.2 };
+    let scratch = Scratch::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR"))))?;
+    let file = scratch.path().join("lun");
+    {
+        // Non-zero data, so neither side reads holes.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let chunk: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8 | 1).collect();
+        for _ in 0..lun_bytes / MIB {
+            f.write_all(&chunk)?;
+        }
+        f.flush()?;
+    }
+    let mut t = Tgtd::start(TgtdOpts::default())?;
+    t.add_target(1, IQN)?;
+    t.add_lun(1, 1, &file, &LunOpts::default())?;
+    t.bind_all(1)?;
+    let addr = format!("127.0.0.1:{}", t.port()).parse()?;
+    let url = format!("iscsi://127.0.0.1:{}/{IQN}/1", t.port());
+    let c = login(
+        addr,
+        Some(IQN),
+        &LoginOptions::new("iqn.2026-11.org.ssv.bench:ours", isid(1, 1)),
+    )?;
+    let lun = IscsiLun::open(Session::new(c), 1)?;
+    // Warm the target's page cache for both sides alike.
+    ours(&lun, &ROWS[2], if full { 2.0 } else { 0.1 })?;
+
+    println!(
+        "# tgtd (tgt 1.0.85, rdwr backend, page cache warm) on 127.0.0.1, {} MiB LUN; {} run, {rounds} round(s) of {secs} s per side",
+        lun_bytes / MIB,
+        if full { "full" } else { "smoke (figures mean nothing)" }
+    );
+    for row in &ROWS {
+        let mut o = Vec::new();
+        let mut b = Vec::new();
+        for round in 0..rounds {
+            // Alternate who goes first.
+            if round % 2 == 0 {
+                o.push(ours(&lun, row, ours_secs)?);
+                b.push(libiscsi(&url, row, secs)?);
+            } else {
+                b.push(libiscsi(&url, row, secs)?);
+                o.push(ours(&lun, row, ours_secs)?);
+            }
+        }
+        o.sort_by(f64::total_cmp);
+        b.sort_by(f64::total_cmp);
+        let (om, bm) = (o[o.len() / 2], b[b.len() / 2]);
+        println!(
+            "# {}: {} B requests, depth {}: ours {} [{}..{}], iscsi-perf {} [{}..{}]",
+            row.name,
+            row.bytes,
+            row.depth,
+            fmt(row, om),
+            fmt(row, o[0]),
+            fmt(row, o[o.len() - 1]),
+            fmt(row, bm),
+            fmt(row, b[0]),
+            fmt(row, b[b.len() - 1]),
+        );
+        println!(
+            "RATIO initiator_{}_vs_iscsi_perf ours={} baseline={} speedup={:.2}",
+            row.name,
+            fmt(row, om),
+            fmt(row, bm),
+            om / bm
+        );
+    }
+    drop(lun);
+    t.stop()?;
+    Ok(())
+}

@@ -5,7 +5,9 @@
 
 use super::session::{Completion, DataPhase, Session};
 use super::{pdu, IscsiError};
-use crate::scsi::{Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Sense, Status};
+use crate::scsi::{
+    Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Sense, Status, UnitSerial,
+};
 use crate::{BlockDev, DevId, Error, Result};
 use std::io;
 
@@ -15,6 +17,7 @@ const MAX_UA_RETRIES: usize = 8;
 /// Upper bound on one READ/WRITE when the LU does not report one (VPD B0).
 const DEFAULT_MAX_TRANSFER: u64 = 8 << 20;
 /// VPD pages we read.
+const VPD_SERIAL: u8 = 0x80;
 const VPD_DEVICE_ID: u8 = 0x83;
 const VPD_BLOCK_LIMITS: u8 = 0xB0;
 const VPD_ALLOC: u16 = 4096;
@@ -25,6 +28,7 @@ pub struct IscsiLun {
     name: String,
     id: DevId,
     wwid: String,
+    serial: String,
     cap: CapacityData,
     block: u32,
     size: u64,
@@ -42,6 +46,7 @@ impl IscsiLun {
             name,
             id: DevId(String::new()),
             wwid: String::new(),
+            serial: String::new(),
             cap: CapacityData {
                 last_lba: 0,
                 block_len: 512,
@@ -63,6 +68,12 @@ impl IscsiLun {
             ))
         })?;
         l.id = DevId(format!("wwid:{}", l.wwid));
+        // Optional (VPD 0x80): compared across paths when present.
+        if let Ok(sn) = l.vpd(VPD_SERIAL) {
+            if let Ok(sn) = UnitSerial::decode(&sn) {
+                l.serial = String::from_utf8_lossy(&sn.serial).trim().to_string();
+            }
+        }
         l.read_capacity()?;
         if let Ok(b0) = l.vpd(VPD_BLOCK_LIMITS) {
             if let Ok(lim) = BlockLimits::decode(&b0) {
@@ -78,6 +89,15 @@ impl IscsiLun {
     /// The Linux-style WWID (e.g. `36…` for NAA-6): the same on every path.
     pub fn wwid(&self) -> &str {
         &self.wwid
+    }
+
+    /// The unit serial number (VPD 0x80), empty when the LU has none.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn capacity(&self) -> CapacityData {
@@ -178,53 +198,71 @@ impl IscsiLun {
     }
 }
 
-impl BlockDev for IscsiLun {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
-        let step = self.max_transfer as usize;
+impl IscsiLun {
+    /// Reads `buf` at `offset` (aligned, in range), split at the LU's
+    /// transfer limit.
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), IscsiError> {
         let mut at = offset;
-        for chunk in buf.chunks_mut(step) {
+        for chunk in buf.chunks_mut(self.max_transfer as usize) {
+            let n = chunk.len();
             let cdb = Cdb::Read16 {
                 lba: at / u64::from(self.block),
-                blocks: (chunk.len() / self.block as usize) as u32,
+                blocks: (n / self.block as usize) as u32,
                 fua: false,
                 dpo: false,
             };
-            let n = chunk.len();
-            self.command(&cdb, DataPhase::In(chunk))
-                .map_err(|e| self.io_err("read", at, n, e))?;
+            self.command(&cdb, DataPhase::In(chunk))?;
             at += n as u64;
         }
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
-        let step = self.max_transfer as usize;
+    pub fn write(&self, buf: &[u8], offset: u64) -> Result<(), IscsiError> {
         let mut at = offset;
-        for chunk in buf.chunks(step) {
+        for chunk in buf.chunks(self.max_transfer as usize) {
             let cdb = Cdb::Write16 {
                 lba: at / u64::from(self.block),
                 blocks: (chunk.len() / self.block as usize) as u32,
                 fua: false,
                 dpo: false,
             };
-            self.command(&cdb, DataPhase::Out(chunk))
-                .map_err(|e| self.io_err("write", at, chunk.len(), e))?;
+            self.command(&cdb, DataPhase::Out(chunk))?;
             at += chunk.len() as u64;
         }
         Ok(())
     }
 
-    fn flush(&self) -> Result<()> {
+    pub fn sync(&self) -> Result<(), IscsiError> {
         let cdb = Cdb::SynchronizeCache16 {
             immed: false,
             lba: 0,
             blocks: 0,
         };
-        self.command(&cdb, DataPhase::None)
-            .map(drop)
-            .map_err(|e| self.io_err("flush", 0, 0, e))
+        self.command(&cdb, DataPhase::None).map(drop)
+    }
+
+    /// TEST UNIT READY: the path checker's probe.
+    pub fn test_unit_ready(&self) -> Result<(), IscsiError> {
+        self.command(&Cdb::TestUnitReady, DataPhase::None).map(drop)
+    }
+}
+
+impl BlockDev for IscsiLun {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
+        let n = buf.len();
+        self.read(buf, offset)
+            .map_err(|e| self.io_err("read", offset, n, e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
+        self.write(buf, offset)
+            .map_err(|e| self.io_err("write", offset, buf.len(), e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.sync().map_err(|e| self.io_err("flush", 0, 0, e))
     }
 
     fn size(&self) -> u64 {

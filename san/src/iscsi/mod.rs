@@ -4,12 +4,14 @@
 
 pub mod login;
 pub mod lun;
+pub mod multipath;
 pub mod pdu;
 pub mod session;
 pub mod text;
 
 pub use login::{discover, login, Chap, Connection, DiscoveredTarget, LoginOptions};
 pub use lun::IscsiLun;
+pub use multipath::{Multipath, MultipathOptions, PathConfig, PathEvent, PathStatus, Selector};
 pub use pdu::{Digests, Opcode, Pdu, PduError};
 pub use session::{Completion, DataPhase, Session};
 

@@ -104,6 +104,16 @@ impl Opcode {
     }
 }
 
+impl From<io::Error> for PduError {
+    fn from(e: io::Error) -> PduError {
+        match e.kind() {
+            // What a socket read timeout gives.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => PduError::Timeout,
+            _ => PduError::Io(e),
+        }
+    }
+}
+
 /// Which digests the connection negotiated (both off until login ends).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Digests {
@@ -115,8 +125,10 @@ pub struct Digests {
 pub enum PduError {
     #[error("connection closed by the peer")]
     Closed,
+    #[error("no answer from the peer in time")]
+    Timeout,
     #[error("network I/O failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("unknown iSCSI opcode {0:#04x}")]
     UnknownOpcode(u8),
     #[error("header digest mismatch (got {got:#010x}, computed {want:#010x}): the connection is corrupt")]
@@ -317,7 +329,7 @@ fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8]) -> Result<(), PduErro
             Ok(0) => return Err(PduError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(PduError::Io(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod login;
 pub mod lun;
 pub mod multipath;
 pub mod pdu;
+mod reservations;
 pub mod session;
 pub mod text;
 

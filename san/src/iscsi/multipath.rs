@@ -10,7 +10,7 @@
 use super::lun::IscsiLun;
 use super::session::Session;
 use super::{login, IscsiError, LoginOptions};
-use crate::scsi::{Action, Status};
+use crate::scsi::{Action, PrType, Status};
 use crate::{BlockDev, DevId, Error, Result};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -82,6 +82,10 @@ pub enum PathEvent {
     Queueing,
     /// `no_path_retry` passed with no path: I/O fails until one returns.
     Failing,
+    /// Our reservation key is gone from the LU: another host preempted
+    /// us. We never register again by ourselves; writes get RESERVATION
+    /// CONFLICT until an operator acts.
+    Fenced,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +140,9 @@ struct Inner {
     rr: AtomicUsize,
     stop: AtomicBool,
     listeners: Mutex<Vec<Sender<PathEvent>>>,
+    /// Our persistent-reservation key, once registered.
+    pr_key: Mutex<Option<u64>>,
+    fenced: AtomicBool,
 }
 
 /// One LU reached over several paths, as a [`BlockDev`].
@@ -208,6 +215,8 @@ impl Multipath {
             rr: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            pr_key: Mutex::new(None),
+            fenced: AtomicBool::new(false),
         });
         let i = inner.clone();
         let checker = std::thread::Builder::new()
@@ -241,6 +250,55 @@ impl Multipath {
                 failures: p.failures.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Registers `key` on every path that is up (registrations belong to
+    /// an I_T nexus); paths that return later register when they log in
+    /// again, as long as the key is still on the LU.
+    pub fn register(&self, key: u64) -> Result<(), IscsiError> {
+        *lock(&self.inner.pr_key) = Some(key);
+        self.inner.fenced.store(false, Ordering::Release);
+        for p in &self.inner.paths {
+            let l = lock(&p.lun).clone();
+            if let Some(l) = l {
+                l.pr_register(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self) -> Result<u64, IscsiError> {
+        lock(&self.inner.pr_key)
+            .ok_or_else(|| IscsiError::Protocol("register a reservation key first".into()))
+    }
+
+    /// Takes the reservation of `pr_type` with our key.
+    pub fn reserve(&self, pr_type: PrType) -> Result<(), IscsiError> {
+        let key = self.key()?;
+        self.run(&|l| l.pr_reserve(key, pr_type))
+    }
+
+    /// Fences the host registered with `victim`: its registrations go and
+    /// its writes fail from now on.
+    pub fn preempt(&self, victim: u64, pr_type: PrType) -> Result<(), IscsiError> {
+        let key = self.key()?;
+        self.run(&|l| l.pr_preempt(key, victim, pr_type))
+    }
+
+    pub fn read_keys(&self) -> Result<Vec<u64>, IscsiError> {
+        let keys = Mutex::new(Vec::new());
+        self.run(&|l| {
+            *lock(&keys) = l.pr_read_keys()?.keys;
+            Ok(())
+        })?;
+        Ok(keys
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Whether another host removed our key (see [`PathEvent::Fenced`]).
+    pub fn fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
     }
 
     /// Runs `op` on a path, failing over on path errors and queueing while
@@ -382,6 +440,25 @@ impl Inner {
         });
     }
 
+    /// A path that logs in again is a new I_T nexus: it registers our key
+    /// again, but only if the key is still on the LU. If it is gone, another
+    /// host fenced us, and registering would undo that.
+    fn reregister(&self, l: &IscsiLun) -> Result<(), IscsiError> {
+        let Some(key) = *lock(&self.pr_key) else {
+            return Ok(());
+        };
+        if self.fenced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if l.pr_read_keys()?.keys.contains(&key) {
+            l.pr_register(key)
+        } else {
+            self.fenced.store(true, Ordering::Release);
+            self.emit(PathEvent::Fenced);
+            Ok(())
+        }
+    }
+
     /// Waits while no path is up, until `no_path_retry` after the last one
     /// went down; then fails.
     fn wait_for_path(&self) -> Result<(), IscsiError> {
@@ -441,7 +518,13 @@ fn check_loop(inner: &Inner) {
                     }
                 }
                 None => match connect(&p.cfg, inner.opts.io_timeout) {
-                    Ok(l) if Identity::of(&l) == inner.id => inner.path_up(i, l),
+                    Ok(l) if Identity::of(&l) == inner.id => {
+                        if let Err(e) = inner.reregister(&l) {
+                            *lock(&p.reason) = Some(format!("registering again: {e}"));
+                            continue;
+                        }
+                        inner.path_up(i, l)
+                    }
                     Ok(l) => {
                         let why =
                             format!("now reaches another LU ({:?}); not used", Identity::of(&l));

@@ -4,6 +4,7 @@
 //! device or (later) an iSCSI LUN can stand behind any of them.
 
 mod align;
+pub mod discovery;
 mod error;
 mod fault;
 mod file;

@@ -5,6 +5,7 @@
 //! file, 1 MiB writes through immediate data and R2Ts, CRC32C digests,
 //! CHAP accepted and refused, and a killed connection reported as an error.
 
+use san::discovery::{discover_luns, LunPath};
 use san::iscsi::{discover, login, login::isid, Chap, IscsiError, IscsiLun, LoginOptions, Session};
 use san::BlockDev;
 use ssv_tests::tgtd::{LunOpts, Tgtd, TgtdOpts};
@@ -75,6 +76,67 @@ fn two_paths_one_lun_data_digests_and_chap() {
         assert_eq!(ours.portals.len(), 1, "{found:?}");
         assert_eq!(ours.portals[0].0, addr(&t, ip), "{found:?}");
     }
+
+    // The inventory ssvd starts from: each LU once, with both paths; the
+    // CHAP target (no credentials here) is a problem, not a crash; a LUN
+    // that copies another's WWID with a different size is a conflict.
+    let clash = dir.path().join("clash");
+    std::fs::File::create(&clash)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    t.add_target(4, "iqn.2026-11.org.ssv.test:clash").unwrap();
+    t.add_lun(
+        4,
+        1,
+        &clash,
+        &LunOpts {
+            scsi_id: Some(ids.scsi_id.clone()),
+            scsi_sn: Some("other-serial".into()),
+            ..LunOpts::default()
+        },
+    )
+    .unwrap();
+    t.bind_all(4).unwrap();
+    let local = dir.path().join("local");
+    std::fs::File::create(&local)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let inv = discover_luns(
+        &[addr(&t, "127.0.0.1"), addr(&t, "127.0.0.2")],
+        std::slice::from_ref(&local),
+        &opts(8),
+    );
+    let lu = inv
+        .luns
+        .iter()
+        .find(|l| l.identity == format!("wwid:{}", ids.wwid()))
+        .unwrap_or_else(|| panic!("{inv:?}"));
+    assert_eq!((lu.size, lu.logical_sector), (64 * MIB, 512));
+    assert_eq!(lu.paths.len(), 2, "{lu:?}");
+    assert!(lu
+        .paths
+        .iter()
+        .all(|p| matches!(p, LunPath::Iscsi { target, lun: 1, .. } if target == IQN)));
+    assert_eq!(inv.luns.len(), 3, "two iSCSI LUs and the file: {inv:?}");
+    assert!(inv
+        .luns
+        .iter()
+        .any(|l| l.paths == vec![LunPath::Local(local.clone())] && l.size == 8 * MIB));
+    assert!(
+        inv.problems.iter().any(|p| p.contains(IQN_CHAP)),
+        "{:?}",
+        inv.problems
+    );
+    assert!(
+        inv.problems
+            .iter()
+            .any(|p| p.contains("claimed by different LUs")),
+        "{:?}",
+        inv.problems
+    );
+    t.delete_target(4).unwrap();
 
     // One LUN, two paths, one identity.
     let p1 = open(&t, "127.0.0.1", IQN, &opts(1));

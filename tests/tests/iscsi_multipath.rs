@@ -223,3 +223,21 @@ fn paths_fail_over_queue_and_fail_cleanly() {
     drop(mp);
     t.stop().unwrap();
 }
+
+/// Multipath queues exactly as long as lockd's leases can live without
+/// renewal, for every io_timeout, and by default for lockd's default.
+#[test]
+fn no_path_retry_matches_the_lease_renewal_window() {
+    use lockd::timing::{Timeouts, DEFAULT_IO_TIMEOUT};
+    use san::iscsi::multipath::{no_path_retry_for, DEFAULT_NO_PATH_RETRY};
+    for io in [1, 5, 10, 20] {
+        let t = Timeouts::new(io, 60).unwrap();
+        assert_eq!(
+            no_path_retry_for(t.io()),
+            t.id_renewal_fail(),
+            "io_timeout {io}"
+        );
+    }
+    let d = Timeouts::new(DEFAULT_IO_TIMEOUT, 60).unwrap();
+    assert_eq!(DEFAULT_NO_PATH_RETRY, d.id_renewal_fail());
+}

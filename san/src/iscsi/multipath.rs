@@ -19,10 +19,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// VDSM: no_path_retry 16 × polling_interval 5 s = 80 s = sanlock's lease
-/// renewal-failure window, so I/O queues exactly as long as a lease can
-/// still be valid.
-pub const DEFAULT_NO_PATH_RETRY: Duration = Duration::from_secs(80);
+/// How long I/O queues with no path, for a lease daemon with `io_timeout`:
+/// its renewal-failure window (8 × io_timeout, lockd's `id_renewal_fail`,
+/// as sanlock's), so I/O queues exactly as long as a lease can still be
+/// valid; after that the leases are gone anyway. VDSM's choice: no_path_retry
+/// 16 × polling_interval 5 s = 80 s for sanlock's io_timeout of 10 s.
+pub const fn no_path_retry_for(io_timeout: Duration) -> Duration {
+    Duration::from_secs(8 * io_timeout.as_secs())
+}
+
+/// For lockd's default io_timeout of 10 s.
+pub const DEFAULT_NO_PATH_RETRY: Duration = no_path_retry_for(Duration::from_secs(10));
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(5);
 /// Per-command limit on a path before it is declared failed (multipathd
 /// sets fast_io_fail_tmo 5 s; a bit more for loaded hosts).

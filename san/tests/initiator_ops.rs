@@ -99,3 +99,53 @@ fn compare_and_write_zeroes_unmap_and_busy() {
     assert_eq!(back, new);
     server.stop();
 }
+
+/// An idle session pings the target (NOP-Out): answered pings keep it up;
+/// a blackholed target (connection open, nothing answers) is found dead
+/// within the ping interval plus its timeout, with the reason.
+#[test]
+fn keepalive_finds_a_silent_target() {
+    use san::iscsi::SessionOptions;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Arc::new(
+        FileDev::open(
+            dir.path().join("lun"),
+            &OpenOptions::new().create_size(Some(SIZE)),
+        )
+        .unwrap(),
+    );
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec!["127.0.0.1:0".parse().unwrap()],
+        vec![LunConfig::new(1, dev)],
+    ))
+    .unwrap();
+    let c = login(
+        server.portals()[0],
+        Some(IQN),
+        &LoginOptions::new("iqn.2026-11.org.ssv.host:nop", isid(4, 1)),
+    )
+    .unwrap();
+    let opts = SessionOptions {
+        nop_interval: Some(Duration::from_millis(100)),
+        nop_timeout: Duration::from_millis(300),
+        ..SessionOptions::default()
+    };
+    let s = Session::with_options(c, opts);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(s.down(), None, "answered pings keep an idle session up");
+    server.faults().blackhole(0, true);
+    let t = Instant::now();
+    while s.down().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a silent target went unnoticed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let why = s.down().unwrap_or_default();
+    assert!(why.contains("NOP-Out"), "{why}");
+    server.faults().blackhole(0, false);
+    server.stop();
+}

@@ -14,7 +14,7 @@ pub use login::{discover, login, Chap, Connection, DiscoveredTarget, LoginOption
 pub use lun::IscsiLun;
 pub use multipath::{Multipath, MultipathOptions, PathConfig, PathEvent, PathStatus, Selector};
 pub use pdu::{Digests, Opcode, Pdu, PduError};
-pub use session::{Completion, DataPhase, Session};
+pub use session::{Completion, DataPhase, Session, SessionOptions};
 
 use crate::scsi::{ScsiError, Sense, Status};
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 //! returns. RESERVATION CONFLICT and target errors are never path errors.
 
 use super::lun::IscsiLun;
-use super::session::Session;
+use super::session::{Session, SessionOptions};
 use super::{login, IscsiError, LoginOptions};
 use crate::scsi::{Action, PrType, Status};
 use crate::{BlockDev, DevId, Error, Result};
@@ -160,7 +160,11 @@ pub struct Multipath {
 
 fn connect(cfg: &PathConfig, io_timeout: Duration) -> Result<IscsiLun, IscsiError> {
     let c = login::login(cfg.portal, Some(&cfg.target), &cfg.login)?;
-    IscsiLun::open(Session::with_timeout(c, io_timeout), cfg.lun)
+    let opts = SessionOptions {
+        command_timeout: io_timeout,
+        ..SessionOptions::default()
+    };
+    IscsiLun::open(Session::with_options(c, opts), cfg.lun)
 }
 
 impl Multipath {

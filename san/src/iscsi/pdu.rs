@@ -106,12 +106,16 @@ impl Opcode {
 
 impl From<io::Error> for PduError {
     fn from(e: io::Error) -> PduError {
-        match e.kind() {
-            // What a socket read timeout gives.
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => PduError::Timeout,
-            _ => PduError::Io(e),
-        }
+        PduError::Io(e)
     }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    // What a socket read timeout gives.
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Which digests the connection negotiated (both off until login ends).
@@ -125,6 +129,9 @@ pub struct Digests {
 pub enum PduError {
     #[error("connection closed by the peer")]
     Closed,
+    /// The read timeout passed between PDUs (nothing of the next was
+    /// read): the connection is idle, not broken. A timeout inside a PDU
+    /// is an `Io` error.
     #[error("no answer from the peer in time")]
     Timeout,
     #[error("network I/O failed: {0}")]
@@ -329,7 +336,8 @@ fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8]) -> Result<(), PduErro
             Ok(0) => return Err(PduError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+            Err(e) if got == 0 && is_timeout(&e) => return Err(PduError::Timeout),
+            Err(e) => return Err(PduError::Io(e)),
         }
     }
     Ok(())

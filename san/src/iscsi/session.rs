@@ -9,7 +9,7 @@
 //! multipath layer's decision.
 
 use super::login::Connection;
-use super::pdu::{self, Digests, Opcode, Pdu};
+use super::pdu::{self, Digests, Opcode, Pdu, PduError};
 use super::text::Params;
 use super::IscsiError;
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // SCSI Command flags (byte 1).
 const CMD_READ: u8 = 0x40;
@@ -42,6 +42,31 @@ const ASYNC_DROP_ALL: u8 = 3;
 /// measured against tgtd; 2 and 8 were worse).
 const YIELDS_BEFORE_SLEEP: usize = 4;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle connection is pinged (NOP-Out) this often, and declared dead
+/// when the answer takes longer than the ping timeout (open-iscsi's
+/// noop_out_interval/noop_out_timeout, 5 s each).
+pub const DEFAULT_NOP_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_NOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeouts of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// How long a command may wait for its completion.
+    pub command_timeout: Duration,
+    /// Ping an idle connection this often (`None`: never).
+    pub nop_interval: Option<Duration>,
+    pub nop_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            nop_interval: Some(DEFAULT_NOP_INTERVAL),
+            nop_timeout: DEFAULT_NOP_TIMEOUT,
+        }
+    }
+}
 
 /// The data phase of a command.
 pub enum DataPhase<'a> {
@@ -102,10 +127,11 @@ pub struct Session {
 
 impl Session {
     pub fn new(conn: Connection) -> Session {
-        Session::with_timeout(conn, DEFAULT_COMMAND_TIMEOUT)
+        Session::with_options(conn, SessionOptions::default())
     }
 
-    pub fn with_timeout(conn: Connection, timeout: Duration) -> Session {
+    pub fn with_options(conn: Connection, opts: SessionOptions) -> Session {
+        let timeout = opts.command_timeout;
         let Connection {
             reader,
             writer,
@@ -138,12 +164,13 @@ impl Session {
         });
         let (socket, reader) = match socket {
             Ok(s) => {
-                // The reader blocks in read; timeouts are per command instead.
-                s.set_read_timeout(None).ok();
+                // The reader wakes when idle to ping (keepalive); command
+                // timeouts are kept by the callers.
+                s.set_read_timeout(opts.nop_interval).ok();
                 let i = inner.clone();
                 let h = std::thread::Builder::new()
                     .name(format!("iscsi-rx {addr}"))
-                    .spawn(move || read_loop(&i, reader));
+                    .spawn(move || read_loop(&i, reader, opts.nop_timeout));
                 match h {
                     Ok(h) => (s, Some(h)),
                     Err(e) => {
@@ -525,6 +552,28 @@ impl Inner {
         }
     }
 
+    /// A keepalive NOP-Out: immediate, a fresh task tag (the NOP-In answer
+    /// has nobody waiting for it), no data.
+    fn ping(&self) -> std::io::Result<()> {
+        let mut out = Pdu::new(Opcode::NopOut);
+        out.set_immediate(true);
+        out.set_flags(pdu::FLAG_FINAL);
+        out.set_u32(pdu::OFF_20, pdu::RESERVED_TAG);
+        let exp_stat_sn = self.lock_shared().exp_stat_sn;
+        let mut wire = self.lock_wire();
+        let itt = wire.next_itt;
+        wire.next_itt = match itt.wrapping_add(1) {
+            pdu::RESERVED_TAG | 0 => 1,
+            n => n,
+        };
+        out.set_itt(itt);
+        out.set_u32(pdu::OFF_24, wire.cmd_sn);
+        out.set_u32(pdu::OFF_28, exp_stat_sn);
+        let d = wire.digests;
+        out.write_to(&mut wire.out, d)?;
+        wire.out.flush()
+    }
+
     fn ping_reply(&self, p: &Pdu) -> std::io::Result<()> {
         let mut out = Pdu::new(Opcode::NopOut);
         out.set_immediate(true);
@@ -542,14 +591,35 @@ impl Inner {
     }
 }
 
-fn read_loop(inner: &Inner, mut reader: BufReader<TcpStream>) {
+fn read_loop(inner: &Inner, mut reader: BufReader<TcpStream>, nop_timeout: Duration) {
     let max = inner.params.max_recv_data_segment_length;
     let digests = inner.lock_wire().digests;
+    // Our outstanding keepalive ping, since when.
+    let mut ping: Option<Instant> = None;
     let why = loop {
         let p = match Pdu::read_from(&mut reader, digests, max) {
             Ok(p) => p,
+            // Idle for a NOP interval: ping, or give up on an unanswered ping.
+            Err(PduError::Timeout) => match ping {
+                Some(sent) if sent.elapsed() >= nop_timeout => {
+                    break format!(
+                        "no answer to a NOP-Out ping in {:.0} s",
+                        nop_timeout.as_secs_f64()
+                    )
+                }
+                Some(_) => continue,
+                None => match inner.ping() {
+                    Ok(()) => {
+                        ping = Some(Instant::now());
+                        continue;
+                    }
+                    Err(e) => break format!("sending a ping: {e}"),
+                },
+            },
             Err(e) => break e.to_string(),
         };
+        // Anything from the target shows the connection lives.
+        ping = None;
         inner.track(&p);
         match p.opcode() {
             Some(Opcode::NopIn) => {

@@ -130,6 +130,15 @@ impl Session {
         Session::with_options(conn, SessionOptions::default())
     }
 
+    /// Default options but the command timeout.
+    pub fn with_timeout(conn: Connection, command_timeout: Duration) -> Session {
+        let opts = SessionOptions {
+            command_timeout,
+            ..SessionOptions::default()
+        };
+        Session::with_options(conn, opts)
+    }
+
     pub fn with_options(conn: Connection, opts: SessionOptions) -> Session {
         let timeout = opts.command_timeout;
         let Connection {

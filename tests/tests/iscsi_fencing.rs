@@ -1,6 +1,6 @@
 //! Fencing with SCSI-3 persistent reservations over our initiator and
 //! multipath, against real tgtd (which lacks PREEMPT AND ABORT, so the
-//! fallback to PREEMPT is exercised): host A registers on both its paths
+//! fallback to PREEMPT is exercised) and against our target: host A registers on both its paths
 //! and reserves Write Exclusive – Registrants Only, B registers, an
 //! unregistered host may read but not write; B preempts A; A's writes end
 //! in RESERVATION CONFLICT, its reads still work, and when A's paths log in
@@ -11,11 +11,14 @@ use san::iscsi::{
     Selector, Session,
 };
 use san::scsi::PrType;
-use san::BlockDev;
+use san::target::{LunConfig, TargetConfig, TargetServer};
+use san::{BlockDev, FileDev, OpenOptions};
 use ssv_tests::tgtd::{LunOpts, Tgtd, TgtdOpts};
 use ssv_tests::{skip_unless_tgtd, Scratch, MIB};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const IQN: &str = "iqn.2026-11.org.ssv.test:fence";
@@ -26,15 +29,15 @@ const KEY_A: u64 = 0x5353_5600_0000_0001;
 const KEY_B: u64 = 0x5353_5600_0000_0002;
 const WERO: PrType = PrType::WriteExclusiveRegistrantsOnly;
 
-fn map(t: &Tgtd, host: &str, ips: &[&str]) -> Multipath {
-    let paths = ips
+fn map(host: &str, portals: &[SocketAddr]) -> Multipath {
+    let paths = portals
         .iter()
         .enumerate()
-        .map(|(i, ip)| {
+        .map(|(i, &portal)| {
             let mut login = LoginOptions::new(host, isid(7, i as u16));
             login.timeout = Duration::from_secs(2);
             PathConfig {
-                portal: format!("{ip}:{}", t.port()).parse().unwrap(),
+                portal,
                 target: IQN.into(),
                 lun: 1,
                 login,
@@ -67,12 +70,61 @@ fn a_preempted_host_cannot_write_and_does_not_come_back() {
     t.add_target(1, IQN).unwrap();
     t.add_lun(1, 1, &file, &LunOpts::default()).unwrap();
     t.bind_all(1).unwrap();
+    let portals: Vec<SocketAddr> = ["127.0.0.1", "127.0.0.2"]
+        .iter()
+        .map(|ip| format!("{ip}:{}", t.port()).parse().unwrap())
+        .collect();
+    // tgtd closes one nexus at a time.
+    let cut_a = || {
+        for n in t.sessions(1).unwrap() {
+            if n.initiator == HOST_A {
+                for conn in &n.connections {
+                    t.kill_connection(1, n.sid, conn.cid).unwrap();
+                }
+            }
+        }
+    };
+    scenario(&portals, &cut_a);
+    t.stop().unwrap();
+}
 
-    let a = map(&t, HOST_A, &["127.0.0.1", "127.0.0.2"]);
-    let b = map(&t, HOST_B, &["127.0.0.2"]);
+/// The same against our target, which has PREEMPT AND ABORT and keeps
+/// registrations per I_T nexus across reconnects.
+#[test]
+fn the_same_against_our_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = FileDev::open(
+        dir.path().join("lun"),
+        &OpenOptions::new().create_size(Some(16 * MIB)),
+    )
+    .unwrap();
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.2:0".parse().unwrap(),
+        ],
+        vec![LunConfig::new(1, Arc::new(dev))],
+    ))
+    .unwrap();
+    // Our fault hook drops every connection of a portal (B's too; B logs
+    // in again and keeps its registration).
+    let cut_a = || {
+        server.faults().drop_connections(0);
+        server.faults().drop_connections(1);
+    };
+    scenario(&server.portals(), &cut_a);
+    server.stop();
+}
+
+/// A holds WE-RO over both paths, B registers over path 1, C is not
+/// registered; B preempts A; then `cut_a` drops A's connections.
+fn scenario(portals: &[SocketAddr], cut_a: &dyn Fn()) {
+    let a = map(HOST_A, portals);
+    let b = map(HOST_B, &portals[1..]);
     let c = {
         let conn = login(
-            format!("127.0.0.1:{}", t.port()).parse().unwrap(),
+            portals[0],
             Some(IQN),
             &LoginOptions::new(HOST_C, isid(9, 0)),
         )
@@ -110,13 +162,7 @@ fn a_preempted_host_cannot_write_and_does_not_come_back() {
     // A's paths log in again: it finds its key gone and stays fenced.
     let (tx, events) = channel();
     a.subscribe(tx);
-    for n in t.sessions(1).unwrap() {
-        if n.initiator == HOST_A {
-            for conn in &n.connections {
-                t.kill_connection(1, n.sid, conn.cid).unwrap();
-            }
-        }
-    }
+    cut_a();
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         match events.recv_timeout(end.saturating_duration_since(Instant::now())) {
@@ -143,5 +189,4 @@ fn a_preempted_host_cannot_write_and_does_not_come_back() {
         "A registered again by itself"
     );
     drop((a, b, c));
-    t.stop().unwrap();
 }

@@ -99,26 +99,7 @@ impl Connection {
 
     /// Takes the target's StatSN and command window from any PDU that has them.
     pub fn track(&mut self, p: &Pdu) {
-        let stat_sn = p.u32_at(pdu::OFF_24);
-        let exp = p.u32_at(pdu::OFF_28);
-        let max = p.u32_at(pdu::OFF_32);
-        let advances = match p.opcode() {
-            Some(Opcode::NopIn) => p.itt() != pdu::RESERVED_TAG,
-            Some(Opcode::DataIn) => p.flags() & 0x01 != 0,
-            Some(Opcode::R2t) => false,
-            Some(_) => true,
-            None => false,
-        };
-        if advances && pdu::sn_le(self.exp_stat_sn, stat_sn) {
-            self.exp_stat_sn = stat_sn.wrapping_add(1);
-        }
-        // A window update is valid only if MaxCmdSN >= ExpCmdSN - 1 (§4.2.2.1).
-        if pdu::sn_le(exp.wrapping_sub(1), max)
-            && p.opcode() != Some(Opcode::LoginResponse)
-            && pdu::sn_lt(self.max_cmd_sn, max)
-        {
-            self.max_cmd_sn = max;
-        }
+        pdu::note_sequence(&mut self.exp_stat_sn, &mut self.max_cmd_sn, p);
     }
 }
 

@@ -343,6 +343,36 @@ fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8]) -> Result<(), PduErro
     Ok(())
 }
 
+/// Data-In flag: status included (phase collapse), so StatSN is valid.
+pub const DATA_IN_STATUS: u8 = 0x01;
+
+/// Notes the StatSN and command window a target-to-initiator PDU carries:
+/// ExpStatSN moves past every PDU that takes a StatSN (not R2T, not an
+/// unsolicited NOP-In, not Data-In without status); MaxCmdSN moves forward
+/// only with a valid window (MaxCmdSN >= ExpCmdSN - 1, RFC 7143 §4.2.2.1),
+/// never from a Login Response. Returns whether the window moved.
+pub fn note_sequence(exp_stat_sn: &mut u32, max_cmd_sn: &mut u32, p: &Pdu) -> bool {
+    let stat_sn = p.u32_at(OFF_24);
+    let exp = p.u32_at(OFF_28);
+    let max = p.u32_at(OFF_32);
+    let has_stat_sn = match p.opcode() {
+        Some(Opcode::NopIn) => p.itt() != RESERVED_TAG,
+        Some(Opcode::DataIn) => p.flags() & DATA_IN_STATUS != 0,
+        Some(Opcode::R2t) | Some(Opcode::LoginResponse) | None => false,
+        Some(_) => true,
+    };
+    if has_stat_sn && sn_le(*exp_stat_sn, stat_sn) {
+        *exp_stat_sn = stat_sn.wrapping_add(1);
+    }
+    let moved = p.opcode() != Some(Opcode::LoginResponse)
+        && sn_le(exp.wrapping_sub(1), max)
+        && sn_lt(*max_cmd_sn, max);
+    if moved {
+        *max_cmd_sn = max;
+    }
+    moved
+}
+
 /// SAM single-level LUN addressing (peripheral for < 256, flat above).
 pub fn encode_lun(lun: u16) -> [u8; 8] {
     let mut l = [0u8; 8];

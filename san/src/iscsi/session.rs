@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 const CMD_READ: u8 = 0x40;
 const CMD_WRITE: u8 = 0x20;
 const ATTR_SIMPLE: u8 = 0x01;
-// Data-In flags: status included (phase collapse), residual bits.
-const DATA_IN_STATUS: u8 = 0x01;
+// Residual flags of Data-In and SCSI Response.
 const RESIDUAL_UNDERFLOW: u8 = 0x02;
 const RESIDUAL_OVERFLOW: u8 = 0x04;
 /// iSCSI response codes (SCSI Response byte 2): 0 = completed at target.
@@ -303,7 +302,7 @@ impl Session {
                         )));
                     };
                     buf[off..end].copy_from_slice(&rsp.data);
-                    if rsp.flags() & DATA_IN_STATUS != 0 {
+                    if rsp.flags() & pdu::DATA_IN_STATUS != 0 {
                         return Ok(Completion {
                             status: rsp.bhs[pdu::OFF_B3],
                             sense: Vec::new(),
@@ -525,26 +524,9 @@ impl Inner {
 
     /// Notes StatSN and the command window from a target PDU.
     fn track(&self, p: &Pdu) {
-        let stat_sn = p.u32_at(pdu::OFF_24);
-        let exp = p.u32_at(pdu::OFF_28);
-        let max = p.u32_at(pdu::OFF_32);
-        let has_stat_sn = match p.opcode() {
-            Some(Opcode::NopIn) => p.itt() != pdu::RESERVED_TAG,
-            Some(Opcode::DataIn) => p.flags() & DATA_IN_STATUS != 0,
-            Some(Opcode::R2t) => false,
-            Some(_) => true,
-            None => false,
-        };
         let mut sh = self.lock_shared();
-        if has_stat_sn && pdu::sn_le(sh.exp_stat_sn, stat_sn) {
-            sh.exp_stat_sn = stat_sn.wrapping_add(1);
-        }
-        // A window update counts only if MaxCmdSN >= ExpCmdSN - 1 (§4.2.2.1).
-        let moved = pdu::sn_le(exp.wrapping_sub(1), max) && pdu::sn_lt(sh.max_cmd_sn, max);
-        if moved {
-            sh.max_cmd_sn = max;
-        }
-        drop(sh);
+        let sh = &mut *sh;
+        let moved = pdu::note_sequence(&mut sh.exp_stat_sn, &mut sh.max_cmd_sn, p);
         if moved {
             self.window.notify_all();
         }

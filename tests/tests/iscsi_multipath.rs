@@ -241,3 +241,19 @@ fn no_path_retry_matches_the_lease_renewal_window() {
     let d = Timeouts::new(DEFAULT_IO_TIMEOUT, 60).unwrap();
     assert_eq!(DEFAULT_NO_PATH_RETRY, d.id_renewal_fail());
 }
+
+/// Two paths with one ISID would be one I_T nexus, each login killing the
+/// other's session: refused before any login, saying why.
+#[test]
+fn paths_sharing_an_isid_are_refused() {
+    let p = |port: u16| PathConfig {
+        portal: format!("127.0.0.1:{port}").parse().unwrap(),
+        target: IQN.into(),
+        lun: 1,
+        login: LoginOptions::new(ME, isid(1, 0)),
+    };
+    match Multipath::open(vec![p(1), p(2)], MultipathOptions::default()) {
+        Err(e) => assert!(e.to_string().contains("share an ISID"), "{e}"),
+        Ok(_) => panic!("two paths with one ISID were accepted"),
+    }
+}

@@ -176,9 +176,11 @@ impl Multipath {
                 "a multipath map needs at least one path".into(),
             ));
         }
-        let mut isids: Vec<_> = paths.iter().map(|p| (p.portal, p.login.isid)).collect();
+        // tgtd puts every portal in one portal group, so the same ISID on
+        // two portals is one nexus: each login would reinstate over the other.
+        let mut isids: Vec<_> = paths.iter().map(|p| p.login.isid).collect();
         isids.sort();
-        isids.dedup_by(|a, b| a.1 == b.1);
+        isids.dedup();
         if isids.len() != paths.len() {
             return Err(IscsiError::Protocol(
                 "two paths share an ISID: each path needs its own (the target would reinstate one session over the other)".into(),

@@ -28,6 +28,8 @@ pub const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
 
 /// Host offset bits of L1, L2 and refcount table entries (bits 9..55).
 pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// An L2 entry of a zero cluster with no cluster behind it (bit 0, v3).
+pub const L2_ZERO: u64 = 1;
 /// L1/L2 entry flag: the table or cluster has refcount 1 (written in place).
 pub const COPIED: u64 = 1 << 63;
 pub const INCOMPAT_DIRTY: u64 = 1 << 0;
@@ -529,6 +531,24 @@ fn refcount_structures(others: u64, cs: u64) -> (u64, u64) {
     }
 }
 
+/// Writes refcount `v` (of `1 << order` bits; higher bits dropped) at
+/// index `i` of a refblock: the inverse of [`refcount_at`].
+pub fn set_refcount(block: &mut [u8], order: u32, i: u64, v: u64) {
+    let bits = 1u64 << order;
+    if bits >= 8 {
+        let n = (bits / 8) as usize;
+        let at = i as usize * n;
+        for (k, b) in block[at..at + n].iter_mut().enumerate() {
+            *b = (v >> (8 * (n - 1 - k))) as u8;
+        }
+    } else {
+        let at = (i * bits / 8) as usize;
+        let shift = (i * bits) % 8;
+        let mask = (((1u64 << bits) - 1) << shift) as u8;
+        block[at] = (block[at] & !mask) | (((v << shift) as u8) & mask);
+    }
+}
+
 /// Reads a refcount of `1 << order` bits at index `i` of a refblock.
 pub fn refcount_at(block: &[u8], order: u32, i: u64) -> u64 {
     let bits = 1u64 << order;
@@ -547,6 +567,31 @@ pub fn refcount_at(block: &[u8], order: u32, i: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn set_refcount_is_the_inverse_of_refcount_at() {
+        for order in 0..=6u32 {
+            let bits = 1u64 << order;
+            let max = if bits == 64 {
+                u64::MAX
+            } else {
+                (1 << bits) - 1
+            };
+            let mut block = vec![0xa5u8; 64];
+            let n = 64 * 8 / bits;
+            for i in 0..n {
+                let v = (i.wrapping_mul(0x9e37_79b9) ^ 0x5a) & max;
+                set_refcount(&mut block, order, i, v);
+                assert_eq!(refcount_at(&block, order, i), v, "order {order} index {i}");
+            }
+            // Setting one entry leaves its neighbours alone.
+            let before: Vec<u64> = (0..n).map(|i| refcount_at(&block, order, i)).collect();
+            set_refcount(&mut block, order, n / 2, 1);
+            for i in (0..n).filter(|&i| i != n / 2) {
+                assert_eq!(refcount_at(&block, order, i), before[i as usize]);
+            }
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 

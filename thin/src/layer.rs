@@ -159,12 +159,15 @@ impl<'a> Refcounts<'a> {
 
 /// Undoes what a crash can leave behind when the engine writes an L1 entry
 /// for a new L2 table before the refblock that counts the table (imago
-/// 0.2.6 does): an L1 entry whose L2 table has refcount 0, which the
-/// allocator would hand out again. Such a table was never flushed after it
-/// was created (flushing writes refblocks first), so it holds no entries;
-/// its L1 entry is cleared. Returns how many were. A table with entries
-/// and no refcount is corruption this cannot explain, and is refused.
-pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
+/// 0.2.6 does, and may write a dirty table before the refblock in a flush):
+/// an L1 entry whose L2 table has refcount 0, which the allocator would
+/// hand out again. Such a table maps no cluster: its entries are empty, or
+/// zero flags without a cluster for guest offsets at or past `zero_from`
+/// (where the layers below hold nothing, so the range reads zeroes either
+/// way: the grown range of a virtual grow). Its L1 entry is cleared.
+/// Returns how many were. A table that maps anything else with no refcount
+/// is corruption this cannot explain, and is refused.
+pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header, zero_from: u64) -> Result<usize> {
     let cs = h.cluster_size();
     let l1 = read_bytes(dev, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
     let mut refs = Refcounts::new(dev, h)?;
@@ -175,7 +178,13 @@ pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
             continue;
         }
         let table = read_bytes(dev, l2, cs)?;
-        if table.iter().any(|&b| b != 0) {
+        let per_table = cs / 8;
+        let maps_nothing = table.chunks_exact(8).enumerate().all(|(j, e)| {
+            let e = be64(e, 0);
+            let guest = (i as u64 * per_table + j as u64) * cs;
+            e == 0 || (e == crate::format::L2_ZERO && guest >= zero_from)
+        });
+        if !maps_nothing {
             return Err(Error::Corrupt(format!(
                 "L1 entry {i} points at an L2 table (offset {l2}) with entries but no refcount; \
                  copy the image out and run `qemu-img check -r all` on it"
@@ -195,6 +204,53 @@ pub fn repair_unreferenced_l2(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
         log::warn!("cleared {cleared} L1 entries left by a crash (L2 tables never flushed)");
     }
     Ok(cleared)
+}
+
+/// Undoes what a crash can leave when the engine moves the L1 table (imago
+/// 0.2.6's resize writes a new L1 table and points the header at it before
+/// the refblock that counts it): the header's L1 table with refcount 0.
+/// The table was written whole before the header pointed at it, and nothing
+/// was allocated after the crash, so its clusters are counted again (the old
+/// table stays behind as a leak). Each refcount is written in its own
+/// sector, relying on whole-sector writes as the header rewrite does.
+/// Returns how many clusters were counted again.
+pub fn repair_uncounted_l1(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
+    let cs = h.cluster_size();
+    let mut refs = Refcounts::new(dev, h)?;
+    let first = h.l1_table_offset / cs;
+    let last = (h.l1_table_offset + (u64::from(h.l1_size) * 8).max(1)).div_ceil(cs);
+    let sector = u64::from(dev.logical_sector_size());
+    let mut fixed = 0;
+    for c in first..last {
+        if refs.get(c)? != 0 {
+            continue;
+        }
+        // No refblock for it: check_metadata_refcounts refuses the image.
+        let Some((rb, i)) = refs.locate(c) else {
+            continue;
+        };
+        let bit = i << h.refcount_order;
+        let at = rb + bit / 8;
+        let start = at / sector * sector;
+        let mut buf = read_bytes(dev, start, sector)?;
+        let mut one = [0u8; 8];
+        let width = (1u64 << h.refcount_order).div_ceil(8) as usize;
+        one[..width].copy_from_slice(&buf[(at - start) as usize..(at - start) as usize + width]);
+        crate::format::set_refcount(
+            &mut one[..width],
+            h.refcount_order,
+            (bit % 8) >> h.refcount_order,
+            1,
+        );
+        buf[(at - start) as usize..(at - start) as usize + width].copy_from_slice(&one[..width]);
+        dev.write_at(&buf, start)?;
+        fixed += 1;
+    }
+    if fixed > 0 {
+        dev.flush()?;
+        log::warn!("counted the L1 table's {fixed} clusters again (left uncounted by a crash during a resize)");
+    }
+    Ok(fixed)
 }
 
 /// End of the highest cluster with a non-zero refcount (QEMU's "image end

@@ -185,8 +185,13 @@ impl Volume {
             let is_top = i == 0;
             let dev = store.open(name)?;
             if is_top && opts.writable {
-                layer::check_metadata_refcounts(&*dev, h)
-                    .and_then(|()| layer::repair_unreferenced_l2(&*dev, h))
+                layer::repair_uncounted_l1(&*dev, h)
+                    .and_then(|_| layer::check_metadata_refcounts(&*dev, h))
+                    .and_then(|()| {
+                        // Past the backing layer's end, the chain below holds nothing.
+                        let zero_from = layers.get(1).map_or(0, |(_, b)| b.size);
+                        layer::repair_unreferenced_l2(&*dev, h, zero_from)
+                    })
                     .map_err(|e| e.context(&format!("layer {name}")))?;
             }
             let end = if is_top {
@@ -279,10 +284,27 @@ impl Volume {
         self.engine.flush()
     }
     /// Grows the virtual size; the growth cap follows.
+    /// Grows the virtual size, with the L2 tables of the grown range made
+    /// now, as at create: the engine would make each one on the first write
+    /// there and write its L1 entry before the refcount that covers it.
+    /// Made here and flushed, a crash can only leave empty tables referenced
+    /// with refcount 0, which opening repairs (`repair_unreferenced_l2`).
     pub fn grow(&self, new_size: u64) -> Result<()> {
         let full = |size| size + format::metadata_overhead(size, self.cluster_size);
         let old = self.virtual_size();
         self.engine.grow(new_size)?;
+        // Zeroing one cluster per new table makes the table (the range
+        // reads as zeroes either way).
+        let per_table = self.cluster_size * (self.cluster_size / 8);
+        let mut at = old.div_ceil(per_table) * per_table;
+        while at < new_size {
+            let len = self.cluster_size.min(new_size - at) / 512 * 512;
+            if len > 0 {
+                self.engine.write_zeroes(at, len)?;
+            }
+            at += per_table;
+        }
+        self.engine.flush()?;
         if let Some(g) = &self.grower {
             g.raise_cap(g.cap() + full(new_size).saturating_sub(full(old)));
         }

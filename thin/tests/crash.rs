@@ -630,6 +630,74 @@ fn first_writes_to_an_empty_volume() {
     assert!(t.points >= 15);
 }
 
+/// Growing the virtual size and writing into the grown range: the grow
+/// makes the new range's L2 tables (4 KiB clusters: one per 2 MiB) and
+/// flushes; the write goes into one of them. At every crash point the
+/// volume has the old size and reads zeroes, or the new size with each
+/// sector of the write old or new (new once flushed), and qemu agrees.
+#[test]
+fn virtual_grow_then_write_into_the_grown_range() {
+    skip_unless_qemu!();
+    const GROWN: u64 = SIZE + 8 * MIB;
+    const WRITE: W = W::new(SIZE + 3 * MIB + 512, 8 * KIB, 0);
+    let prepared = tempfile::tempdir().unwrap();
+    thin::create(
+        &*plain(prepared.path(), MIB),
+        "vol",
+        &CreateOptions {
+            size: Some(SIZE),
+            cluster_size: 4 * KIB,
+            initial_lv_size: 4 * MIB,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let op = |store: &Arc<FaultStore>, marks: &mut Vec<u64>| -> thin::Result<()> {
+        let v = Volume::open(&**store, "vol", &OpenOptions::default())?;
+        v.grow(GROWN)?;
+        marks.push(store.ctl.writes());
+        write_groups(&v, &store.ctl, &[WRITE], marks)
+    };
+    let check = |dir: &Path, case: &Case| {
+        let what = case.what();
+        let store = plain(dir, MIB);
+        let (got, _) = read_all(&*store, "vol").unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        let grown = got.len() as u64 == GROWN;
+        assert!(
+            grown || got.len() as u64 == SIZE,
+            "{what}: size {}",
+            got.len()
+        );
+        assert!(grown || !case.durable(0), "{what}: a flushed grow was lost");
+        let data = WRITE.data();
+        let range = WRITE.off as usize..(WRITE.off + WRITE.len) as usize;
+        for (i, s) in got.chunks(SECTOR).enumerate() {
+            let at = i * SECTOR;
+            if range.contains(&at) {
+                let new = &data[at - range.start..at - range.start + SECTOR];
+                assert!(
+                    s == new || (!case.durable(1) && s.iter().all(|&b| b == 0)),
+                    "{what}: sector at {at} is neither old nor new"
+                );
+            } else {
+                assert!(s.iter().all(|&b| b == 0), "{what}: sector at {at} changed");
+            }
+        }
+        let extra = W::new(1536, 4 * KIB, 0);
+        write_after_reboot(&*store, &what, &OpenOptions::default(), got, extra);
+        check_image(dir, "vol", &what);
+    };
+    let t = every_write_index(
+        "virtual grow, then a write into the grown range",
+        MIB,
+        prepared.path(),
+        &op,
+        &check,
+        false,
+    );
+    assert!(t.points >= 15);
+}
+
 // ---------------------------------------------------------------- 2. growth
 
 /// Each write needs space past the LV's end when it comes (the LV starts at

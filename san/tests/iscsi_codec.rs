@@ -123,3 +123,16 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Writing a PDU with a borrowed data segment gives the same bytes as
+    /// encoding it with the data inside.
+    #[test]
+    fn borrowed_data_writes_the_same_bytes(p in any_pdu(), d in digests()) {
+        let mut header_only = p.clone();
+        header_only.data.clear();
+        let mut out = Vec::new();
+        header_only.write_with_data(&mut out, d, &p.data).unwrap();
+        prop_assert_eq!(out, p.encode(d));
+    }
+}

@@ -232,10 +232,26 @@ impl Pdu {
     }
 
     pub fn encode_into(&self, d: Digests, out: &mut Vec<u8>) {
+        let data = &self.data[..self.data.len().min(MAX_DATA_SEGMENT as usize)];
+        self.encode_header(d, data.len(), out);
+        if !data.is_empty() {
+            let data_start = out.len();
+            out.extend_from_slice(data);
+            out.resize(data_start + pad4(data.len()), 0);
+            if d.data {
+                let c = crc32c::crc32c(&out[data_start..]);
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+
+    /// The BHS (with the lengths filled in for a data segment of
+    /// `data_len` bytes), the padded AHS and the header digest.
+    fn encode_header(&self, d: Digests, data_len: usize, out: &mut Vec<u8>) {
         let mut bhs = self.bhs;
         let ahs_padded = pad4(self.ahs.len());
         bhs[OFF_AHS_LEN] = (ahs_padded / 4).min(255) as u8;
-        let dl = (self.data.len() as u32).min(MAX_DATA_SEGMENT);
+        let dl = (data_len as u32).min(MAX_DATA_SEGMENT);
         bhs[OFF_DATA_LEN..OFF_DATA_LEN + 3].copy_from_slice(&dl.to_be_bytes()[1..]);
         let start = out.len();
         out.extend_from_slice(&bhs);
@@ -245,19 +261,33 @@ impl Pdu {
             let c = crc32c::crc32c(&out[start..]);
             out.extend_from_slice(&c.to_le_bytes());
         }
-        if !self.data.is_empty() {
-            let data_start = out.len();
-            out.extend_from_slice(&self.data[..dl as usize]);
-            out.resize(data_start + pad4(dl as usize), 0);
-            if d.data {
-                let c = crc32c::crc32c(&out[data_start..]);
-                out.extend_from_slice(&c.to_le_bytes());
-            }
-        }
     }
 
     pub fn write_to(&self, w: &mut impl Write, d: Digests) -> io::Result<()> {
         w.write_all(&self.encode(d))
+    }
+
+    /// Writes this PDU with `data` as its data segment (its own `data` is
+    /// not used), without copying `data` into it: Data-Out and immediate
+    /// data go from the caller's buffer to the socket.
+    pub fn write_with_data(&self, w: &mut impl Write, d: Digests, data: &[u8]) -> io::Result<()> {
+        if data.len() > MAX_DATA_SEGMENT as usize {
+            return Err(io::Error::other("data segment over 16 MiB"));
+        }
+        let mut head = Vec::with_capacity(BHS_LEN + self.ahs.len() + 8);
+        self.encode_header(d, data.len(), &mut head);
+        w.write_all(&head)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let pad = &[0u8; 3][..pad4(data.len()) - data.len()];
+        w.write_all(data)?;
+        w.write_all(pad)?;
+        if d.data {
+            let c = crc32c::crc32c_append(crc32c::crc32c(data), pad);
+            w.write_all(&c.to_le_bytes())?;
+        }
+        Ok(())
     }
 
     /// Reads one PDU. `max_data` is what we declared as our

@@ -245,7 +245,7 @@ impl Session {
             let first = (p.first_burst_length as usize).min(b.len());
             if p.immediate_data {
                 immediate = first.min(p.max_send_data_segment_length as usize);
-                cmd.data = b[..immediate].to_vec();
+                // Sent from the caller's buffer (send_command).
             }
             if !p.initial_r2t {
                 unsolicited_end = first;
@@ -256,7 +256,11 @@ impl Session {
         // for data it was not told about, then resets on the duplicate).
         cmd.set_flags(flags | ATTR_SIMPLE | if more { 0 } else { pdu::FLAG_FINAL });
 
-        let (itt, rx) = self.send_command(&mut cmd)?;
+        let first: &[u8] = match &data {
+            DataPhase::Out(b) => &b[..immediate],
+            _ => &[],
+        };
+        let (itt, rx) = self.send_command(&mut cmd, first)?;
         let _task = TaskGuard {
             inner: &self.inner,
             itt,
@@ -356,7 +360,11 @@ impl Session {
 
     /// Assigns a task tag and the next CmdSN once the window allows, and
     /// sends `cmd` while holding the wire, so CmdSNs go out in order.
-    fn send_command(&self, cmd: &mut Pdu) -> Result<(u32, Receiver<Delivery>), IscsiError> {
+    fn send_command(
+        &self,
+        cmd: &mut Pdu,
+        immediate: &[u8],
+    ) -> Result<(u32, Receiver<Delivery>), IscsiError> {
         let inner = &self.inner;
         let (tx, rx) = channel();
         let mut wire = inner.lock_wire();
@@ -397,7 +405,7 @@ impl Session {
         wire.cmd_sn = wire.cmd_sn.wrapping_add(1);
         let d = wire.digests;
         if let Err(e) = cmd
-            .write_to(&mut wire.out, d)
+            .write_with_data(&mut wire.out, d, immediate)
             .and_then(|()| wire.out.flush())
         {
             drop(wire);
@@ -420,7 +428,6 @@ impl Session {
     ) -> Result<(), IscsiError> {
         let max = self.inner.params.max_send_data_segment_length as usize;
         let n = data.len().div_ceil(max);
-        let mut buf = Vec::new();
         let mut wire = self.inner.lock_wire();
         let exp_stat_sn = self.inner.lock_shared().exp_stat_sn;
         for (sn, chunk) in data.chunks(max).enumerate() {
@@ -434,10 +441,8 @@ impl Session {
             if sn + 1 == n {
                 d.set_flags(pdu::FLAG_FINAL);
             }
-            d.data = chunk.to_vec();
-            buf.clear();
-            d.encode_into(wire.digests, &mut buf);
-            if let Err(e) = wire.out.write_all(&buf) {
+            let digests = wire.digests;
+            if let Err(e) = d.write_with_data(&mut wire.out, digests, chunk) {
                 drop(wire);
                 return Err(self.fail_now(format!("send failed: {e}")));
             }

@@ -4,7 +4,7 @@
 
 mod target_common;
 
-use san::iscsi::{login, DataPhase, Session};
+use san::iscsi::{login, DataPhase, Session, SessionOptions};
 use san::scsi::cdb::OP_READ_16;
 use san::scsi::{Cdb, Sense, Status};
 use san::target::Injection;
@@ -79,9 +79,12 @@ fn refused_portal_turns_logins_away() {
 fn blackholed_portal_hangs_until_lifted() {
     let f = start(Setup::default());
     let o = options(HOST_A, 1);
-    let s0 = Session::with_timeout(
+    let s0 = Session::with_options(
         login(f.portal(0), Some(IQN), &o).unwrap(),
-        Duration::from_millis(500),
+        SessionOptions {
+            command_timeout: Duration::from_millis(500),
+            ..SessionOptions::default()
+        },
     );
     let s1 = connect(f.portal(1), HOST_A, 2);
     clear_ua(&s0);

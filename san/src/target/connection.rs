@@ -1,33 +1,35 @@
-//! One connection in full feature phase (RFC 7143 §11): SCSI commands with
-//! immediate, unsolicited and R2T-solicited data, Data-In split by the
-//! initiator's MaxRecvDataSegmentLength with phase-collapsed status, the
-//! CmdSN window, NOP-Out/NOP-In, task management, Text (SendTargets) and
-//! Logout. Commands run one at a time, as soon as their data is complete;
-//! the R2T for the next write goes out when the previous burst is done.
+//! One connection in full feature phase (RFC 7143 §11), as its connection
+//! thread sees it: PDUs in, SCSI commands with immediate, unsolicited and
+//! R2T-solicited data gathered until complete, then queued for the
+//! connection's workers ([`pool`](super::pool)), which run them
+//! concurrently and answer; the CmdSN window; NOP-Out/NOP-In; task
+//! management; Text (SendTargets) and Logout. One R2T is outstanding per
+//! connection: the next write's goes out when the previous burst is done.
 
+use super::book::{Abort, Attr, Book, Job};
+use super::buf::IoBuf;
 use super::login::{self, Session, SessionKind};
 use super::lu::Epoch;
-use super::nexus::Nexus;
+use super::pool::{self, Closer, Pool};
 use super::registry::ConnCtl;
-use super::scsi::{self, Command, Outcome, MAX_TRANSFER_BYTES};
+use super::response::Limits;
+use super::scsi::MAX_TRANSFER_BYTES;
+use super::sender::{Sender, Stat};
 use super::server::Target;
-use super::wire::Wire;
+use super::wire::{Wire, WireRx, WireTx};
 use super::ConnError;
-use crate::iscsi::pdu::{self, sn_le, sn_lt, Digests, Opcode, Pdu, PduError, RESERVED_TAG};
+use crate::iscsi::pdu::{self, sn_le, Digests, Opcode, Pdu, PduError, RESERVED_TAG};
 use crate::iscsi::text::{self, Params};
-use crate::scsi::{Sense, Status};
 use std::collections::VecDeque;
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::thread;
 use std::time::Instant;
 
 // SCSI Command byte 1.
 const CMD_READ: u8 = 0x40;
 const CMD_WRITE: u8 = 0x20;
-// Data-In and SCSI Response byte 1.
-const DATA_IN_STATUS: u8 = 0x01;
-const RESIDUAL_UNDERFLOW: u8 = 0x02;
-const RESIDUAL_OVERFLOW: u8 = 0x04;
 // Text Request/Response byte 1: continue.
 const TEXT_CONTINUE: u8 = 0x40;
 /// Task management function (byte 1, low 7 bits) and response codes.
@@ -46,9 +48,6 @@ const LOGOUT_OK: u8 = 0;
 const LOGOUT_NO_RECOVERY: u8 = 2;
 const OFF_TIME2WAIT: usize = 40;
 const OFF_TIME2RETAIN: usize = 42;
-/// Immediate commands do not count against the CmdSN window; this many
-/// more tasks than the queue depth may wait for data before we give up.
-const IMMEDIATE_SLACK: usize = 8;
 /// Tags of tasks aborted by ABORT TASK whose late Data-Out is discarded.
 const ABORTED_MEMORY: usize = 16;
 /// A Text answer gathered for continuation is bounded (SendTargets of one target).
@@ -70,20 +69,71 @@ pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
         Ok(s) => s,
         Err(e) => return log_end(peer, "login", &e),
     };
-    wire.digests = Digests {
+    let (rx, tx) = wire.split(Digests {
         header: session.params.header_digest,
         data: session.params.data_digest,
-    };
+    });
     let what = match &session.kind {
         SessionKind::Discovery => "discovery session".to_string(),
         SessionKind::Normal(n) => format!("session {n}"),
     };
     log::info!("{peer}: {what} logged in (TSIH {})", session.tsih);
-    let mut c = Conn::new(t, wire, session, tpgt);
-    match c.run() {
+    match full_feature(t, ctl, tpgt, rx, tx, session) {
         Ok(()) => log::info!("{peer}: {what} logged out"),
         Err(e) => log_end(peer, &what, &e),
     }
+}
+
+/// Full feature phase: this thread reads, workers in its scope run the
+/// commands; all of them have ended when this returns.
+fn full_feature(
+    t: &Target,
+    ctl: &Arc<ConnCtl>,
+    tpgt: u16,
+    rx: WireRx,
+    tx: WireTx,
+    session: Session,
+) -> Result<(), ConnError> {
+    let Session {
+        kind,
+        params,
+        stat_sn,
+        exp_cmd_sn,
+        ..
+    } = session;
+    let nexus = match kind {
+        SessionKind::Normal(n) => Some(n),
+        SessionKind::Discovery => None,
+    };
+    let limits = Limits {
+        max_segment: params.max_send_data_segment_length as usize,
+        max_burst: params.max_burst_length as usize,
+    };
+    let pool = Pool::new(
+        t,
+        tpgt,
+        nexus,
+        limits,
+        Sender::new(tx, stat_sn, ctl.clone(), t.faults.clone()),
+        Book::new(exp_cmd_sn, t.params.queue_depth, ctl.clone()),
+        ctl.clone(),
+    );
+    let id = ctl.id;
+    thread::scope(|s| {
+        // Dropped last, by a return or a panic: the workers end, so the
+        // scope can join them.
+        let _closer = Closer(&pool);
+        let spawn = || -> io::Result<()> {
+            thread::Builder::new()
+                .name(format!("iscsi-conn-{id}w"))
+                .spawn_scoped(s, || pool::work(&pool))
+                .map(drop)
+        };
+        let r = Conn::new(t, rx, &pool, &spawn, params).run();
+        // A worker's failure ends the connection first; any after that
+        // (answers of queued commands to a closed socket) are not the cause.
+        pool.take_failure().map_or(r, Err)
+    })
 }
 
 fn log_end(peer: SocketAddr, what: &str, e: &ConnError) {
@@ -102,6 +152,7 @@ struct Burst {
     data_sn: u32,
 }
 
+/// A command still waiting for (some of) its Data-Out.
 struct Task {
     itt: u32,
     lun: u16,
@@ -109,9 +160,8 @@ struct Task {
     read: bool,
     write: bool,
     edtl: u32,
-    /// Counts against the CmdSN window (not an immediate command).
-    windowed: bool,
-    data: Vec<u8>,
+    attr: Attr,
+    data: IoBuf,
     received: u32,
     /// More than we buffer: its data is counted, not kept, and it fails.
     oversize: bool,
@@ -125,7 +175,11 @@ struct Task {
 
 impl Task {
     fn take(&mut self, data: &[u8]) {
-        if !self.oversize {
+        if !self.oversize && !data.is_empty() {
+            if self.data.capacity() == 0 {
+                // Not oversize: the whole transfer is at most MAX_TRANSFER_BYTES.
+                self.data = IoBuf::with_capacity(self.edtl as usize);
+            }
             self.data.extend_from_slice(data);
         }
         self.received += data.len() as u32;
@@ -152,14 +206,16 @@ enum Flow {
     Close,
 }
 
+/// Starts one more worker for the pool.
+type Spawn<'a> = &'a dyn Fn() -> io::Result<()>;
+
 struct Conn<'a> {
     t: &'a Target,
-    wire: Wire,
-    tpgt: u16,
-    nexus: Option<Nexus>,
+    rx: WireRx,
+    pool: &'a Pool<'a>,
+    spawn: Spawn<'a>,
     params: Params,
-    stat_sn: u32,
-    exp_cmd_sn: u32,
+    /// Commands waiting for data, in arrival order (R2Ts go to the first).
     tasks: Vec<Task>,
     aborted: VecDeque<u32>,
     last_ttt: u32,
@@ -171,18 +227,19 @@ struct Conn<'a> {
 }
 
 impl<'a> Conn<'a> {
-    fn new(t: &'a Target, wire: Wire, s: Session, tpgt: u16) -> Conn<'a> {
+    fn new(
+        t: &'a Target,
+        rx: WireRx,
+        pool: &'a Pool<'a>,
+        spawn: Spawn<'a>,
+        params: Params,
+    ) -> Conn<'a> {
         Conn {
             t,
-            wire,
-            tpgt,
-            nexus: match s.kind {
-                SessionKind::Normal(n) => Some(n),
-                SessionKind::Discovery => None,
-            },
-            params: s.params,
-            stat_sn: s.stat_sn,
-            exp_cmd_sn: s.exp_cmd_sn,
+            rx,
+            pool,
+            spawn,
+            params,
             tasks: Vec::new(),
             aborted: VecDeque::new(),
             last_ttt: 0,
@@ -192,16 +249,22 @@ impl<'a> Conn<'a> {
         }
     }
 
+    fn book(&self) -> &'a Book {
+        &self.pool.book
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.pool.sender.peer
+    }
+
     fn run(&mut self) -> Result<(), ConnError> {
         loop {
-            let Some(p) = self.wire.recv(self.params.max_recv_data_segment_length)? else {
+            let Some(p) = self.rx.recv(self.params.max_recv_data_segment_length)? else {
                 self.idle()?;
                 continue;
             };
             self.last_rx = Instant::now();
-            let flow = self.handle(p)?;
-            self.wire.flush()?;
-            if let Flow::Close = flow {
+            if let Flow::Close = self.handle(p)? {
                 return Ok(());
             }
         }
@@ -224,55 +287,19 @@ impl<'a> Conn<'a> {
         Ok(Flow::Continue)
     }
 
-    // ---- sequence numbers ----
-
-    fn pending(&self) -> u32 {
-        self.tasks.iter().filter(|t| t.windowed).count() as u32
+    /// Whether to process a request other than a SCSI command (see `Book::admit`).
+    fn accept_sn(&self, p: &Pdu) -> Result<bool, ConnError> {
+        self.book()
+            .admit(p.u32_at(pdu::OFF_24), p.immediate(), None)
     }
 
-    /// MaxCmdSN: the window shrinks by the commands still waiting for data.
-    fn max_cmd_sn(&self) -> u32 {
-        let depth = self.t.params.queue_depth;
-        self.exp_cmd_sn
-            .wrapping_add(depth.saturating_sub(self.pending()))
-            .wrapping_sub(1)
-    }
-
-    /// Whether to process a request: commands outside the CmdSN window are
-    /// silently ignored (RFC 7143 §3.2.2.1); a gap inside it cannot be filled
-    /// on one connection at ERL 0, so it ends the connection.
-    fn accept_sn(&mut self, p: &Pdu) -> Result<bool, ConnError> {
-        if p.immediate() {
-            return Ok(true);
-        }
-        let sn = p.u32_at(pdu::OFF_24);
-        if sn == self.exp_cmd_sn {
-            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            return Ok(true);
-        }
-        if sn_lt(self.exp_cmd_sn, sn) && sn_le(sn, self.max_cmd_sn()) {
-            return Err(ConnError::Protocol(format!(
-                "CmdSN {sn} skips ahead of ExpCmdSN {}",
-                self.exp_cmd_sn
-            )));
-        }
-        log::debug!(
-            "{}: CmdSN {sn} outside the window {}..={}: ignored",
-            self.wire.peer,
-            self.exp_cmd_sn,
-            self.max_cmd_sn()
-        );
-        Ok(false)
-    }
-
-    /// StatSN (taken when `advance`), ExpCmdSN and MaxCmdSN of a response.
-    fn sequence(&mut self, p: &mut Pdu, advance: bool) {
-        if advance {
-            p.set_u32(pdu::OFF_24, self.stat_sn);
-            self.stat_sn = self.stat_sn.wrapping_add(1);
-        }
-        p.set_u32(pdu::OFF_28, self.exp_cmd_sn);
-        p.set_u32(pdu::OFF_32, self.max_cmd_sn());
+    /// Sends one PDU built by the connection thread, stamped as `stat` says.
+    fn answer(&self, mut r: Pdu, stat: Stat) -> Result<(), ConnError> {
+        let book = self.book();
+        self.pool.sender.send(|tx| {
+            tx.stamp(&mut r.bhs, book.window(), stat);
+            tx.send(&r)
+        })
     }
 
     fn new_ttt(&mut self) -> u32 {
@@ -304,10 +331,7 @@ impl<'a> Conn<'a> {
         p.set_itt(RESERVED_TAG);
         p.set_u32(pdu::OFF_20, ttt);
         // A ping does not advance StatSN but carries the next one.
-        p.set_u32(pdu::OFF_24, self.stat_sn);
-        self.sequence(&mut p, false);
-        self.wire.send(&p)?;
-        self.wire.flush()?;
+        self.answer(p, Stat::Show)?;
         self.ping = Some((ttt, Instant::now()));
         Ok(())
     }
@@ -324,43 +348,40 @@ impl<'a> Conn<'a> {
             }
             return Ok(());
         }
-        self.wire.fault_delay()?;
+        self.pool.sender.fault_delay()?;
         let mut r = Pdu::new(Opcode::NopIn);
         r.set_flags(pdu::FLAG_FINAL);
         r.set_lun(p.lun());
         r.set_itt(p.itt());
         r.set_u32(pdu::OFF_20, RESERVED_TAG);
-        self.sequence(&mut r, true);
         let n = p
             .data
             .len()
             .min(self.params.max_send_data_segment_length as usize);
         r.data = p.data[..n].to_vec();
-        self.wire.send(&r)
+        self.answer(r, Stat::Take)
     }
 
     // ---- SCSI commands and their data ----
 
     fn command(&mut self, p: Pdu) -> Result<(), ConnError> {
-        if self.nexus.is_none() {
+        if self.pool.nexus.is_none() {
             return Err(ConnError::Protocol(
                 "SCSI command in a discovery session".into(),
             ));
         }
-        if !self.accept_sn(&p)? {
+        let itt = p.itt();
+        let lun = pdu::decode_lun(p.lun());
+        if !self
+            .book()
+            .admit(p.u32_at(pdu::OFF_24), p.immediate(), Some((itt, lun)))?
+        {
             return Ok(());
         }
-        let itt = p.itt();
         let flags = p.flags();
         let (read, write) = (flags & CMD_READ != 0, flags & CMD_WRITE != 0);
         let edtl = p.u32_at(pdu::OFF_20);
         let protocol = |m: String| Err(ConnError::Protocol(m));
-        if itt == RESERVED_TAG || self.tasks.iter().any(|t| t.itt == itt) {
-            return protocol(format!("task tag {itt:#x} is reserved or in use"));
-        }
-        if self.tasks.len() >= self.t.params.queue_depth as usize + IMMEDIATE_SLACK {
-            return protocol("too many tasks waiting for data".into());
-        }
         let first_burst = self.params.first_burst_length.min(edtl) as usize;
         if !p.data.is_empty()
             && (!write || !self.params.immediate_data || p.data.len() > first_burst)
@@ -375,34 +396,34 @@ impl<'a> Conn<'a> {
         if !p.is_final() && (!write || self.params.initial_r2t) {
             return protocol("unsolicited Data-Out announced where none may follow".into());
         }
-        let lun = pdu::decode_lun(p.lun());
-        let epoch = match (self.t.lus.get(&lun), &self.nexus) {
+        let epoch = match (self.t.lus.get(&lun), &self.pool.nexus) {
             (Some(lu), Some(n)) => lu.state().epoch(n),
             _ => Epoch::default(),
         };
         let mut cdb = [0u8; 16];
         cdb.copy_from_slice(&p.bhs[pdu::OFF_32..pdu::OFF_32 + pdu::CDB_LEN]);
         let oversize = write && u64::from(edtl) > MAX_TRANSFER_BYTES;
-        let received = p.data.len() as u32;
-        let task = Task {
+        let mut task = Task {
             itt,
             lun,
             cdb,
             read,
             write,
             edtl,
-            windowed: !p.immediate(),
-            data: if oversize { Vec::new() } else { p.data },
-            received,
+            attr: Attr::of_flags(flags),
+            data: IoBuf::new(),
+            received: 0,
             oversize,
-            unsolicited_open: unsolicited_open && received < first_burst as u32,
+            unsolicited_open: false,
             unsolicited_sn: 0,
             burst: None,
             r2t_sn: 0,
             epoch,
         };
+        task.take(&p.data);
+        task.unsolicited_open = unsolicited_open && task.received < first_burst as u32;
         if task.ready() {
-            return self.execute(task);
+            return self.dispatch(task);
         }
         self.tasks.push(task);
         self.pump_r2t()
@@ -470,7 +491,7 @@ impl<'a> Conn<'a> {
         }
         if self.tasks[i].ready() {
             let task = self.tasks.remove(i);
-            self.execute(task)?;
+            self.dispatch(task)?;
         }
         self.pump_r2t()
     }
@@ -503,105 +524,46 @@ impl<'a> Conn<'a> {
             data_sn: 0,
         });
         // R2T carries the next StatSN without taking it.
-        r.set_u32(pdu::OFF_24, self.stat_sn);
-        self.sequence(&mut r, false);
-        self.wire.send(&r)
+        self.answer(r, Stat::Show)
     }
 
-    fn execute(&mut self, task: Task) -> Result<(), ConnError> {
-        let Some(nexus) = &self.nexus else {
-            return Err(ConnError::Protocol("SCSI task without a nexus".into()));
-        };
-        let out = if task.oversize {
-            Outcome::check(Sense::INVALID_FIELD_IN_CDB)
-        } else if let Some((status, sense)) = self.t.faults.take(task.cdb[0]) {
-            Outcome {
-                status,
-                sense,
-                data: Vec::new(),
-                wanted_out: 0,
-            }
+    /// Hands a task whose data is complete to the workers, starting one
+    /// when none is free. An injected fault is taken here, so "the next N
+    /// commands" are counted in the order their data completes, whatever
+    /// order the workers start them in.
+    fn dispatch(&mut self, task: Task) -> Result<(), ConnError> {
+        let injected = if task.oversize {
+            None
         } else {
-            let cmd = Command {
-                lun: task.lun,
-                cdb: &task.cdb,
-                data_out: &task.data,
-                nexus,
-                epoch: task.epoch,
-            };
-            scsi::execute(self.t, self.tpgt, &cmd)
+            self.t.faults.take(task.cdb[0])
         };
-        self.respond(&task, out)
-    }
-
-    /// Data-In (status in the last one when GOOD) or a SCSI Response, with
-    /// the residual against the expected data transfer length.
-    fn respond(&mut self, task: &Task, out: Outcome) -> Result<(), ConnError> {
-        self.wire.fault_delay()?;
-        let need = out.data.len() as u64 + out.wanted_out as u64;
-        let edtl = u64::from(task.edtl);
-        let (residual_flag, residual) = if need > edtl {
-            (RESIDUAL_OVERFLOW, need - edtl)
-        } else if need < edtl {
-            (RESIDUAL_UNDERFLOW, edtl - need)
-        } else {
-            (0, 0)
+        let job = Job {
+            itt: task.itt,
+            lun: task.lun,
+            cdb: task.cdb,
+            read: task.read,
+            edtl: task.edtl,
+            data: task.data,
+            oversize: task.oversize,
+            epoch: task.epoch,
+            attr: task.attr,
+            injected,
         };
-        let residual = u32::try_from(residual).unwrap_or(u32::MAX);
-        let send: &[u8] = if task.read {
-            &out.data[..out.data.len().min(task.edtl as usize)]
-        } else {
-            &[]
-        };
-        let collapse = !send.is_empty() && out.status == Status::GOOD && out.sense.is_none();
-        let max_seg = self.params.max_send_data_segment_length as usize;
-        let max_burst = self.params.max_burst_length as usize;
-        let mut offset = 0usize;
-        let mut data_sn = 0u32;
-        while offset < send.len() {
-            let n = max_seg
-                .min(send.len() - offset)
-                .min(max_burst - offset % max_burst);
-            let last = offset + n == send.len();
-            let mut d = Pdu::new(Opcode::DataIn);
-            let mut flags = 0;
-            if last || (offset + n) % max_burst == 0 {
-                flags |= pdu::FLAG_FINAL;
-            }
-            let status_here = last && collapse;
-            if status_here {
-                flags |= DATA_IN_STATUS | residual_flag;
-                d.bhs[pdu::OFF_B3] = out.status;
-                d.set_u32(pdu::OFF_44, residual);
-            }
-            d.set_flags(flags);
-            d.set_lun(pdu::encode_lun(task.lun));
-            d.set_itt(task.itt);
-            d.set_u32(pdu::OFF_20, RESERVED_TAG);
-            self.sequence(&mut d, status_here);
-            d.set_u32(pdu::OFF_36, data_sn);
-            d.set_u32(pdu::OFF_40, offset as u32);
-            d.data = send[offset..offset + n].to_vec();
-            self.wire.send(&d)?;
-            offset += n;
-            data_sn += 1;
-        }
-        if collapse {
+        if !self.book().queue(job) {
             return Ok(());
         }
-        let mut r = Pdu::new(Opcode::ScsiResponse);
-        r.set_flags(pdu::FLAG_FINAL | residual_flag);
-        r.bhs[pdu::OFF_B3] = out.status;
-        r.set_itt(task.itt);
-        self.sequence(&mut r, true);
-        r.set_u32(pdu::OFF_36, data_sn);
-        r.set_u32(pdu::OFF_44, residual);
-        if let Some(s) = out.sense {
-            let sense = s.encode();
-            r.data = (sense.len() as u16).to_be_bytes().to_vec();
-            r.data.extend_from_slice(&sense);
+        match (self.spawn)() {
+            Ok(()) => {
+                self.book().worker_started();
+                Ok(())
+            }
+            // With a worker or more the queue still moves, only slower.
+            Err(e) if self.book().workers() > 0 => {
+                log::warn!("{}: cannot start another worker: {e}", self.peer());
+                Ok(())
+            }
+            Err(e) => Err(ConnError::Worker(e)),
         }
-        self.wire.send(&r)
     }
 
     // ---- task management ----
@@ -613,8 +575,16 @@ impl<'a> Conn<'a> {
         self.aborted.push_back(itt);
     }
 
+    /// Drops a task waiting for data: it gets no answer, and late Data-Out
+    /// for it is discarded.
+    fn drop_waiting(&mut self, i: usize) {
+        let task = self.tasks.remove(i);
+        self.book().forget(task.itt);
+        self.forget(task.itt);
+    }
+
     fn task_management(&mut self, p: &Pdu) -> Result<(), ConnError> {
-        if self.nexus.is_none() {
+        if self.pool.nexus.is_none() {
             return Err(ConnError::Protocol(
                 "task management in a discovery session".into(),
             ));
@@ -624,50 +594,56 @@ impl<'a> Conn<'a> {
         }
         let lun = pdu::decode_lun(p.lun());
         let response = match p.flags() & FUNCTION_MASK {
-            TMF_ABORT_TASK => {
-                let referenced = p.u32_at(pdu::OFF_20);
-                let ref_sn = p.u32_at(pdu::OFF_32);
-                if let Some(i) = self.tasks.iter().position(|t| t.itt == referenced) {
-                    self.tasks.remove(i);
-                    self.forget(referenced);
-                    TMF_COMPLETE
-                } else if sn_le(self.exp_cmd_sn, ref_sn) && sn_le(ref_sn, self.max_cmd_sn()) {
-                    // Never received (RFC 7143 §11.5.1 b): nothing to abort.
-                    TMF_COMPLETE
-                } else {
-                    TMF_NO_TASK
-                }
-            }
+            TMF_ABORT_TASK => self.abort_task(p.u32_at(pdu::OFF_20), p.u32_at(pdu::OFF_32))?,
             TMF_LUN_RESET => match self.t.lus.get(&lun) {
                 None => TMF_NO_LUN,
                 Some(lu) => {
-                    // Waits for commands running on other connections.
-                    let _all = lu.exclusive();
-                    let mine: Vec<u32> = self
-                        .tasks
-                        .iter()
-                        .filter(|t| t.lun == lun)
-                        .map(|t| t.itt)
-                        .collect();
-                    self.tasks.retain(|t| t.lun != lun);
-                    for itt in mine {
+                    // This connection's tasks of the LU: those waiting for
+                    // data or queued end unanswered; running ones finish.
+                    while let Some(i) = self.tasks.iter().position(|t| t.lun == lun) {
+                        self.drop_waiting(i);
+                    }
+                    for itt in self.book().drain_lun(lun)? {
                         self.forget(itt);
                     }
+                    // Waits for commands running on other connections.
+                    let _all = lu.exclusive();
                     lu.state().reset();
-                    log::info!("{}: LUN RESET of LUN {lun}", self.wire.peer);
+                    log::info!("{}: LUN RESET of LUN {lun}", self.peer());
                     TMF_COMPLETE
                 }
             },
             _ => TMF_NOT_SUPPORTED,
         };
-        self.wire.fault_delay()?;
+        self.pool.sender.fault_delay()?;
         let mut r = Pdu::new(Opcode::TaskMgmtResponse);
         r.set_flags(pdu::FLAG_FINAL);
         r.bhs[pdu::OFF_B2] = response;
         r.set_itt(p.itt());
-        self.sequence(&mut r, true);
-        self.wire.send(&r)?;
+        self.answer(r, Stat::Take)?;
         self.pump_r2t()
+    }
+
+    /// ABORT TASK: a task waiting for data or queued is dropped; a running
+    /// one is waited for, after which it no longer exists.
+    fn abort_task(&mut self, referenced: u32, ref_sn: u32) -> Result<u8, ConnError> {
+        if let Some(i) = self.tasks.iter().position(|t| t.itt == referenced) {
+            self.drop_waiting(i);
+            return Ok(TMF_COMPLETE);
+        }
+        if self.book().abort(referenced)? == Abort::Dequeued {
+            self.forget(referenced);
+            return Ok(TMF_COMPLETE);
+        }
+        let w = self.book().window();
+        Ok(
+            if sn_le(w.exp_cmd_sn, ref_sn) && sn_le(ref_sn, w.max_cmd_sn) {
+                // Never received (RFC 7143 §11.5.1 b): nothing to abort.
+                TMF_COMPLETE
+            } else {
+                TMF_NO_TASK
+            },
+        )
     }
 
     // ---- Text ----
@@ -705,7 +681,7 @@ impl<'a> Conn<'a> {
         if answer.len() > MAX_TEXT_ANSWER {
             return Err(ConnError::Protocol("Text answer too long".into()));
         }
-        self.wire.fault_delay()?;
+        self.pool.sender.fault_delay()?;
         let max = self.params.max_send_data_segment_length as usize;
         let mut r = Pdu::new(Opcode::TextResponse);
         r.set_itt(p.itt());
@@ -720,8 +696,7 @@ impl<'a> Conn<'a> {
             r.set_u32(pdu::OFF_20, RESERVED_TAG);
             r.data = answer;
         }
-        self.sequence(&mut r, true);
-        self.wire.send(&r)
+        self.answer(r, Stat::Take)
     }
 
     /// SendTargets (RFC 7143 §12.3): every portal of the target, each with
@@ -730,7 +705,7 @@ impl<'a> Conn<'a> {
     fn send_targets(&self, which: &str) -> Vec<(String, String)> {
         let ours = match which {
             "All" => true,
-            "" => self.nexus.is_some(),
+            "" => self.pool.nexus.is_some(),
             name => name == self.t.iqn,
         };
         if !ours {
@@ -740,7 +715,7 @@ impl<'a> Conn<'a> {
         for portal in &self.t.portals {
             let mut addr = portal.addr;
             if addr.ip().is_unspecified() {
-                addr.set_ip(self.wire.local.ip());
+                addr.set_ip(self.pool.sender.local.ip());
             }
             out.push((
                 "TargetAddress".to_string(),
@@ -763,15 +738,16 @@ impl<'a> Conn<'a> {
                 return Err(ConnError::Protocol(format!("logout reason {reason}")));
             }
         };
-        self.wire.fault_delay()?;
+        // Commands received before the Logout are answered before it.
+        self.book().drain()?;
+        self.pool.sender.fault_delay()?;
         let mut r = Pdu::new(Opcode::LogoutResponse);
         r.set_flags(pdu::FLAG_FINAL);
         r.bhs[pdu::OFF_B2] = response;
         r.set_itt(p.itt());
-        self.sequence(&mut r, true);
         r.bhs[OFF_TIME2WAIT..OFF_TIME2WAIT + 2].copy_from_slice(&0u16.to_be_bytes());
         r.bhs[OFF_TIME2RETAIN..OFF_TIME2RETAIN + 2].copy_from_slice(&0u16.to_be_bytes());
-        self.wire.send(&r)?;
+        self.answer(r, Stat::Take)?;
         Ok(if response == LOGOUT_OK {
             Flow::Close
         } else {

@@ -4,11 +4,15 @@
 //! READ FULL STATUS included) and fault hooks for tests. `TARGET.md` beside
 //! this crate says what is implemented and what is not.
 //!
-//! Threads: one listener per portal, one thread per connection. A connection
-//! runs its commands one at a time, in the order their data completes; many
-//! connections run at once. Everything from the network is untrusted: a
-//! malformed PDU ends that connection with a log line and nothing else.
+//! Threads: one listener per portal, one thread per connection that reads
+//! its PDUs and gathers each command's data, and per connection a pool of
+//! workers (started on demand, at most 16) that run its commands
+//! concurrently and send their answers. Everything from the network is
+//! untrusted: a malformed PDU ends that connection with a log line and
+//! nothing else.
 
+mod book;
+mod buf;
 mod chap;
 mod config;
 mod connection;
@@ -18,9 +22,12 @@ mod lu;
 mod negotiate;
 mod nexus;
 mod pages;
+mod pool;
 mod pr;
 mod registry;
+mod response;
 mod scsi;
+mod sender;
 mod server;
 mod wire;
 
@@ -65,6 +72,8 @@ pub(crate) enum ConnError {
     NopTimeout(Duration),
     #[error("closed by the target: {0}")]
     Closed(&'static str),
+    #[error("cannot start a worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 impl From<std::io::Error> for ConnError {

@@ -1,7 +1,10 @@
 //! SCSI command execution (SPC-4, SBC-3) over a [`BlockDev`]: decoding,
 //! unit attentions, reservation conflicts, then the command itself. The
 //! answer is status, sense and Data-In; the connection turns it into PDUs.
+//! Commands of one connection run here concurrently, on its workers; the
+//! LU's lock makes COMPARE AND WRITE and PR OUT atomic against the rest.
 
+use super::buf::IoBuf;
 use super::lu::{Epoch, LogicalUnit};
 use super::nexus::Nexus;
 use super::pages::{self, ModeSense, VPD_BLOCK_CHARACTERISTICS};
@@ -20,11 +23,12 @@ use crate::scsi::{
     Sense, Status, SupportedPages, UnitSerial, UnmapParams,
 };
 use crate::BlockDev;
+use std::ops::Deref;
 
 /// The largest READ or WRITE in bytes (VPD 0xB0); Data-Out buffers are
 /// bounded by it too.
 pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
-const OPTIMAL_TRANSFER_BYTES: u64 = 1 << 20;
+pub(crate) const OPTIMAL_TRANSFER_BYTES: u64 = 1 << 20;
 /// COMPARE AND WRITE moves twice its length; at most this many blocks
 /// (the most its one-byte length can say), within the transfer limit.
 const MAX_CAW_BLOCKS: u64 = 255;
@@ -63,11 +67,38 @@ pub(crate) struct Command<'a> {
     pub epoch: Epoch,
 }
 
+/// Data-In of an outcome: small answers are built in a `Vec`; READ data
+/// is read into a page-aligned buffer (no bounce through O_DIRECT), which
+/// the worker keeps for its next read.
+pub(crate) enum DataIn {
+    Bytes(Vec<u8>),
+    Buf(IoBuf),
+}
+
+impl DataIn {
+    fn truncate(&mut self, n: usize) {
+        match self {
+            DataIn::Bytes(v) => v.truncate(n),
+            DataIn::Buf(b) => b.truncate(n),
+        }
+    }
+}
+
+impl Deref for DataIn {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            DataIn::Bytes(v) => v,
+            DataIn::Buf(b) => b,
+        }
+    }
+}
+
 /// How a command ended.
 pub(crate) struct Outcome {
     pub status: u8,
     pub sense: Option<Sense>,
-    pub data: Vec<u8>,
+    pub data: DataIn,
     /// Data-Out bytes the CDB asked for, for the residual count.
     pub wanted_out: usize,
 }
@@ -77,7 +108,7 @@ impl Outcome {
         Outcome {
             status: Status::GOOD,
             sense: None,
-            data,
+            data: DataIn::Bytes(data),
             wanted_out: 0,
         }
     }
@@ -86,7 +117,7 @@ impl Outcome {
         Outcome {
             status: Status::CHECK_CONDITION,
             sense: Some(sense),
-            data: Vec::new(),
+            data: DataIn::Bytes(Vec::new()),
             wanted_out: 0,
         }
     }
@@ -95,7 +126,7 @@ impl Outcome {
         Outcome {
             status,
             sense: None,
-            data: Vec::new(),
+            data: DataIn::Bytes(Vec::new()),
             wanted_out: 0,
         }
     }
@@ -186,8 +217,14 @@ impl Op {
     }
 }
 
-/// Runs one command on `tpgt`'s port.
-pub(crate) fn execute(t: &Target, tpgt: u16, cmd: &Command<'_>) -> Outcome {
+/// Runs one command on `tpgt`'s port; a READ takes `spare` as its buffer
+/// when it is large enough.
+pub(crate) fn execute(
+    t: &Target,
+    tpgt: u16,
+    cmd: &Command<'_>,
+    spare: &mut Option<IoBuf>,
+) -> Outcome {
     let opcode = cmd.cdb[0];
     let Some(lu) = t.lus.get(&cmd.lun) else {
         return no_lu(t, cmd);
@@ -217,7 +254,7 @@ pub(crate) fn execute(t: &Target, tpgt: u16, cmd: &Command<'_>) -> Outcome {
             return Outcome::status(Status::RESERVATION_CONFLICT);
         }
     }
-    Exec { t, lu, tpgt, cmd }.run(op)
+    Exec { t, lu, tpgt, cmd }.run(op, spare)
 }
 
 /// A command to a LUN with no LU: INQUIRY and REPORT LUNS still answer.
@@ -275,7 +312,7 @@ impl Exec<'_> {
         &*self.lu.dev
     }
 
-    fn run(&self, op: Op) -> Outcome {
+    fn run(&self, op: Op, spare: &mut Option<IoBuf>) -> Outcome {
         let c = match op {
             Op::RequestSense { alloc_len } => {
                 let s = self.lu.state().take_ua(self.cmd.nexus);
@@ -294,8 +331,8 @@ impl Exec<'_> {
             Cdb::ReadCapacity16 { alloc_len } => {
                 Outcome::good(self.capacity().encode().to_vec()).alloc(alloc_len.into())
             }
-            Cdb::Read10 { lba, blocks, .. } => self.read(lba.into(), blocks.into()),
-            Cdb::Read16 { lba, blocks, .. } => self.read(lba, blocks),
+            Cdb::Read10 { lba, blocks, .. } => self.read(lba.into(), blocks.into(), spare),
+            Cdb::Read16 { lba, blocks, .. } => self.read(lba, blocks, spare),
             Cdb::Write10 {
                 lba, blocks, fua, ..
             } => self.write(lba.into(), blocks.into(), fua),
@@ -475,21 +512,26 @@ impl Exec<'_> {
         }
     }
 
-    fn read(&self, lba: u64, blocks: u32) -> Outcome {
+    fn read(&self, lba: u64, blocks: u32, spare: &mut Option<IoBuf>) -> Outcome {
         let bs = self.bs();
         let len = u64::from(blocks) * bs;
-        let r = (|| {
-            self.range(lba, blocks.into())?;
-            if len > MAX_TRANSFER_BYTES {
-                return Err(Sense::INVALID_FIELD_IN_CDB);
-            }
-            let mut buf = vec![0u8; len as usize];
-            self.dev()
-                .read_at(&mut buf, lba * bs)
-                .map_err(|e| medium_error(self.lu, e, false))?;
-            Ok(buf)
-        })();
-        Outcome::from(r)
+        if let Err(s) = self.range(lba, blocks.into()) {
+            return Outcome::check(s);
+        }
+        if len > MAX_TRANSFER_BYTES {
+            return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+        }
+        let mut buf = IoBuf::reuse(spare.take(), len as usize);
+        if let Err(e) = self.dev().read_at(&mut buf, lba * bs) {
+            *spare = Some(buf);
+            return Outcome::check(medium_error(self.lu, e, false));
+        }
+        Outcome {
+            status: Status::GOOD,
+            sense: None,
+            data: DataIn::Buf(buf),
+            wanted_out: 0,
+        }
     }
 
     /// Writes what arrived of the data, in whole blocks: an initiator that
@@ -622,7 +664,7 @@ impl Exec<'_> {
             self.range(lba, blocks)?;
             self.writable()?;
             let (verify, write) = self.cmd.data_out.split_at(len);
-            let mut current = vec![0u8; len];
+            let mut current = IoBuf::reuse(None, len);
             self.dev()
                 .read_at(&mut current, lba * bs)
                 .map_err(|e| medium_error(self.lu, e, false))?;

@@ -1,12 +1,15 @@
 //! One connection's byte stream: PDUs in and out with the negotiated
 //! digests, reads that wake up every [`TICK`] to notice stop requests and
 //! faults, and the blackhole fault (neither read nor write while it is on).
+//! Login uses a whole [`Wire`]; full feature phase splits it into the
+//! reading half (the connection thread) and the writing half (shared by
+//! whoever answers, behind a lock).
 
 use super::faults::Faults;
 use super::registry::ConnCtl;
 use super::{ConnError, TICK};
-use crate::iscsi::pdu::{Digests, Pdu, PduError};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use crate::iscsi::pdu::{self, Digests, Pdu, PduError, BHS_LEN, MAX_DATA_SEGMENT};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,11 +76,9 @@ impl Read for TickReader {
 }
 
 pub(crate) struct Wire {
-    reader: TickReader,
-    writer: BufWriter<TcpStream>,
-    pub digests: Digests,
+    rx: WireRx,
+    tx: WireTx,
     pub peer: SocketAddr,
-    pub local: SocketAddr,
 }
 
 impl Wire {
@@ -89,25 +90,57 @@ impl Wire {
         let local = stream.local_addr()?;
         let reader = TickReader {
             inner: BufReader::with_capacity(BUFFER, stream.try_clone()?),
-            ctl,
-            faults,
+            ctl: ctl.clone(),
+            faults: faults.clone(),
             consumed: 0,
             mark: 0,
             last_progress: Instant::now(),
         };
         Ok(Wire {
-            reader,
-            writer: BufWriter::with_capacity(BUFFER, stream),
-            digests: Digests::default(),
+            rx: WireRx {
+                reader,
+                digests: Digests::default(),
+            },
+            tx: WireTx {
+                writer: BufWriter::with_capacity(BUFFER, stream),
+                ctl,
+                faults,
+                digests: Digests::default(),
+                peer,
+                local,
+            },
             peer,
-            local,
         })
     }
 
-    pub fn portal(&self) -> usize {
-        self.reader.ctl.portal
+    pub fn recv(&mut self, max_data: u32) -> Result<Option<Pdu>, ConnError> {
+        self.rx.recv(max_data)
     }
 
+    pub fn send(&mut self, p: &Pdu) -> Result<(), ConnError> {
+        self.tx.send(p)
+    }
+
+    pub fn flush(&mut self) -> Result<(), ConnError> {
+        self.tx.flush()
+    }
+
+    /// The two halves for full feature phase, with the negotiated digests.
+    pub fn split(self, digests: Digests) -> (WireRx, WireTx) {
+        let (mut rx, mut tx) = (self.rx, self.tx);
+        rx.digests = digests;
+        tx.digests = digests;
+        (rx, tx)
+    }
+}
+
+/// The reading half.
+pub(crate) struct WireRx {
+    reader: TickReader,
+    digests: Digests,
+}
+
+impl WireRx {
     /// The next PDU, or `None` after a tick with nothing to read.
     pub fn recv(&mut self, max_data: u32) -> Result<Option<Pdu>, ConnError> {
         self.reader.mark = self.reader.consumed;
@@ -123,11 +156,69 @@ impl Wire {
             Err(e) => Err(e.into()),
         }
     }
+}
 
-    /// Queues a PDU; [`Wire::flush`] sends what is queued.
+/// The writing half, with what answering needs besides the bytes: the
+/// portal's faults and whether the connection is closing.
+pub(crate) struct WireTx {
+    writer: BufWriter<TcpStream>,
+    ctl: Arc<ConnCtl>,
+    faults: Faults,
+    digests: Digests,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl WireTx {
+    fn portal(&self) -> usize {
+        self.ctl.portal
+    }
+
+    /// Queues a PDU; [`WireTx::flush`] sends what is queued.
     pub fn send(&mut self, p: &Pdu) -> Result<(), ConnError> {
+        if !p.ahs.is_empty() {
+            // The target never sends an AHS; the codec handles one anyway.
+            self.hold_while_blackholed()?;
+            p.write_to(&mut self.writer, self.digests)?;
+            return Ok(());
+        }
+        self.send_parts(&p.bhs, &p.data)
+    }
+
+    /// Queues a PDU given as its header and a borrowed data segment, so a
+    /// Data-In goes from the read buffer to the socket without a copy of
+    /// its own (large segments bypass the write buffer in one writev).
+    pub fn send_parts(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) -> Result<(), ConnError> {
         self.hold_while_blackholed()?;
-        p.write_to(&mut self.writer, self.digests)?;
+        let len = data.len().min(MAX_DATA_SEGMENT as usize);
+        let data = &data[..len];
+        let mut head = [0u8; BHS_LEN + 4];
+        head[..BHS_LEN].copy_from_slice(bhs);
+        head[pdu::OFF_AHS_LEN] = 0;
+        head[pdu::OFF_DATA_LEN..pdu::OFF_DATA_LEN + 3]
+            .copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+        let mut head_len = BHS_LEN;
+        if self.digests.header {
+            let c = crc32c::crc32c(&head[..BHS_LEN]);
+            head[BHS_LEN..].copy_from_slice(&c.to_le_bytes());
+            head_len += 4;
+        }
+        // Padding to a 4-byte boundary, then the data digest (over the
+        // data and its padding) when negotiated.
+        let pad = pdu::pad4(len) - len;
+        let mut tail = [0u8; 3 + 4];
+        let mut tail_len = pad;
+        if len > 0 && self.digests.data {
+            let c = crc32c::crc32c_append(crc32c::crc32c(data), &tail[..pad]);
+            tail[pad..pad + 4].copy_from_slice(&c.to_le_bytes());
+            tail_len += 4;
+        }
+        let mut parts = [
+            IoSlice::new(&head[..head_len]),
+            IoSlice::new(data),
+            IoSlice::new(&tail[..tail_len]),
+        ];
+        write_all_vectored(&mut self.writer, &mut parts)?;
         Ok(())
     }
 
@@ -138,26 +229,29 @@ impl Wire {
     }
 
     fn hold_while_blackholed(&self) -> Result<(), ConnError> {
-        while self.reader.faults.blackholed(self.portal()) {
+        while self.faults.blackholed(self.portal()) {
             self.check_open()?;
             std::thread::sleep(TICK);
         }
         self.check_open()
     }
 
-    pub fn check_open(&self) -> Result<(), ConnError> {
-        if self.reader.ctl.closing() {
-            return Err(ConnError::Closed("connection closed on request"));
-        }
-        Ok(())
+    fn check_open(&self) -> Result<(), ConnError> {
+        check_open(&self.ctl)
     }
 
     /// Sleeps for the portal's delay fault, if any, in ticks so a close
-    /// request still ends the connection promptly.
-    pub fn fault_delay(&self) -> Result<(), ConnError> {
-        let until = Instant::now() + self.reader.faults.delay(self.portal());
+    /// request still ends the connection promptly. Needs no `&mut`: those
+    /// who answer wait here without holding the writing half.
+    pub fn fault_delay(ctl: &ConnCtl, faults: &Faults) -> Result<(), ConnError> {
+        let delay = faults.delay(ctl.portal);
+        if delay.is_zero() {
+            // The common case: no clock reads on every answer.
+            return check_open(ctl);
+        }
+        let until = Instant::now() + delay;
         loop {
-            self.check_open()?;
+            check_open(ctl)?;
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(());
@@ -165,4 +259,25 @@ impl Wire {
             std::thread::sleep(left.min(TICK));
         }
     }
+}
+
+fn check_open(ctl: &ConnCtl) -> Result<(), ConnError> {
+    if ctl.closing() {
+        return Err(ConnError::Closed("connection closed on request"));
+    }
+    Ok(())
+}
+
+/// `write_all` for a list of slices (`Write::write_all_vectored` is unstable).
+fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        match w.write_vectored(parts) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

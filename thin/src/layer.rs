@@ -229,20 +229,12 @@ pub fn repair_uncounted_l1(dev: &dyn BlockDev, h: &Header) -> Result<usize> {
         let Some((rb, i)) = refs.locate(c) else {
             continue;
         };
-        let bit = i << h.refcount_order;
-        let at = rb + bit / 8;
-        let start = at / sector * sector;
+        let start = (rb + ((i << h.refcount_order) / 8)) / sector * sector;
         let mut buf = read_bytes(dev, start, sector)?;
-        let mut one = [0u8; 8];
-        let width = (1u64 << h.refcount_order).div_ceil(8) as usize;
-        one[..width].copy_from_slice(&buf[(at - start) as usize..(at - start) as usize + width]);
-        crate::format::set_refcount(
-            &mut one[..width],
-            h.refcount_order,
-            (bit % 8) >> h.refcount_order,
-            1,
-        );
-        buf[(at - start) as usize..(at - start) as usize + width].copy_from_slice(&one[..width]);
+        // The sector is a piece of the (cluster-aligned) refblock: index
+        // the entry from the sector's first one.
+        let first_in_sector = ((start - rb) * 8) >> h.refcount_order;
+        crate::format::set_refcount(&mut buf, h.refcount_order, i - first_in_sector, 1);
         dev.write_at(&buf, start)?;
         fixed += 1;
     }

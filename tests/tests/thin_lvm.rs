@@ -25,10 +25,14 @@ use ssv_tests::vgview;
 use ssv_tests::{skip_unless_lvm2, LoopDev, LvmFixture, Scratch, MIB};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 use thin::chain::{snapshot, LayerOptions};
+
+// thin's own test helpers for QEMU's tools, shared rather than copied.
+#[path = "../../thin/tests/common/mod.rs"]
+mod common;
+use common::{have_qemu, tool, tool_ok};
 use thin::{
     CreateOptions, Extender, GrowthPolicy, LvStore, OpenOptions as VolOptions, StoreExtender,
     VgStore, Volume,
@@ -41,33 +45,6 @@ const STALE: u8 = 0xee;
 
 fn base() -> Option<&'static Path> {
     Some(Path::new(env!("CARGO_TARGET_TMPDIR")))
-}
-
-fn have_qemu() -> bool {
-    ["qemu-img", "qemu-io"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn tool(dir: &Path, prog: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap_or_else(|e| panic!("running {prog}: {e}"));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn tool_ok(dir: &Path, prog: &str, args: &[&str]) -> String {
-    let (ok, text) = tool(dir, prog, args);
-    assert!(ok, "{prog} {}: {text}", args.join(" "));
-    text
 }
 
 fn pattern(at: u64) -> u8 {

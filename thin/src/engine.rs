@@ -133,8 +133,9 @@ impl Engine for ImagoEngine {
     /// table's range (512 MiB at 64 KiB clusters) one at a time; QEMU
     /// serialises only writes to the same cluster, and so do we for small
     /// writes. Until the data lands the range reads zeroes, as it did
-    /// before, so a crash in between shows the old contents. Whole clusters,
-    /// rewrites and copy-on-write from a backing layer are imago's write:
+    /// before, so a crash in between shows the old contents. Rewrites of
+    /// mapped clusters go straight to the LV. Whole clusters and
+    /// copy-on-write from a backing layer are imago's write:
     /// zeroing a cluster that is about to be overwritten whole costs more
     /// than the lock (measured in `thin_ops`).
     fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
@@ -150,25 +151,40 @@ impl Engine for ImagoEngine {
             }
             let to_boundary = self.cluster_size - at % self.cluster_size;
             let partial = to_boundary < self.cluster_size || n < self.cluster_size;
-            if !matches!(m, ShallowMapping::Zero { .. }) || !partial {
-                let whole = if partial {
-                    n
-                } else {
-                    n - n % self.cluster_size
-                };
-                let n = (whole as usize).min(rest.len());
-                a.write(&rest[..n], at).map_err(err)?;
-                done += n;
-                continue;
+            match m {
+                // Mapped in place: straight to the LV, as imago's own fast
+                // path would, without looking the mapping up a second time.
+                ShallowMapping::Raw {
+                    storage,
+                    offset: host,
+                    writable: true,
+                    ..
+                } => {
+                    let n = (n as usize).min(rest.len());
+                    storage.write(&rest[..n], host).map_err(err)?;
+                    done += n;
+                }
+                ShallowMapping::Zero { .. } if partial => {
+                    let mapping = a
+                        .prepare_data_mapping(at, n.min(to_boundary), false)
+                        .map_err(err)?;
+                    let (storage, host) = (mapping.storage().clone(), mapping.offset());
+                    let n = (mapping.length() as usize).min(rest.len());
+                    a.commit_data_mapping(mapping).map_err(err)?;
+                    storage.write(&rest[..n], host).map_err(err)?;
+                    done += n;
+                }
+                _ => {
+                    let whole = if partial {
+                        n
+                    } else {
+                        n - n % self.cluster_size
+                    };
+                    let n = (whole as usize).min(rest.len());
+                    a.write(&rest[..n], at).map_err(err)?;
+                    done += n;
+                }
             }
-            let mapping = a
-                .prepare_data_mapping(at, n.min(to_boundary), false)
-                .map_err(err)?;
-            let (storage, host) = (mapping.storage().clone(), mapping.offset());
-            let n = (mapping.length() as usize).min(rest.len());
-            a.commit_data_mapping(mapping).map_err(err)?;
-            storage.write(&rest[..n], host).map_err(err)?;
-            done += n;
         }
         Ok(())
     }

@@ -1,13 +1,14 @@
 //! Data through our target: written on one portal, read on another and
 //! found in the backing file; large writes through R2T with small bursts and
 //! segments; CRC32C digests; COMPARE AND WRITE; and the SCSI answers the
-//! multipath layer relies on (unit attention, ranges, residuals, UNMAP).
+//! multipath layer relies on (unit attention, ranges, residuals, UNMAP);
+//! a Data-Out with the wrong DataSN fails only its command.
 
 mod target_common;
 
-use san::iscsi::pdu::encode_lun;
-use san::iscsi::{DataPhase, IscsiLun, LoginOptions};
-use san::scsi::sense::UNIT_ATTENTION;
+use san::iscsi::pdu::{self, encode_lun, Opcode, Pdu, RESERVED_TAG};
+use san::iscsi::{login, Connection, DataPhase, IscsiLun, LoginOptions};
+use san::scsi::sense::{ABORTED_COMMAND, UNIT_ATTENTION};
 use san::scsi::{Cdb, Sense, Status, UnmapDescriptor, UnmapParams};
 use san::target::TargetParams;
 use san::BlockDev;
@@ -167,4 +168,124 @@ fn scsi_answers_the_initiator_relies_on() {
     let mut file = vec![1u8; 8 * BLOCK];
     f.dev.read_at(&mut file, 64 * BLOCK as u64).unwrap();
     assert_eq!(file, vec![0u8; 8 * BLOCK]);
+}
+
+/// Our initiator never sends a wrong DataSN: these PDUs are built by hand.
+struct Raw {
+    c: Connection,
+    itt: u32,
+}
+
+impl Raw {
+    /// A WRITE(16) of `blocks` at `lba` with no immediate data; `unsolicited`
+    /// announces Data-Out without an R2T (F=0).
+    fn write(&mut self, lba: u64, blocks: u32, unsolicited: bool) -> u32 {
+        self.itt += 1;
+        let cdb = Cdb::Write16 {
+            lba,
+            blocks,
+            fua: false,
+            dpo: false,
+        }
+        .encode();
+        let mut p = Pdu::new(Opcode::ScsiCommand);
+        let f = if unsolicited { 0 } else { pdu::FLAG_FINAL };
+        p.set_flags(f | 0x20 | 0x01); // W, simple task
+        p.set_lun(encode_lun(LUN));
+        p.set_itt(self.itt);
+        p.set_u32(pdu::OFF_20, blocks * BLOCK as u32);
+        p.set_u32(pdu::OFF_24, self.c.cmd_sn);
+        p.set_u32(pdu::OFF_28, self.c.exp_stat_sn);
+        p.bhs[pdu::OFF_32..pdu::OFF_32 + 16].copy_from_slice(&cdb);
+        self.c.send(&p).unwrap();
+        self.c.cmd_sn = self.c.cmd_sn.wrapping_add(1);
+        self.itt
+    }
+
+    /// One block of Data-Out at block `at` of the task.
+    fn data_out(&mut self, itt: u32, ttt: u32, data_sn: u32, at: u32, last: bool) {
+        let mut d = Pdu::new(Opcode::DataOut);
+        d.set_flags(if last { pdu::FLAG_FINAL } else { 0 });
+        d.set_lun(encode_lun(LUN));
+        d.set_itt(itt);
+        d.set_u32(pdu::OFF_20, ttt);
+        d.set_u32(pdu::OFF_28, self.c.exp_stat_sn);
+        d.set_u32(pdu::OFF_36, data_sn);
+        d.set_u32(pdu::OFF_40, at * BLOCK as u32);
+        d.data = vec![0x5a; BLOCK];
+        self.c.send(&d).unwrap();
+    }
+
+    fn recv(&mut self) -> Pdu {
+        let p = self.c.recv(1 << 20).unwrap();
+        self.c.track(&p);
+        p
+    }
+
+    /// The SCSI Response of `itt`: its status and sense.
+    fn response(&mut self, itt: u32) -> (u8, Option<Sense>) {
+        let r = self.recv();
+        assert_eq!((r.opcode(), r.itt()), (Some(Opcode::ScsiResponse), itt));
+        let sense = (r.data.len() > 2).then(|| Sense::decode(&r.data[2..]).unwrap());
+        (r.bhs[pdu::OFF_B3], sense)
+    }
+}
+
+/// RFC 7143 §7.9/§7.8 at ERL 0: a Data-Out out of DataSN order means one
+/// was lost; its command ends in CHECK CONDITION 0B/47/05 ("protocol
+/// service CRC error") once its Data-Out ends, writes nothing, and the
+/// connection carries on (libiscsi's iSCSI.iSCSIdatasn sends all four of
+/// its cases on one connection).
+#[test]
+fn a_wrong_data_sn_fails_its_command_and_the_connection_goes_on() {
+    let crc_error = Sense::new(ABORTED_COMMAND, 0x47, 0x05);
+    let f = start(Setup::default());
+    let mut r = Raw {
+        c: login(f.portal(0), Some(IQN), &options(HOST_A, 1)).unwrap(),
+        itt: 0,
+    };
+    // The new nexus's unit attention first.
+    let itt = r.write(0, 1, false);
+    let r2t = r.recv();
+    assert_eq!(r2t.opcode(), Some(Opcode::R2t));
+    r.data_out(itt, r2t.u32_at(pdu::OFF_20), 0, 0, true);
+    let (status, ua) = r.response(itt);
+    assert_eq!(status, Status::CHECK_CONDITION);
+    assert!(ua.is_some_and(|s| s.is(Sense::POWER_ON_RESET)), "{ua:?}");
+
+    // Unsolicited: the second PDU repeats DataSN 0; 27 alone; 1 then 0.
+    let itt = r.write(100, 2, true);
+    r.data_out(itt, RESERVED_TAG, 0, 0, false);
+    r.data_out(itt, RESERVED_TAG, 0, 1, true);
+    assert_eq!(r.response(itt), (Status::CHECK_CONDITION, Some(crc_error)));
+    let itt = r.write(100, 1, true);
+    r.data_out(itt, RESERVED_TAG, 27, 0, true);
+    assert_eq!(r.response(itt), (Status::CHECK_CONDITION, Some(crc_error)));
+    // The answer waits for the sequence's last PDU (the next PDU in is the
+    // response of this task, not of a later one).
+    let itt = r.write(100, 2, true);
+    r.data_out(itt, RESERVED_TAG, 1, 0, false);
+    r.data_out(itt, RESERVED_TAG, 0, 1, true);
+    assert_eq!(r.response(itt), (Status::CHECK_CONDITION, Some(crc_error)));
+
+    // Solicited: the burst's second PDU carries DataSN 5.
+    let itt = r.write(100, 2, false);
+    let r2t = r.recv();
+    assert_eq!((r2t.opcode(), r2t.itt()), (Some(Opcode::R2t), itt));
+    let ttt = r2t.u32_at(pdu::OFF_20);
+    r.data_out(itt, ttt, 0, 0, false);
+    r.data_out(itt, ttt, 5, 1, true);
+    assert_eq!(r.response(itt), (Status::CHECK_CONDITION, Some(crc_error)));
+
+    // Nothing of those writes reached the LU, and the connection still
+    // works: an in-order write succeeds.
+    let s = connect(f.portal(1), HOST_B, 1);
+    clear_ua(&s);
+    assert_eq!(read16(&s, 100, 2).1, vec![0u8; 2 * BLOCK]);
+    let itt = r.write(100, 2, true);
+    r.data_out(itt, RESERVED_TAG, 0, 0, false);
+    r.data_out(itt, RESERVED_TAG, 1, 1, true);
+    assert_eq!(r.response(itt), (Status::GOOD, None));
+    assert_eq!(read16(&s, 100, 2).1, vec![0x5a; 2 * BLOCK]);
+    assert_eq!(f.server.stats().panics, 0);
 }

@@ -68,8 +68,9 @@ pub(crate) struct Job {
     pub read: bool,
     pub edtl: u32,
     pub data: IoBuf,
-    /// More Data-Out than we buffer was announced: fails without running.
-    pub oversize: bool,
+    /// Ends in CHECK CONDITION with this sense without running: more
+    /// Data-Out than we buffer was announced, or some of it was lost.
+    pub refused: Option<Sense>,
     pub epoch: Epoch,
     pub attr: Attr,
     /// An injected answer (fault hook), taken when the task became ready.
@@ -450,7 +451,7 @@ mod tests {
             read: false,
             edtl: 0,
             data: IoBuf::new(),
-            oversize: false,
+            refused: None,
             epoch: Epoch::default(),
             attr,
             injected: None,

@@ -20,6 +20,8 @@ use super::wire::{Wire, WireRx, WireTx};
 use super::ConnError;
 use crate::iscsi::pdu::{self, sn_le, Digests, Opcode, Pdu, PduError, RESERVED_TAG};
 use crate::iscsi::text::{self, Params};
+use crate::scsi::sense::ABORTED_COMMAND;
+use crate::scsi::Sense;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +54,9 @@ const OFF_TIME2RETAIN: usize = 42;
 const ABORTED_MEMORY: usize = 16;
 /// A Text answer gathered for continuation is bounded (SendTargets of one target).
 const MAX_TEXT_ANSWER: usize = 64 << 10;
+/// 0B/47/05, the iSCSI condition "protocol service CRC error" (RFC 7143
+/// §11.4.7.2): how a command whose Data-Out went missing ends at ERL 0.
+const PROTOCOL_SERVICE_CRC_ERROR: Sense = Sense::new(ABORTED_COMMAND, 0x47, 0x05);
 
 /// Serves one accepted connection until it ends, logging why.
 pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
@@ -165,6 +170,9 @@ struct Task {
     received: u32,
     /// More than we buffer: its data is counted, not kept, and it fails.
     oversize: bool,
+    /// A Data-Out came with the wrong DataSN: the rest of its data is
+    /// discarded, and it fails with a protocol service CRC error.
+    lost_data: bool,
     /// Unsolicited Data-Out may still come (the command's F bit was 0).
     unsolicited_open: bool,
     unsolicited_sn: u32,
@@ -188,6 +196,7 @@ impl Task {
     fn needs_r2t(&self) -> bool {
         self.write
             && !self.oversize
+            && !self.lost_data
             && !self.unsolicited_open
             && self.burst.is_none()
             && self.received < self.edtl
@@ -197,7 +206,7 @@ impl Task {
         !self.write
             || (!self.unsolicited_open
                 && self.burst.is_none()
-                && (self.oversize || self.received == self.edtl))
+                && (self.oversize || self.lost_data || self.received == self.edtl))
     }
 }
 
@@ -414,6 +423,7 @@ impl<'a> Conn<'a> {
             data: IoBuf::new(),
             received: 0,
             oversize,
+            lost_data: false,
             unsolicited_open: false,
             unsolicited_sn: 0,
             burst: None,
@@ -444,49 +454,72 @@ impl<'a> Conn<'a> {
         let offset = p.u32_at(pdu::OFF_40);
         let len = p.data.len() as u32;
         let first_burst = self.params.first_burst_length;
+        let peer = self.peer();
         let t = &mut self.tasks[i];
         let end = offset.checked_add(len);
-        let bad = |why: &str| {
-            Err(ConnError::Protocol(format!(
-                "Data-Out for task {itt:#x} (TTT {ttt:#x}, DataSN {sn}, offset {offset}, {len} bytes): {why}"
-            )))
+        let what = || {
+            format!("Data-Out for task {itt:#x} (TTT {ttt:#x}, DataSN {sn}, offset {offset}, {len} bytes)")
+        };
+        let bad = |why: &str| Err(ConnError::Protocol(format!("{}: {why}", what())));
+        // A DataSN other than the next one means an earlier Data-Out was
+        // lost (RFC 7143 §7.9). With no recovery R2T at ERL 0, the task
+        // ends in CHECK CONDITION once its outstanding sequences end
+        // (§7.8 b); the session goes on. Dropping the connection is also
+        // allowed, but fails every other command of the session with it.
+        let in_sequence = |t: &mut Task, expected: u32| {
+            if !t.lost_data && sn != expected {
+                log::warn!(
+                    "{peer}: {}: expected DataSN {expected}; the command fails",
+                    what()
+                );
+                t.lost_data = true;
+            }
+            !t.lost_data
         };
         if ttt == RESERVED_TAG {
             let limit = first_burst.min(t.edtl);
             if !t.unsolicited_open {
                 return bad("no unsolicited data expected");
             }
-            if sn != t.unsolicited_sn {
-                return bad(&format!("expected DataSN {}", t.unsolicited_sn));
+            if end.is_none_or(|e| e > limit) {
+                return bad("beyond FirstBurstLength");
             }
-            if offset != t.received || end.is_none_or(|e| e > limit) {
-                return bad("out of order or beyond FirstBurstLength");
+            if in_sequence(t, t.unsolicited_sn) {
+                if offset != t.received {
+                    return bad("out of order");
+                }
+                t.unsolicited_sn = t.unsolicited_sn.wrapping_add(1);
+                t.take(&p.data);
             }
-            t.unsolicited_sn += 1;
-            t.take(&p.data);
-            if p.is_final() || t.received == limit {
+            if p.is_final() || end == Some(limit) {
                 t.unsolicited_open = false;
             }
         } else {
-            let Some(b) = &mut t.burst else {
+            let Some(b) = &t.burst else {
                 return bad("no R2T outstanding");
             };
             if ttt != b.ttt {
                 return bad("unknown target transfer tag");
             }
-            if sn != b.data_sn {
-                return bad(&format!("expected DataSN {}", b.data_sn));
+            let (burst_end, data_sn) = (b.end, b.data_sn);
+            if end.is_none_or(|e| e > burst_end) {
+                return bad("beyond the R2T");
             }
-            if offset != t.received || end.is_none_or(|e| e > b.end) {
-                return bad("out of order or beyond the R2T");
+            if in_sequence(t, data_sn) {
+                if offset != t.received {
+                    return bad("out of order");
+                }
+                if let Some(b) = &mut t.burst {
+                    b.data_sn = b.data_sn.wrapping_add(1);
+                }
+                t.take(&p.data);
+                if t.received != burst_end && p.is_final() {
+                    return bad("burst ended before the R2T's length");
+                }
             }
-            b.data_sn += 1;
-            let burst_end = b.end;
-            t.take(&p.data);
-            if t.received == burst_end {
+            // After a lost Data-Out the burst ends where the initiator says.
+            if end == Some(burst_end) || p.is_final() {
                 t.burst = None;
-            } else if p.is_final() {
-                return bad("burst ended before the R2T's length");
             }
         }
         if self.tasks[i].ready() {
@@ -532,7 +565,14 @@ impl<'a> Conn<'a> {
     /// commands" are counted in the order their data completes, whatever
     /// order the workers start them in.
     fn dispatch(&mut self, task: Task) -> Result<(), ConnError> {
-        let injected = if task.oversize {
+        let refused = if task.oversize {
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        } else if task.lost_data {
+            Some(PROTOCOL_SERVICE_CRC_ERROR)
+        } else {
+            None
+        };
+        let injected = if refused.is_some() {
             None
         } else {
             self.t.faults.take(task.cdb[0])
@@ -544,7 +584,7 @@ impl<'a> Conn<'a> {
             read: task.read,
             edtl: task.edtl,
             data: task.data,
-            oversize: task.oversize,
+            refused,
             epoch: task.epoch,
             attr: task.attr,
             injected,

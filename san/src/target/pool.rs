@@ -139,8 +139,8 @@ fn run(pool: &Pool<'_>, job: &Job, spare: &mut Option<IoBuf>) -> Outcome {
         // The connection thread refuses SCSI commands without a nexus.
         return Outcome::check(Sense::LUN_NOT_SUPPORTED);
     };
-    if job.oversize {
-        return Outcome::check(Sense::INVALID_FIELD_IN_CDB);
+    if let Some(sense) = job.refused {
+        return Outcome::check(sense);
     }
     if let Some((status, sense)) = job.injected {
         return Outcome {

@@ -91,50 +91,54 @@ pub fn join_all(
 /// `cargo test -p ssv-tests` alone does not build other packages' binaries.
 pub fn lockd_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/<test or bench>-HASH
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable is not in target/<profile>/deps")
-            .to_path_buf();
-        let bin = profile_dir.join("lockd");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_string();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "lockd", "--bin", "lockd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if let Some(target_dir) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target_dir);
+    BIN.get_or_init(|| built_bin("lockd", "lockd"))
+}
+
+/// target/<profile>/BIN of workspace package PACKAGE, built (or brought up
+/// to date) with the profile this test runs under.
+pub fn built_bin(package: &str, bin_name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test or bench>-HASH
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not in target/<profile>/deps")
+        .to_path_buf();
+    let bin = profile_dir.join(bin_name);
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", package, "--bin", bin_name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
         }
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            p => {
-                cmd.args(["--profile", p]);
-            }
+        p => {
+            cmd.args(["--profile", p]);
         }
-        match cmd.status() {
-            Ok(s) if s.success() => {}
-            other if bin.exists() => {
-                eprintln!(
-                    "warning: `cargo build -p lockd` failed ({other:?}); using the existing {}",
-                    bin.display()
-                );
-            }
-            other => panic!(
-                "{} is missing and `cargo build -p lockd --bin lockd` failed: {other:?}",
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        other if bin.exists() => {
+            eprintln!(
+                "warning: `cargo build -p {package}` failed ({other:?}); using the existing {}",
                 bin.display()
-            ),
+            );
         }
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
+        other => panic!(
+            "{} is missing and `cargo build -p {package} --bin {bin_name}` failed: {other:?}",
+            bin.display()
+        ),
+    }
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
 }

@@ -23,6 +23,7 @@
 //! its files ([`LvmFixture`] does this for you).
 
 pub mod bench;
+pub mod hosts;
 pub mod leases;
 mod loopdev;
 mod lvm2;

@@ -1,0 +1,280 @@
+//! `ssv.toml`: one file per host. Everything has a default except where
+//! the pool's LUNs are, so the embedded default (a sparse file as the LUN)
+//! needs three lines.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/ssv/ssv.toml";
+pub const DEFAULT_SOCKET: &str = "/run/ssv/ssvd.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This host's id in every pool's lockspace: 1 to 2000, unique per pool.
+    pub host_id: u64,
+    /// Where ssvd keeps local state (exports' sockets, job records).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub lockd: LockdConfig,
+    #[serde(default)]
+    pub nbd: NbdConfig,
+    #[serde(default)]
+    pub growth: GrowthConfig,
+    /// Where the pools' LUNs are.
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Unix socket (mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Also serve on TCP at this address; needs `token_file`.
+    #[serde(default)]
+    pub tcp: Option<String>,
+    /// File holding the bearer token TCP clients must send.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: default_socket(),
+            tcp: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockdConfig {
+    #[serde(default = "default_lockd_socket")]
+    pub socket: PathBuf,
+    /// Seconds to wait for a busy lease (the pool lease is held for
+    /// milliseconds, so this only runs out when a holder is stuck).
+    #[serde(default = "default_lease_wait")]
+    pub lease_wait_secs: u64,
+}
+
+impl Default for LockdConfig {
+    fn default() -> Self {
+        LockdConfig {
+            socket: default_lockd_socket(),
+            lease_wait_secs: default_lease_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdConfig {
+    /// Serve open volumes over NBD on this Unix socket
+    /// (default: `STATE_DIR/nbd.sock`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// And on this TCP address.
+    #[serde(default)]
+    pub tcp: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrowthConfig {
+    /// Size of a new volume's LV.
+    #[serde(default = "default_chunk")]
+    pub initial: String,
+    /// Grow when the allocated end passes this percentage of the LV.
+    #[serde(default = "default_threshold")]
+    pub threshold_percent: u8,
+    /// Bytes added per extension.
+    #[serde(default = "default_chunk")]
+    pub chunk: String,
+}
+
+impl Default for GrowthConfig {
+    fn default() -> Self {
+        GrowthConfig {
+            initial: default_chunk(),
+            threshold_percent: default_threshold(),
+            chunk: default_chunk(),
+        }
+    }
+}
+
+/// One place LUNs come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum LunSource {
+    /// A file used as a LUN (the embedded default: a sparse file).
+    File(PathBuf),
+    /// A local block device.
+    Device(PathBuf),
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ssv")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_lockd_socket() -> PathBuf {
+    lockd::client::default_socket()
+}
+fn default_lease_wait() -> u64 {
+    30
+}
+fn default_chunk() -> String {
+    "1g".into()
+}
+fn default_threshold() -> u8 {
+    thin::growth::DEFAULT_THRESHOLD_PERCENT
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Invalid(format!(
+                "cannot read the configuration {}: {e} (write one; `ssvd --help` shows an example)",
+                path.display()
+            ))
+        })?;
+        Config::parse(&text).map_err(|e| e.context(path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text).map_err(|e| Error::Invalid(e.to_string()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(1..=2000).contains(&self.host_id) {
+            return Err(Error::Invalid(format!(
+                "host_id = {}: must be 1 to 2000 and unique among the hosts sharing a pool",
+                self.host_id
+            )));
+        }
+        if self.api.tcp.is_some() && self.api.token_file.is_none() {
+            return Err(Error::Invalid(
+                "[api] tcp needs token_file: TCP clients must send a bearer token".into(),
+            ));
+        }
+        if !(1..=99).contains(&self.growth.threshold_percent) {
+            return Err(Error::Invalid(format!(
+                "[growth] threshold_percent = {}: must be 1 to 99",
+                self.growth.threshold_percent
+            )));
+        }
+        let chunk = parse_size(&self.growth.chunk).map_err(|e| e.context("[growth] chunk"))?;
+        parse_size(&self.growth.initial).map_err(|e| e.context("[growth] initial"))?;
+        if chunk == 0 {
+            return Err(Error::Invalid("[growth] chunk must not be 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn growth_policy(&self) -> thin::GrowthPolicy {
+        thin::GrowthPolicy {
+            threshold_percent: self.growth.threshold_percent,
+            chunk: parse_size(&self.growth.chunk).unwrap_or(thin::growth::DEFAULT_CHUNK),
+            cap: None,
+        }
+    }
+
+    pub fn initial_lv_size(&self) -> u64 {
+        parse_size(&self.growth.initial).unwrap_or(thin::growth::DEFAULT_INITIAL_SIZE)
+    }
+
+    pub fn nbd_socket(&self) -> PathBuf {
+        self.nbd
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("nbd.sock"))
+    }
+}
+
+/// Sizes as operators write them: bytes, or a number with k, m, g, t
+/// (binary; an optional trailing "b"/"ib"). Bare numbers are bytes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix("ib")
+        .or_else(|| t.strip_suffix('b'))
+        .unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        Some('t') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let bad = || {
+        Error::Invalid(format!(
+            "size {s:?}: write bytes or a number with k, m, g or t (e.g. 10g)"
+        ))
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    let v = n * (1u64 << shift) as f64;
+    if v >= u64::MAX as f64 || v.fract() != 0.0 {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_needs_three_lines() {
+        let c = Config::parse("host_id = 1\n[[lun]]\nfile = \"/var/lib/ssv/lun0.img\"\n").unwrap();
+        assert_eq!(
+            c.luns,
+            vec![LunSource::File("/var/lib/ssv/lun0.img".into())]
+        );
+        assert_eq!(c.api.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.growth_policy(), thin::GrowthPolicy::default());
+        assert_eq!(c.initial_lv_size(), 1 << 30);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("host_id = 0").unwrap_err().to_string();
+        assert!(e.contains("1 to 2000"), "{e}");
+        let e = Config::parse("host_id = 1\nhostid = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostid"), "{e}");
+        let e = Config::parse("host_id = 1\n[api]\ntcp = \"127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_file"), "{e}");
+        let e = Config::parse("host_id = 1\n[growth]\nchunk = \"1x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk") && e.contains("10g"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("10g").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        for bad in ["", "g", "-1g", "1.1", "nan", "1e30t"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! `ssvd`, the per-host service: pools on shared LUNs, thin volumes,
+//! snapshots and clones in them, the growth service for writers, volumes
+//! open for writing (holding their leases) and exported over NBD, events
+//! and metrics, all behind a REST API on a Unix socket.
+//!
+//! - `config`: `ssv.toml`.
+//! - `names` and `model`: how volumes live in LV names and tags.
+//! - `leases`: the pool's lease area and ssvd's lockd connection.
+//! - `pool`: one VG, changed under the pool lease; the growth service.
+//! - `host`: the operations; `session`: open volumes.
+//! - `api`: HTTP routes and the OpenAPI document.
+
+pub mod api;
+pub mod client;
+pub mod config;
+mod error;
+pub mod events;
+pub mod host;
+pub mod leases;
+pub mod metrics;
+pub mod model;
+pub mod names;
+pub mod pool;
+pub mod session;
+
+pub use error::{Error, Result};

@@ -1,0 +1,164 @@
+//! ssv hosts on one machine: each a real `lockd` and a real `ssvd` process
+//! with its own host id, state directory and sockets, sharing LUN files.
+//! Processes are stopped by pid when the host is dropped.
+
+use crate::leases::{built_bin, lockd_bin};
+use anyhow::{bail, Context, Result};
+use ssvd::client::Client;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct HostProc {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub client: Client,
+    pub config: PathBuf,
+    lockd: Option<Child>,
+    ssvd: Option<Child>,
+}
+
+/// `ssvd` built with this test's profile.
+pub fn ssvd_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| built_bin("ssv-daemon", "ssvd"))
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!(
+                "{what} exited ({st}) before serving {}; its log:\n{}",
+                path.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not serve {} within 20 s", path.display())
+}
+
+impl HostProc {
+    /// Starts lockd (io_timeout `io_timeout` s) and ssvd for host `id`,
+    /// with `luns` as its LUN files.
+    pub fn start(base: &Path, id: u64, luns: &[PathBuf], io_timeout: u64) -> Result<HostProc> {
+        let dir = base.join(format!("host{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let lockd_sock = dir.join("lockd.sock");
+        let lockd_log = dir.join("lockd.log");
+        let mut lockd = Command::new(lockd_bin())
+            .args(["daemon", "--socket"])
+            .arg(&lockd_sock)
+            .args([
+                "-o",
+                &io_timeout.to_string(),
+                "--watchdog-fire",
+                &(3 * io_timeout).to_string(),
+            ])
+            // A regular file: never arm a real watchdog from a test.
+            .arg("--watchdog")
+            .arg(dir.join("watchdog"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&lockd_log)?)
+            .spawn()
+            .context("starting lockd")?;
+        wait_for_socket(&lockd_sock, &mut lockd, "lockd", &lockd_log)?;
+        let sock = dir.join("ssvd.sock");
+        let mut cfg = format!(
+            "host_id = {id}\nstate_dir = {:?}\n[api]\nsocket = {:?}\n[lockd]\nsocket = {:?}\nlease_wait_secs = 60\n",
+            dir.join("state"),
+            sock,
+            lockd_sock
+        );
+        for l in luns {
+            cfg.push_str(&format!("[[lun]]\nfile = {l:?}\n"));
+        }
+        let config = dir.join("ssv.toml");
+        std::fs::write(&config, cfg)?;
+        let mut h = HostProc {
+            id,
+            client: Client::unix(&sock),
+            dir,
+            config,
+            lockd: Some(lockd),
+            ssvd: None,
+        };
+        h.start_ssvd()?;
+        Ok(h)
+    }
+
+    /// (Re)starts ssvd alone.
+    pub fn start_ssvd(&mut self) -> Result<()> {
+        let log = self.dir.join("ssvd.log");
+        let mut ssvd = Command::new(ssvd_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
+            .spawn()
+            .context("starting ssvd")?;
+        let sock = match &self.client.endpoint {
+            ssvd::client::Endpoint::Unix(p) => p.clone(),
+            ssvd::client::Endpoint::Tcp { .. } => bail!("unix socket expected"),
+        };
+        let r = wait_for_socket(&sock, &mut ssvd, "ssvd", &log);
+        self.ssvd = Some(ssvd);
+        r
+    }
+
+    pub fn ssvd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ssvd.log")).unwrap_or_default()
+    }
+
+    pub fn ssvd_pid(&self) -> Option<u32> {
+        self.ssvd.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL of both daemons: the host is gone without a word.
+    pub fn kill9(&mut self) {
+        for c in [self.ssvd.take(), self.lockd.take()].into_iter().flatten() {
+            kill(c, libc::SIGKILL);
+        }
+    }
+
+    /// SIGTERM to ssvd (it closes its volumes), then lockd.
+    pub fn stop(&mut self) {
+        if let Some(c) = self.ssvd.take() {
+            kill(c, libc::SIGTERM);
+        }
+        if let Some(c) = self.lockd.take() {
+            kill(c, libc::SIGTERM);
+        }
+    }
+}
+
+fn kill(mut c: Child, sig: i32) {
+    // SAFETY: kill with a pid we spawned and still own (not yet waited for).
+    unsafe { libc::kill(c.id() as i32, sig) };
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for HostProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

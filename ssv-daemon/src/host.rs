@@ -431,8 +431,8 @@ impl Host {
         let session = lock(&self.sessions).get(&rec.id).cloned();
         let dev = pool.open(&rec.top)?;
         let h = thin::layer::read_header(&*dev)?;
-        let allocated_end = match session.as_ref().and_then(|s| s.volume()) {
-            Some(v) => v.allocated_end(),
+        let allocated_end = match &session {
+            Some(s) => s.with_volume(|v| Ok(v.allocated_end()))?,
             None => thin::layer::allocated_end(&*dev, &h)?,
         };
         Ok(VolumeDetail {
@@ -637,14 +637,8 @@ impl Host {
         let (pool, rec) = self.resolve(id)?;
         let _busy = self.mark_busy(&rec.id)?;
         let session = lock(&self.sessions).get(&rec.id).cloned();
-        match session.and_then(|s| s.volume().map(|v| (s, v))) {
-            Some((s, _)) => s.quiesce(|v| {
-                let Some(v) = v.and_then(Arc::into_inner) else {
-                    return (None, Err(Error::Storage("volume closed".into())));
-                };
-                let r = v.grow(new_size).map_err(Error::from);
-                (Some(v), r)
-            })?,
+        match session {
+            Some(s) => s.with_volume(|v| Ok(v.grow(new_size)?))?,
             None => self.quiesced(&pool, &rec, || {
                 let v = self.open_volume(&pool, &rec.top)?;
                 v.grow(new_size)?;

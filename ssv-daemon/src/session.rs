@@ -54,9 +54,15 @@ impl Session {
         out
     }
 
-    /// The open volume (for status), if any.
-    pub fn volume(&self) -> Option<Arc<Volume>> {
-        self.read().clone()
+    /// Runs `f` on the open volume (I/O goes on meanwhile).
+    pub fn with_volume<T>(&self, f: impl FnOnce(&Volume) -> Result<T>) -> Result<T> {
+        match self.read().as_ref() {
+            Some(v) => f(v),
+            None => Err(crate::Error::Unavailable(format!(
+                "volume {} is being switched to a new layer; retry",
+                self.volume
+            ))),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&Volume) -> thin::Result<T>) -> san::Result<T> {

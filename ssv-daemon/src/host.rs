@@ -152,6 +152,8 @@ pub struct Host {
     jobs: Mutex<HashMap<String, JobInfo>>,
     exporter: Mutex<Option<Arc<dyn Exporter>>>,
     exports: Mutex<HashMap<String, String>>,
+    /// One scan for pools at a time (a pool is joined once).
+    attaching: Mutex<()>,
 }
 
 /// Marks a volume busy on this host for the guard's life.
@@ -182,6 +184,7 @@ impl Host {
             jobs: Mutex::default(),
             exporter: Mutex::new(None),
             exports: Mutex::default(),
+            attaching: Mutex::default(),
         }
     }
 
@@ -246,6 +249,7 @@ impl Host {
 
     /// Attaches every ssv pool found on the configured LUNs.
     pub fn attach_all(&self) -> Vec<String> {
+        let _one = lock(&self.attaching);
         let mut by_vg: HashMap<String, Vec<PvDev>> = HashMap::new();
         for path in self.lun_paths() {
             let Ok(pv) = open_lun(&path) else { continue };
@@ -257,6 +261,9 @@ impl Host {
         }
         let mut problems = Vec::new();
         for (vg, pvs) in by_vg {
+            if lock(&self.pools).contains_key(&vg) {
+                continue;
+            }
             match Pool::attach(&vg, &pvs, self.locks.clone()) {
                 Ok(p) => {
                     self.events.emit(
@@ -274,6 +281,12 @@ impl Host {
     }
 
     pub fn pool(&self, name: Option<&str>) -> Result<Arc<Pool>> {
+        if let Some(n) = name {
+            // Another host may have made it since we looked.
+            if !lock(&self.pools).contains_key(n) {
+                self.attach_all();
+            }
+        }
         let pools = lock(&self.pools);
         match name {
             Some(n) => pools.get(n).cloned().ok_or_else(|| {
@@ -384,6 +397,9 @@ impl Host {
 
     /// The volume `id` in whichever pool has it.
     pub fn find(&self, id: &str) -> Result<(Arc<Pool>, VolumeRecord)> {
+        if lock(&self.pools).is_empty() {
+            self.attach_all();
+        }
         for p in self.pools() {
             let vg = p.refresh()?;
             if let Some(v) = model::find(&model::volumes(&vg), id) {
@@ -1084,7 +1100,10 @@ impl Host {
 
     /// Opens the volume for writing on this host, holding its lease, and
     /// exports it; returns where.
-    pub fn open_session(&self, volume: &str) -> Result<VolumeDetail> {
+    /// With `wait`, a lease held by a host that stopped renewing is taken
+    /// over once that host is surely dead (lockd's host_dead timeout);
+    /// without, a held lease fails at once.
+    pub fn open_session(&self, volume: &str, wait: bool) -> Result<VolumeDetail> {
         let (pool, rec) = self.resolve(volume)?;
         if lock(&self.sessions).contains_key(&rec.id) {
             return self.detail(&pool, rec);
@@ -1092,7 +1111,7 @@ impl Host {
         let _busy = self.mark_busy(&rec.id)?;
         let lease = self
             .locks
-            .acquire(&pool.vg(), &rec.id, rec.lease_slot, false, false)
+            .acquire(&pool.vg(), &rec.id, rec.lease_slot, false, wait)
             .map_err(|e| match e {
                 Error::Conflict(m) => {
                     Error::Conflict(format!("volume {} is open on another host: {m}", rec.id))

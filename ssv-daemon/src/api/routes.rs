@@ -223,11 +223,23 @@ async fn resize_volume(
     .map(Json)
 }
 
-#[utoipa::path(post, path = "/v1/volumes/{id}/session",
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct OpenQuery {
+    /// Wait for a lease held by a host that died (up to lockd's
+    /// host_dead timeout) instead of failing at once.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[utoipa::path(post, path = "/v1/volumes/{id}/session", params(OpenQuery),
     responses((status = 200, description = "open for writing on this host, lease held, exported", body = VolumeDetail),
               (status = 409, description = "open on another host", body = ErrorBody)))]
-async fn open_session(S(h): S<State>, Path(id): Path<String>) -> R<Json<VolumeDetail>> {
-    blocking(&h, "session_open", move |h| h.open_session(&id))
+async fn open_session(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<OpenQuery>,
+) -> R<Json<VolumeDetail>> {
+    blocking(&h, "session_open", move |h| h.open_session(&id, q.wait))
         .await
         .map(Json)
 }

@@ -9,6 +9,7 @@ mod error;
 mod fault;
 mod file;
 pub mod iscsi;
+pub mod nbd;
 pub mod scsi;
 pub mod target;
 mod window;

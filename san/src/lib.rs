@@ -43,6 +43,14 @@ pub trait BlockDev: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         write_zero_buffers(self, offset, len)
     }
+    /// Says the range's data is no longer needed, so the device may free
+    /// its space. Advisory: afterwards the range reads either as before or
+    /// as zeroes. Alignment and range as for writes; the default does
+    /// nothing.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// Current size in bytes.
     fn size(&self) -> u64;
     fn logical_sector_size(&self) -> u32;
@@ -75,6 +83,9 @@ impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         (**self).write_zeroes(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        (**self).discard(offset, len)
     }
     fn size(&self) -> u64 {
         (**self).size()

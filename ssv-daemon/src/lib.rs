@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 mod error;
 pub mod events;
+pub mod export;
 pub mod host;
 pub mod leases;
 pub mod metrics;

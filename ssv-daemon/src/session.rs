@@ -94,6 +94,9 @@ impl BlockDev for Session {
     fn write_zeroes(&self, offset: u64, len: u64) -> san::Result<()> {
         self.with(|v| v.write_zeroes(offset, len))
     }
+    fn discard(&self, offset: u64, len: u64) -> san::Result<()> {
+        self.with(|v| v.discard(offset, len))
+    }
     fn size(&self) -> u64 {
         self.size.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -267,9 +267,7 @@ impl<'a> Conn<'a> {
                 None => Ok(()),
             },
             proto::CMD_FLUSH => ops::flush(e),
-            // Advisory: BlockDev has no discard, and the spec lets a
-            // server ignore trims (the data need not change).
-            proto::CMD_TRIM => Ok(()),
+            proto::CMD_TRIM => ops::trim(e, r.offset, r.len, fua),
             proto::CMD_WRITE_ZEROES => {
                 let no_hole = r.flags & proto::CMD_FLAG_NO_HOLE != 0;
                 ops::write_zeroes(e, r.offset, r.len, no_hole, fua)

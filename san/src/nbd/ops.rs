@@ -183,6 +183,23 @@ pub(crate) fn write_zeroes(
     Ok(())
 }
 
+/// Discards the whole sectors inside the range: a trim is advisory, so
+/// partial sectors at its edges keep their data.
+pub(crate) fn trim(export: &Export, offset: u64, len: u32, fua: bool) -> Result<(), u32> {
+    let sector = export.sector();
+    let end = offset + u64::from(len);
+    let (first, last) = (offset.div_ceil(sector) * sector, end - end % sector);
+    let fail = |e: Error| log_err(export, "trim", offset, u64::from(len), &e);
+    if last > first {
+        let _shared = export.rmw.read().unwrap_or_else(PoisonError::into_inner);
+        export.dev.discard(first, last - first).map_err(fail)?;
+    }
+    if fua {
+        export.dev.flush().map_err(fail)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn flush(export: &Export) -> Result<(), u32> {
     export
         .dev

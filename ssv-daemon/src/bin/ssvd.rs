@@ -43,6 +43,8 @@ fn main() -> Result<()> {
     })?;
     let locks = connect_lockd(&config)?;
     let host = Arc::new(Host::new(config.clone(), locks));
+    let nbd = ssvd::export::NbdExporter::start(&config.nbd_socket(), config.nbd.tcp.as_deref())?;
+    host.set_exporter(Arc::new(nbd));
     for problem in host.attach_all() {
         log::error!("{problem}");
     }

@@ -12,16 +12,21 @@
 
 pub mod api;
 pub mod client;
+pub mod clones;
 pub mod config;
 mod error;
 pub mod events;
 pub mod export;
+mod growth;
 pub mod host;
 pub mod leases;
+pub mod luns;
 pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod pool;
 pub mod session;
+pub mod snapshots;
+pub mod volumes;
 
 pub use error::{Error, Result};

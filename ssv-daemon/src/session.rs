@@ -2,7 +2,8 @@
 //! as long as it is open, and its I/O passes a gate that snapshot, revert
 //! and resize close while they switch the volume's layers under it.
 
-use crate::Result;
+use crate::host::{lock, Host, VolumeDetail};
+use crate::{Error, Result};
 use san::{BlockDev, DevId};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use thin::Volume;
@@ -114,5 +115,98 @@ impl BlockDev for Session {
 impl Session {
     pub fn arc_dev(self: &Arc<Self>) -> Arc<dyn BlockDev> {
         self.clone()
+    }
+}
+
+impl Host {
+    /// Opens the volume for writing on this host, holding its lease, and
+    /// exports it; returns where.
+    /// With `wait`, a lease held by a host that stopped renewing is taken
+    /// over once that host is surely dead (lockd's host_dead timeout);
+    /// without, a held lease fails at once.
+    pub fn open_session(&self, volume: &str, wait: bool) -> Result<VolumeDetail> {
+        let (pool, rec) = self.resolve(volume)?;
+        if lock(&self.sessions).contains_key(&rec.id) {
+            return self.detail(&pool, rec);
+        }
+        let _busy = self.mark_busy(&rec.id)?;
+        let lease = self
+            .locks
+            .acquire(&pool.vg(), &rec.id, rec.lease_slot, false, wait)
+            .map_err(|e| match e {
+                Error::Conflict(m) => {
+                    Error::Conflict(format!("volume {} is open on another host: {m}", rec.id))
+                }
+                e => e,
+            })?;
+        let v = self.open_volume(&pool, &rec.top)?;
+        let s = Arc::new(Session::new(&rec.id, pool.name(), lease.keep(), v));
+        let exporter = lock(&self.exporter).clone();
+        if let Some(x) = exporter {
+            match x.export(&rec.id, s.arc_dev()) {
+                Ok(uri) => {
+                    lock(&self.exports).insert(rec.id.clone(), uri);
+                }
+                Err(e) => {
+                    self.locks.release(&s.lease);
+                    return Err(e);
+                }
+            }
+        }
+        lock(&self.sessions).insert(rec.id.clone(), s);
+        self.metrics.sessions.inc();
+        self.events.emit(
+            "session.opened",
+            Some(pool.name()),
+            Some(&rec.id),
+            format!(
+                "volume {} open for writing on host {}",
+                rec.id,
+                self.locks.host_id()
+            ),
+        );
+        self.detail(&pool, rec)
+    }
+
+    pub fn close_session(&self, volume: &str) -> Result<()> {
+        let (pool, rec) = self.resolve(volume)?;
+        let Some(s) = lock(&self.sessions).remove(&rec.id) else {
+            return Err(Error::NotFound(format!(
+                "volume {} is not open on this host",
+                rec.id
+            )));
+        };
+        if let Some(x) = lock(&self.exporter).clone() {
+            x.unexport(&rec.id);
+        }
+        lock(&self.exports).remove(&rec.id);
+        let flushed = s.quiesce(|v| {
+            let r = v.map_or(Ok(()), |v| v.flush().map_err(Error::from));
+            (None, r)
+        });
+        self.locks.release(&s.lease);
+        self.metrics.sessions.dec();
+        self.events.emit(
+            "session.closed",
+            Some(pool.name()),
+            Some(&rec.id),
+            format!("volume {} closed", rec.id),
+        );
+        flushed
+    }
+
+    pub fn sessions(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.sessions).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self) {
+        for id in self.sessions() {
+            if let Err(e) = self.close_session(&id) {
+                log::warn!("closing volume {id}: {e}");
+            }
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! Routes, one handler each; the OpenAPI document is derived from them.
 
 use super::{blocking, ApiError, ErrorBody, State};
+use crate::clones::{CloneMode, CloneStarted, CreateClone, JobInfo};
 use crate::events::Event;
 use crate::host::*;
+use crate::luns::LunInfo;
 use crate::model::{SnapshotInfo, VolumeRecord};
 use crate::pool::{PoolLun, PoolStatus};
+use crate::snapshots::CreateSnapshot;
+use crate::volumes::CreateVolume;
 use axum::body::Body;
 use axum::extract::{Path, State as S};
 use axum::http::{header, StatusCode};

@@ -1,0 +1,302 @@
+//! Volume operations: create, resize, delete, and the helpers every
+//! layer change shares (pending layers, publishing, quiescing).
+
+use crate::config::parse_size;
+use crate::growth::MeteredExtender;
+use crate::host::{lock, Host, VolumeDetail};
+use crate::model::{self, VolumeRecord};
+use crate::names::{self, *};
+use crate::pool::{Pool, PoolExtender};
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::sync::Arc;
+use thin::chain::LayerOptions;
+use thin::{CreateOptions, LvStore, OpenOptions, Volume};
+
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateVolume {
+    /// Client-chosen id: repeating a create with the same id and the same
+    /// name and size returns the volume instead of making a second one.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    /// Virtual size: bytes, or e.g. "10g".
+    pub size: String,
+    /// Pool to create it in; may be left out when the host has one pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// qcow2 cluster size, e.g. "64k" (default).
+    #[serde(default)]
+    pub cluster_size: Option<String>,
+}
+
+impl Host {
+    pub(crate) fn layer_opts(&self, tags: Vec<String>) -> LayerOptions {
+        LayerOptions {
+            initial_lv_size: self.config.initial_lv_size(),
+            tags,
+            ..LayerOptions::default()
+        }
+    }
+
+    pub(crate) fn pending_tags(id: &str, layer: u32) -> Vec<String> {
+        vec![
+            TAG_SSV.into(),
+            format!("{TAG_VOLUME}{id}"),
+            format!("{TAG_LAYER}{layer}"),
+            TAG_PENDING.into(),
+        ]
+    }
+
+    /// Makes pending layer `lv` the top of a new volume: its name, a lease
+    /// slot, no longer pending; one commit under the pool lease.
+    pub(crate) fn publish_volume(&self, pool: &Pool, id: &str, lv: &str, name: &str) -> Result<()> {
+        pool.change(&format!("publishing volume {id}"), |vg| {
+            let slot = pool.take_lease_slot(vg, id)?;
+            vg.change(&format!("ssvd: volume {id} ready"), |v| {
+                v.change_tags(
+                    Some(lv),
+                    &[
+                        TAG_TOP.into(),
+                        format!("{TAG_NAME}{}", names::encode(name)),
+                        format!("{TAG_LEASE}{slot}"),
+                        format!("{TAG_CREATED}{}", model::now()),
+                    ],
+                    &[TAG_PENDING.into()],
+                )
+            })?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn pick_id(&self, what: &str, id: &Option<String>) -> Result<String> {
+        match id {
+            Some(id) => {
+                check_id(what, id)?;
+                Ok(id.clone())
+            }
+            None => Ok(new_id()),
+        }
+    }
+
+    /// Creates a thin volume; returns it and whether it is new.
+    pub fn create_volume(&self, req: &CreateVolume) -> Result<(VolumeDetail, bool)> {
+        check_name("volume", &req.name)?;
+        let id = self.pick_id("volume", &req.id)?;
+        let size = parse_size(&req.size)?;
+        if let Ok((pool, rec)) = self.find(&id) {
+            let d = self.detail(&pool, rec)?;
+            if d.record.name == req.name && d.size == size {
+                return Ok((d, false));
+            }
+            return Err(Error::Conflict(format!(
+                "volume {id} exists already as {:?} of {} bytes; use another id",
+                d.record.name, d.size
+            )));
+        }
+        let pool = self.pool(req.pool.as_deref())?;
+        let _busy = self.mark_busy(&id)?;
+        let cluster_size = match &req.cluster_size {
+            Some(c) => parse_size(c)?,
+            None => thin::format::DEFAULT_CLUSTER_SIZE,
+        };
+        let lv = layer_lv(&id, 0);
+        self.drop_pending(&pool, &lv)?;
+        thin::create(
+            &*pool,
+            &lv,
+            &CreateOptions {
+                size: Some(size),
+                cluster_size,
+                initial_lv_size: self.config.initial_lv_size(),
+                backing: None,
+                tags: Self::pending_tags(&id, 0),
+            },
+        )?;
+        self.publish_volume(&pool, &id, &lv, &req.name)?;
+        self.events.emit(
+            "volume.created",
+            Some(pool.name()),
+            Some(&id),
+            format!("created volume {id} ({}, {size} bytes)", req.name),
+        );
+        let (pool, rec) = self.find(&id)?;
+        Ok((self.detail(&pool, rec)?, true))
+    }
+
+    /// A pending LV left by a crash under this name goes first.
+    pub(crate) fn drop_pending(&self, pool: &Pool, lv: &str) -> Result<()> {
+        let vg = pool.refresh()?;
+        if let Some(l) = vg.lv(lv) {
+            if has_tag(&l.tags, TAG_PENDING) {
+                log::warn!("removing {lv}, left pending by an interrupted operation");
+                pool.remove(lv)?;
+            } else {
+                return Err(Error::Conflict(format!("LV {lv} exists already")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with nobody writing the volume: through this host's session
+    /// (I/O held at its gate, the volume closed and reopened on the top `f`
+    /// returns), or else holding the volume's lease, which fails at once if
+    /// another host has it open.
+    pub(crate) fn quiesced<T>(
+        &self,
+        pool: &Arc<Pool>,
+        rec: &VolumeRecord,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let session = lock(&self.sessions).get(&rec.id).cloned();
+        match session {
+            Some(s) => s.quiesce(|old| {
+                if let Some(v) = old {
+                    if let Err(e) = v.flush() {
+                        return (Arc::into_inner(v), Err(e.into()));
+                    }
+                    drop(v);
+                }
+                let out = f();
+                let reopened = self
+                    .find(&rec.id)
+                    .and_then(|(p, r)| self.open_volume(&p, &r.top));
+                match reopened {
+                    Ok(v) => (Some(v), out),
+                    Err(e) => {
+                        log::error!("volume {}: reopening after a layer change: {e}", rec.id);
+                        (None, out.and(Err(e)))
+                    }
+                }
+            }),
+            None => {
+                let vg = pool.vg();
+                let _lease = self
+                    .locks
+                    .acquire(&vg, &rec.id, rec.lease_slot, false, false)
+                    .map_err(|e| match e {
+                        Error::Conflict(m) => Error::Conflict(format!(
+                            "volume {} is open for writing on another host: {m}",
+                            rec.id
+                        )),
+                        e => e,
+                    })?;
+                f()
+            }
+        }
+    }
+
+    pub(crate) fn open_volume(&self, pool: &Arc<Pool>, top: &str) -> Result<Volume> {
+        let opts = OpenOptions {
+            policy: self.config.growth_policy(),
+            ..OpenOptions::default()
+        }
+        .with_extender(Arc::new(self.extender(pool)));
+        Ok(Volume::open(&**pool, top, &opts)?)
+    }
+
+    pub(crate) fn extender(&self, pool: &Arc<Pool>) -> MeteredExtender {
+        MeteredExtender {
+            inner: PoolExtender(pool.clone()),
+            metrics: self.metrics.clone(),
+            events: self.events.clone(),
+            pool: pool.name().to_string(),
+        }
+    }
+
+    pub fn resize_volume(&self, id: &str, size: &str) -> Result<VolumeDetail> {
+        let new_size = parse_size(size)?;
+        let (pool, rec) = self.resolve(id)?;
+        let _busy = self.mark_busy(&rec.id)?;
+        let session = lock(&self.sessions).get(&rec.id).cloned();
+        match session {
+            Some(s) => s.with_volume(|v| Ok(v.grow(new_size)?))?,
+            None => self.quiesced(&pool, &rec, || {
+                let v = self.open_volume(&pool, &rec.top)?;
+                v.grow(new_size)?;
+                Ok(())
+            })?,
+        }
+        self.events.emit(
+            "volume.resized",
+            Some(pool.name()),
+            Some(&rec.id),
+            format!("volume {} now {new_size} bytes", rec.id),
+        );
+        let (pool, rec) = self.find(&rec.id)?;
+        self.detail(&pool, rec)
+    }
+
+    /// LVs of other volumes whose chains use `lvs` (linked clones).
+    pub(crate) fn dependents(
+        &self,
+        pool: &Pool,
+        rec: &VolumeRecord,
+        lvs: &[&str],
+    ) -> Result<Vec<String>> {
+        let vg = pool.refresh()?;
+        let mut out = Vec::new();
+        for l in &vg.lvs {
+            if tag_value(&l.tags, TAG_VOLUME) == Some(rec.id.as_str()) || l.name == LEASES_LV {
+                continue;
+            }
+            let Ok(dev) = pool.open(&l.name) else {
+                continue;
+            };
+            if let Ok(h) = thin::layer::read_header(&*dev) {
+                if let Some(b) = h.backing.as_ref() {
+                    if lvs.contains(&b.name.as_str()) {
+                        let who = tag_value(&l.tags, TAG_VOLUME).unwrap_or(&l.name);
+                        out.push(format!("{who} (over {})", b.name));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<()> {
+        let (pool, rec) = self.resolve(id)?;
+        if lock(&self.sessions).contains_key(&rec.id) {
+            return Err(Error::Conflict(format!(
+                "volume {} is open on this host; close it first (`ssvctl volume close {}`)",
+                rec.id, rec.id
+            )));
+        }
+        let _busy = self.mark_busy(&rec.id)?;
+        let lvs: Vec<&str> = rec.layers.iter().map(|l| l.lv.as_str()).collect();
+        let deps = self.dependents(&pool, &rec, &lvs)?;
+        if !deps.is_empty() {
+            return Err(Error::Conflict(format!(
+                "volume {} is the base of linked clones: {}; delete them or make them full clones first",
+                rec.id,
+                deps.join(", ")
+            )));
+        }
+        self.quiesced(&pool, &rec, || {
+            // One commit makes the volume disappear; the LVs go after.
+            let changes: Vec<(&str, Vec<String>, Vec<String>)> = lvs
+                .iter()
+                .map(|lv| {
+                    (
+                        *lv,
+                        vec![TAG_PENDING.to_string()],
+                        vec![TAG_TOP.to_string()],
+                    )
+                })
+                .collect();
+            pool.retag(&format!("deleting volume {}", rec.id), &changes)?;
+            Ok(())
+        })?;
+        for lv in &lvs {
+            pool.remove(lv)?;
+        }
+        self.events.emit(
+            "volume.deleted",
+            Some(pool.name()),
+            Some(&rec.id),
+            format!("deleted volume {} ({})", rec.id, rec.name),
+        );
+        Ok(())
+    }
+}

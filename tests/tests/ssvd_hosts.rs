@@ -28,7 +28,13 @@ fn ids(v: &Value) -> BTreeSet<String> {
 /// Every extent of every PV belongs to at most one LV.
 fn assert_no_extent_twice(lun: &std::path::Path) -> Result<()> {
     let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(true))?;
-    let vg = lvm::OpenVg::open(&[lvm::PvDev::new(std::sync::Arc::new(dev), lun.display().to_string())], Some("pool0"))?;
+    let vg = lvm::OpenVg::open(
+        &[lvm::PvDev::new(
+            std::sync::Arc::new(dev),
+            lun.display().to_string(),
+        )],
+        Some("pool0"),
+    )?;
     let mut owner: HashMap<(String, u64), String> = HashMap::new();
     for lv in &vg.vg().lvs {
         for seg in &lv.segments {
@@ -54,9 +60,10 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     let mut hosts: Vec<HostProc> = (1..=HOSTS)
         .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
         .collect::<Result<_>>()?;
-    hosts[0]
-        .client
-        .post("/v1/pools", &json!({"name": "pool0", "luns": [lun.display().to_string()]}))?;
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()]}),
+    )?;
     // The others attach it when first asked (joining takes ~2 io_timeouts).
     for h in &hosts[1..] {
         let p = h.client.get("/v1/pools/pool0")?;
@@ -99,8 +106,13 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     assert_no_extent_twice(&lun)?;
 
     // A volume is open on one host at a time.
-    hosts[0].client.post("/v1/volumes/h2-v0/session", &json!({}))?;
-    let e = hosts[1].client.post("/v1/volumes/h2-v0/session", &json!({})).unwrap_err();
+    hosts[0]
+        .client
+        .post("/v1/volumes/h2-v0/session", &json!({}))?;
+    let e = hosts[1]
+        .client
+        .post("/v1/volumes/h2-v0/session", &json!({}))
+        .unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 409, .. }), "{e}");
     let e = hosts[1].client.delete("/v1/volumes/h2-v0").unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 409, .. }), "{e}");
@@ -108,15 +120,26 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     // Host 1 dies with the volume open. The others go on at once...
     hosts[0].kill9();
     let killed = Instant::now();
-    hosts[1].client.post("/v1/volumes", &json!({"id": "after", "name": "after the crash", "size": "1g"}))?;
+    hosts[1].client.post(
+        "/v1/volumes",
+        &json!({"id": "after", "name": "after the crash", "size": "1g"}),
+    )?;
     // ...but its volume stays its own until its lease is surely dead.
-    let e = hosts[1].client.post("/v1/volumes/h2-v0/session", &json!({})).unwrap_err();
+    let e = hosts[1]
+        .client
+        .post("/v1/volumes/h2-v0/session", &json!({}))
+        .unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 409, .. }), "{e}");
-    hosts[1].client.post("/v1/volumes/h2-v0/session?wait=true", &json!({}))?;
+    hosts[1]
+        .client
+        .post("/v1/volumes/h2-v0/session?wait=true", &json!({}))?;
     let took = killed.elapsed();
     // lockd at io_timeout 1 s and watchdog_fire 3 s: host_dead is 8 + 3 s
     // (DESIGN.md, sanlock's inequality); well over the 1 s renewal.
-    assert!(took > Duration::from_secs(8), "taken over after only {took:?}");
+    assert!(
+        took > Duration::from_secs(8),
+        "taken over after only {took:?}"
+    );
     eprintln!("dead host's volume taken over after {took:?}");
     hosts[1].client.delete("/v1/volumes/h2-v0/session")?;
     assert_no_extent_twice(&lun)?;

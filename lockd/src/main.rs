@@ -183,6 +183,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
+    // Before any thread starts, so every lease I/O thread inherits it.
+    log::info!("lease I/O priority: {}", san::ioprio::urgent());
     let timeouts =
         Timeouts::new(a.io_timeout, a.watchdog_fire).map_err(|e| anyhow::anyhow!("{e}"))?;
     let host_name = a.host_name.unwrap_or_else(|| {

@@ -365,6 +365,25 @@ impl OpenVg {
         self.update_labels()
     }
 
+    /// Whether every metadata area still holds the copy we read (one
+    /// header read per area) and no write of ours failed: if so, a reload
+    /// would read the same VG.
+    pub fn is_current(&self) -> Result<bool> {
+        if self.failed {
+            return Ok(false);
+        }
+        for m in &self.members {
+            for a in m.areas.iter().filter(|a| !a.ignored) {
+                let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
+                if now.committed != a.header.committed || now.precommitted != a.header.precommitted
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Re-reads the VG from its devices.
     pub fn reload(&mut self) -> Result<()> {
         let devs: Vec<PvDev> = self.members.iter().map(|m| m.pv.clone()).collect();

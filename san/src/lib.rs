@@ -8,6 +8,7 @@ pub mod discovery;
 mod error;
 mod fault;
 mod file;
+pub mod ioprio;
 pub mod iscsi;
 pub mod nbd;
 pub mod scsi;

@@ -90,7 +90,7 @@ impl Host {
                     &s.lv,
                     &lv,
                     &CreateOptions {
-                        initial_lv_size: self.config.initial_lv_size(),
+                        initial_lv_size: self.growth(&pool).1,
                         tags: Self::pending_tags(&id, 0),
                         ..CreateOptions::default()
                     },
@@ -169,7 +169,7 @@ impl Host {
                 src,
                 &lv,
                 &CreateOptions {
-                    initial_lv_size: self.config.initial_lv_size(),
+                    initial_lv_size: self.growth(pool).1,
                     tags: Self::pending_tags(id, 0),
                     ..CreateOptions::default()
                 },

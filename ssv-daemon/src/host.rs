@@ -31,6 +31,16 @@ pub struct CreatePool {
     /// Extent size, e.g. "128m" (default).
     #[serde(default)]
     pub extent_size: Option<String>,
+    /// Growth policy of every volume in the pool, on every host: a new
+    /// volume's LV size, e.g. "1g" (default: each host's configuration).
+    #[serde(default)]
+    pub initial: Option<String>,
+    /// Bytes added per extension, e.g. "1g".
+    #[serde(default)]
+    pub chunk: Option<String>,
+    /// Extend when the allocated end passes this percentage of the LV.
+    #[serde(default)]
+    pub threshold_percent: Option<u8>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -47,6 +57,53 @@ pub struct VolumeDetail {
     /// NBD URI while open here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nbd: Option<String>,
+    /// How the LV grew while open here (since it was last opened or
+    /// switched to a new top).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<GrowthInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct GrowthInfo {
+    pub extensions: u64,
+    pub failed_extensions: u64,
+    /// Writes that waited for an extension (a write past the LV's end).
+    pub parked_writes: u64,
+    pub park_p50_ms: f64,
+    pub park_p99_ms: f64,
+    /// Threshold crossing to the grown LV mapped in the writer, per
+    /// extension (the last 1000).
+    pub extension_ms: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The `q` quantile of `v` (nearest rank), 0 for none.
+fn quantile_ms(v: &[std::time::Duration], q: f64) -> f64 {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    match ms.len() {
+        0 => 0.0,
+        n => ms[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
+impl From<thin::GrowthStats> for GrowthInfo {
+    fn from(g: thin::GrowthStats) -> Self {
+        let skip = g.extension_times.len().saturating_sub(1000);
+        GrowthInfo {
+            extensions: g.extensions,
+            failed_extensions: g.failed_extensions,
+            parked_writes: g.parked_writes,
+            park_p50_ms: quantile_ms(&g.park_times, 0.5),
+            park_p99_ms: quantile_ms(&g.park_times, 0.99),
+            extension_ms: g.extension_times[skip..]
+                .iter()
+                .map(|d| d.as_secs_f64() * 1e3)
+                .collect(),
+            last_error: g.last_error,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -196,6 +253,19 @@ impl Host {
         if let Some(e) = &req.extent_size {
             opts.extent_size = parse_size(e)?;
         }
+        opts.initial_lv_size = req.initial.as_deref().map(parse_size).transpose()?;
+        opts.chunk = req.chunk.as_deref().map(parse_size).transpose()?;
+        if opts.chunk == Some(0) {
+            return Err(Error::Invalid("chunk must not be 0".into()));
+        }
+        if let Some(t) = req.threshold_percent {
+            if !(1..=99).contains(&t) {
+                return Err(Error::Invalid(format!(
+                    "threshold_percent {t}: use 1 to 99"
+                )));
+            }
+            opts.threshold_percent = Some(t);
+        }
         if let Ok(st) = self.locks.status() {
             opts.io_timeout = st.io_timeout.try_into().unwrap_or(u16::MAX);
         }
@@ -234,7 +304,7 @@ impl Host {
         for v in &vols {
             provisioned += self.virtual_size(pool, &v.top).unwrap_or(0);
         }
-        let st = pool.status(provisioned, vols.len())?;
+        let st = pool.status(provisioned, vols.len(), self.growth(pool))?;
         let l = PoolLabels {
             pool: st.name.clone(),
         };
@@ -310,9 +380,9 @@ impl Host {
         let session = lock(&self.sessions).get(&rec.id).cloned();
         let dev = pool.open(&rec.top)?;
         let h = thin::layer::read_header(&*dev)?;
-        let allocated_end = match &session {
-            Some(s) => s.with_volume(|v| Ok(v.allocated_end()))?,
-            None => thin::layer::allocated_end(&*dev, &h)?,
+        let (allocated_end, growth) = match &session {
+            Some(s) => s.with_volume(|v| Ok((v.allocated_end(), Some(v.growth().into()))))?,
+            None => (thin::layer::allocated_end(&*dev, &h)?, None),
         };
         Ok(VolumeDetail {
             size: h.size,
@@ -325,8 +395,14 @@ impl Host {
             }
             .into(),
             nbd: lock(&self.exports).get(&rec.id).cloned(),
+            growth,
             record: rec,
         })
+    }
+
+    /// The growth policy and initial LV size of volumes in `pool`.
+    pub(crate) fn growth(&self, pool: &Pool) -> (thin::GrowthPolicy, u64) {
+        pool.growth((self.config.growth_policy(), self.config.initial_lv_size()))
     }
 
     pub(crate) fn mark_busy(&self, id: &str) -> Result<Busy<'_>> {

@@ -11,6 +11,11 @@ use base64::Engine;
 pub const TAG_SSV: &str = "ssv";
 /// VG tag: this VG is an ssv pool (format version 1).
 pub const TAG_POOL: &str = "ssv.pool=1";
+/// VG tags: the pool's growth policy (bytes, bytes, percent), which every
+/// host follows.
+pub const TAG_POOL_INITIAL: &str = "ssv.initial=";
+pub const TAG_POOL_CHUNK: &str = "ssv.chunk=";
+pub const TAG_POOL_THRESHOLD: &str = "ssv.threshold=";
 /// The reserved LV holding the pool's leases.
 pub const LEASES_LV: &str = "ssv_leases";
 /// Layer tags.

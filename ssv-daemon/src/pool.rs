@@ -24,6 +24,11 @@ pub struct PoolOptions {
     pub extent_size: u64,
     /// io_timeout written in the lockspace (lockd's must match).
     pub io_timeout: u16,
+    /// Growth policy of the pool's volumes (VG tags); `None` leaves each
+    /// host's configured default.
+    pub initial_lv_size: Option<u64>,
+    pub chunk: Option<u64>,
+    pub threshold_percent: Option<u8>,
 }
 
 impl Default for PoolOptions {
@@ -32,6 +37,9 @@ impl Default for PoolOptions {
             mda_size: DEFAULT_MDA_SIZE,
             extent_size: DEFAULT_EXTENT_SIZE,
             io_timeout: lockd::timing::DEFAULT_IO_TIMEOUT as u16,
+            initial_lv_size: None,
+            chunk: None,
+            threshold_percent: None,
         }
     }
 }
@@ -63,6 +71,11 @@ pub struct PoolStatus {
     pub lease_slots: u64,
     /// "joined" when this host may change the pool; else why not.
     pub lockspace: String,
+    /// The growth policy volumes follow: a new LV's size, the bytes added
+    /// per extension, and when (percent of the LV allocated).
+    pub initial_lv_size: u64,
+    pub chunk: u64,
+    pub threshold_percent: u8,
     /// Metadata copies that are stale or damaged, if any.
     pub health: Vec<String>,
 }
@@ -110,8 +123,18 @@ impl Pool {
             format_lun(l, opts.mda_size)?;
         }
         let mut vg = OpenVg::create(name, luns, opts.extent_size)?;
+        let mut tags = vec![TAG_SSV.to_string(), TAG_POOL.to_string()];
+        tags.extend(
+            opts.initial_lv_size
+                .map(|v| format!("{}{v}", names::TAG_POOL_INITIAL)),
+        );
+        tags.extend(opts.chunk.map(|v| format!("{}{v}", names::TAG_POOL_CHUNK)));
+        tags.extend(
+            opts.threshold_percent
+                .map(|v| format!("{}{v}", names::TAG_POOL_THRESHOLD)),
+        );
         vg.change(&format!("ssvd: pool create {name}"), |v| {
-            v.change_tags(None, &[TAG_SSV.into(), TAG_POOL.into()], &[])?;
+            v.change_tags(None, &tags, &[])?;
             v.create_lv(LEASES_LV, 1, &[TAG_SSV.to_string()], &Stamp::now())
                 .map(drop)
         })?;
@@ -161,6 +184,24 @@ impl Pool {
         lock(&self.vg).vg().clone()
     }
 
+    /// The pool's growth policy and initial LV size, where its VG tags set
+    /// them, else `default`'s.
+    pub fn growth(&self, default: (thin::GrowthPolicy, u64)) -> (thin::GrowthPolicy, u64) {
+        let vg = self.vg();
+        let get = |prefix| names::tag_value(&vg.tags, prefix).and_then(|v| v.parse::<u64>().ok());
+        let (mut policy, mut initial) = default;
+        if let Some(v) = get(names::TAG_POOL_INITIAL) {
+            initial = v;
+        }
+        if let Some(v) = get(names::TAG_POOL_CHUNK) {
+            policy.chunk = v.max(1);
+        }
+        if let Some(v) = get(names::TAG_POOL_THRESHOLD) {
+            policy.threshold_percent = v.clamp(1, 99) as u8;
+        }
+        (policy, initial)
+    }
+
     /// Re-reads the VG (another host may have changed it) and returns it.
     pub fn refresh(&self) -> Result<Vg> {
         let mut vg = lock(&self.vg);
@@ -174,10 +215,28 @@ impl Pool {
         description: &str,
         f: impl FnOnce(&mut OpenVg) -> Result<T>,
     ) -> Result<T> {
+        let t0 = std::time::Instant::now();
+        let _urgent = UrgentIo::new();
         let mut vg = lock(&self.vg);
-        let _lease = self.locks.pool_lease(vg.vg())?;
-        vg.reload()?;
-        f(&mut vg).map_err(|e| e.context(description))
+        let t1 = std::time::Instant::now();
+        let lease = self.locks.pool_lease(vg.vg())?;
+        let t2 = std::time::Instant::now();
+        if !vg.is_current()? {
+            vg.reload()?;
+        }
+        let t3 = std::time::Instant::now();
+        let r = f(&mut vg).map_err(|e| e.context(description));
+        let t4 = std::time::Instant::now();
+        drop(lease);
+        log::debug!(
+            "{description}: waited {:?} here, {:?} for the pool lease; re-read {:?}, changed {:?}, released {:?}",
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            t4 - t3,
+            t4.elapsed()
+        );
+        r
     }
 
     /// Changes tags of LVs in one commit.
@@ -231,7 +290,12 @@ impl Pool {
         Ok(slot)
     }
 
-    pub fn status(&self, provisioned: u64, volumes: usize) -> Result<PoolStatus> {
+    pub fn status(
+        &self,
+        provisioned: u64,
+        volumes: usize,
+        growth: (thin::GrowthPolicy, u64),
+    ) -> Result<PoolStatus> {
         let vg = self.refresh()?;
         let health = {
             let open = lock(&self.vg);
@@ -290,6 +354,9 @@ impl Pool {
             lvs: vg.lvs.len(),
             lease_slots: leases::slots(&vg),
             lockspace,
+            initial_lv_size: growth.1,
+            chunk: growth.0.chunk,
+            threshold_percent: growth.0.threshold_percent,
             health,
             luns,
         })
@@ -357,6 +424,22 @@ impl LvStore for Pool {
         let mut vg = lock(&self.vg);
         vg.reload()?;
         Ok(Some(vg.vg().lvs.iter().map(|l| l.name.clone()).collect()))
+    }
+}
+
+/// Metadata I/O of this thread goes ahead of data I/O while it lives.
+struct UrgentIo;
+
+impl UrgentIo {
+    fn new() -> UrgentIo {
+        san::ioprio::urgent();
+        UrgentIo
+    }
+}
+
+impl Drop for UrgentIo {
+    fn drop(&mut self) {
+        san::ioprio::normal();
     }
 }
 

@@ -42,7 +42,7 @@ impl Host {
                 &*pool,
                 &rec.top,
                 &new_top,
-                &self.layer_opts(Self::pending_tags(&rec.id, n)),
+                &self.layer_opts(&pool, Self::pending_tags(&rec.id, n)),
             )?;
             let moved = vec![
                 TAG_TOP.to_string(),
@@ -136,7 +136,7 @@ impl Host {
                 &*pool,
                 &s.lv,
                 &new_top,
-                &self.layer_opts(Self::pending_tags(&rec.id, n)),
+                &self.layer_opts(&pool, Self::pending_tags(&rec.id, n)),
             )?;
             let mut changes = vec![(
                 new_top.as_str(),

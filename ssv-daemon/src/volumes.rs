@@ -31,9 +31,9 @@ pub struct CreateVolume {
 }
 
 impl Host {
-    pub(crate) fn layer_opts(&self, tags: Vec<String>) -> LayerOptions {
+    pub(crate) fn layer_opts(&self, pool: &Pool, tags: Vec<String>) -> LayerOptions {
         LayerOptions {
-            initial_lv_size: self.config.initial_lv_size(),
+            initial_lv_size: self.growth(pool).1,
             tags,
             ..LayerOptions::default()
         }
@@ -108,7 +108,7 @@ impl Host {
             &CreateOptions {
                 size: Some(size),
                 cluster_size,
-                initial_lv_size: self.config.initial_lv_size(),
+                initial_lv_size: self.growth(&pool).1,
                 backing: None,
                 tags: Self::pending_tags(&id, 0),
             },
@@ -188,7 +188,7 @@ impl Host {
 
     pub(crate) fn open_volume(&self, pool: &Arc<Pool>, top: &str) -> Result<Volume> {
         let opts = OpenOptions {
-            policy: self.config.growth_policy(),
+            policy: self.growth(pool).0,
             ..OpenOptions::default()
         }
         .with_extender(Arc::new(self.extender(pool)));

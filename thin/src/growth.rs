@@ -68,6 +68,9 @@ pub struct GrowthStats {
     pub parked_writes: u64,
     /// How long each parked write waited, in order.
     pub park_times: Vec<Duration>,
+    /// For each extension that succeeded: from the threshold crossing (or
+    /// the parked write) to the grown LV mapped here, in order.
+    pub extension_times: Vec<Duration>,
     pub last_error: Option<String>,
 }
 
@@ -182,9 +185,10 @@ impl Grower {
             urgent: false,
         };
         let (me, map) = (Arc::clone(self), Arc::clone(map));
+        let crossed = Instant::now();
         let spawned = std::thread::Builder::new()
             .name("thin-grow".into())
-            .spawn(move || me.run(&map, &req));
+            .spawn(move || me.run(&map, &req, crossed));
         if let Err(e) = spawned {
             log::warn!("{}: cannot start a growth thread: {e}", self.lv);
             let mut st = lock(&self.state);
@@ -194,13 +198,14 @@ impl Grower {
     }
 
     /// Runs one extension and wakes everyone waiting for it.
-    fn run(&self, map: &LvMap, req: &GrowthRequest) {
+    fn run(&self, map: &LvMap, req: &GrowthRequest, asked: Instant) {
         let res = self.extender.extend(req);
         let mut st = lock(&self.state);
         match res {
             Ok(dev) if dev.size() >= req.min_size => {
                 map.swap(dev);
                 st.stats.extensions += 1;
+                st.stats.extension_times.push(asked.elapsed());
                 st.failed_generation = None;
             }
             Ok(dev) => {
@@ -275,7 +280,7 @@ impl Grower {
                 urgent: true,
             };
             drop(st);
-            self.run(map, &req);
+            self.run(map, &req, Instant::now());
             st = lock(&self.state);
         }
         st.stats.parked_writes += 1;

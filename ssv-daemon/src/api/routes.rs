@@ -60,6 +60,7 @@ use utoipa::OpenApi;
         CreateVolume,
         VolumeRecord,
         VolumeDetail,
+        GrowthInfo,
         Resize,
         SnapshotInfo,
         CreateSnapshot,

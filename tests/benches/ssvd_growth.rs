@@ -1,0 +1,255 @@
+//! Growth latency with several hosts writing at once: 8 hosts (each a real
+//! lockd and ssvd) share one sparse-file LUN; each opens its own volume and
+//! `qemu-img bench` writes it sequentially through ssvd's NBD export, so
+//! every volume's LV grows several times while all hosts contend for the
+//! pool lease. Per extension we take the time from the threshold crossing
+//! to the grown LV mapped in the writer (thin's `extension_times`), over all
+//! hosts, p50 and p99; also parked writes and write errors (must be 0).
+//!
+//! Baseline, same run, under the same load: stock lvm2 `lvextend` by the
+//! same chunk, repeated while the hosts write, of an LV in a VG of its own
+//! on a second sparse file of the same filesystem (through a loop device,
+//! `--driverloaded n`; it cannot share ssv's VG without its lease): the
+//! metadata step VDSM's extension runs on its SPM (before the mailbox round
+//! trips that make oVirt's 1.15 s average).
+//!
+//! Run: `cargo bench -p ssv-tests --bench ssvd_growth` (root for the
+//! baseline; needs qemu-img). Under `cargo test --all-targets` it runs a
+//! 2-host smoke round whose figures mean nothing.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::json;
+use ssv_tests::bench::{ms, ratio, stats};
+use ssv_tests::hosts::HostProc;
+use ssv_tests::{find_tool, skip_reason, LoopDev, Lvm2, Scratch, Size, MIB};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+struct Sizes {
+    full: bool,
+    hosts: u64,
+    per_host: u64,
+    extent: u64,
+    chunk: u64,
+    baseline_extends: usize,
+}
+
+impl Sizes {
+    fn new(full: bool) -> Sizes {
+        if full {
+            Sizes {
+                full,
+                hosts: 8,
+                per_host: 3 << 30,
+                extent: 128 * MIB,
+                chunk: 512 * MIB,
+                baseline_extends: 400,
+            }
+        } else {
+            Sizes {
+                full,
+                hosts: 2,
+                per_host: 96 * MIB,
+                extent: 4 * MIB,
+                chunk: 16 * MIB,
+                baseline_extends: 4,
+            }
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    if find_tool("qemu-img").is_none() {
+        println!("SKIPPED: qemu-img not installed (Debian package qemu-utils)");
+        return Ok(());
+    }
+    let sz = Sizes::new(std::env::args().any(|a| a == "--bench"));
+    let scratch = Scratch::new(Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))))?;
+    // Room for every volume, and for the baseline's LV.
+    let lun_size = sz.hosts * (sz.per_host + sz.chunk * 2) + (4 << 30);
+    let lun = scratch.sparse_file("lun0.img", lun_size)?;
+    let luns = [lun.clone()];
+    eprintln!("ssvd_growth: starting {} hosts", sz.hosts);
+    let mut hosts: Vec<HostProc> = (1..=sz.hosts)
+        .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
+        .collect::<Result<_>>()?;
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": sz.extent.to_string(), "initial": sz.chunk.to_string(),
+                "chunk": sz.chunk.to_string()}),
+    )?;
+    let mut uris = Vec::new();
+    for h in &hosts {
+        let id = format!("b{}", h.id);
+        h.client.post(
+            "/v1/volumes",
+            &json!({"id": id, "name": id, "size": (sz.per_host + sz.chunk).to_string()}),
+        )?;
+        let v = h
+            .client
+            .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
+        uris.push(v["nbd"].as_str().context("no NBD URI")?.to_string());
+    }
+    eprintln!(
+        "ssvd_growth: {} hosts writing {} MiB each",
+        sz.hosts,
+        sz.per_host / MIB
+    );
+    let baseline = match skip_reason() {
+        Some(why) => {
+            println!("# baseline skipped: {why}");
+            None
+        }
+        None => Some(Baseline::new(scratch.path(), &sz)?),
+    };
+    let writing = AtomicBool::new(true);
+    let started = Instant::now();
+    let (results, base) = std::thread::scope(|s| {
+        let base = baseline
+            .as_ref()
+            .map(|b| s.spawn(|| b.extend_while(&writing, &sz)));
+        let handles: Vec<_> = uris
+            .iter()
+            .map(|uri| {
+                s.spawn(move || -> Result<()> {
+                    let out = Command::new("qemu-img")
+                        .args([
+                            "bench",
+                            "-w",
+                            "-f",
+                            "raw",
+                            "-s",
+                            "1M",
+                            "-d",
+                            "8",
+                            "--pattern",
+                            "165",
+                        ])
+                        .args(["-c", &(sz.per_host / MIB).to_string()])
+                        .arg(uri)
+                        .output()?;
+                    ensure!(
+                        out.status.success(),
+                        "qemu-img bench on {uri}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    Ok(())
+                })
+            })
+            .collect();
+        let results: Vec<Result<()>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("writer panicked")))
+            })
+            .collect();
+        writing.store(false, Ordering::Relaxed);
+        let base = base.map(|b| {
+            b.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("baseline panicked")))
+        });
+        (results, base)
+    });
+    let base = base.transpose()?;
+    let wall = started.elapsed();
+    let errors = results.iter().filter(|r| r.is_err()).count();
+    for r in &results {
+        if let Err(e) = r {
+            eprintln!("ssvd_growth: {e}");
+        }
+    }
+    let (mut ext, mut parked, mut park_p99) = (Vec::new(), 0, 0.0f64);
+    for h in &hosts {
+        let v = h.client.get(&format!("/v1/volumes/b{}", h.id))?;
+        let g = &v["growth"];
+        for x in g["extension_ms"].as_array().context("no growth figures")? {
+            ext.push(Duration::from_secs_f64(x.as_f64().unwrap_or(0.0) / 1e3));
+        }
+        parked += g["parked_writes"].as_u64().unwrap_or(0);
+        park_p99 = park_p99.max(g["park_p99_ms"].as_f64().unwrap_or(0.0));
+        ensure!(g["failed_extensions"] == 0, "host {}: {g}", h.id);
+    }
+    for h in &hosts {
+        h.client.delete(&format!("/v1/volumes/b{}/session", h.id))?;
+    }
+    for h in &mut hosts {
+        h.stop();
+    }
+    drop(hosts);
+    ensure!(!ext.is_empty(), "no extension happened");
+    let ours = stats(ext.clone());
+
+    println!(
+        "# {} run; {} hosts (lockd io_timeout 1 s) on one sparse-file LUN, {} MiB extents; each writes {} MiB sequentially (qemu-img bench, 1 MiB, depth 8) through NBD into its own volume; LV starts at {} MiB and grows by {} MiB at 50%",
+        if sz.full { "full" } else { "smoke (figures mean nothing)" },
+        sz.hosts,
+        sz.extent / MIB,
+        sz.per_host / MIB,
+        sz.chunk / MIB,
+        sz.chunk / MIB
+    );
+    println!(
+        "# extensions {} in {:.1} s; threshold crossing to mapped: p50 {} p99 {}; parked writes {parked} (worst host p99 {park_p99:.1} ms); writer errors {errors}; goal p99 < 100 ms",
+        ext.len(),
+        wall.as_secs_f64(),
+        ms(ours.p50),
+        ms(ours.p99)
+    );
+    if let Some(b) = base {
+        let s = stats(b.clone());
+        println!(
+            "# baseline: stock lvm2 lvextend by {} MiB, {} times while the hosts wrote: p50 {} p99 {}",
+            sz.chunk / MIB,
+            b.len(),
+            ms(s.p50),
+            ms(s.p99)
+        );
+        ratio(
+            &format!("growth_latency_p50_{}hosts_vs_lvm2_lvextend", sz.hosts),
+            ours.p50,
+            s.p50,
+        );
+        ratio(
+            &format!("growth_latency_p99_{}hosts_vs_lvm2_lvextend", sz.hosts),
+            ours.p99,
+            s.p99,
+        );
+    }
+    ensure!(errors == 0, "{errors} writers failed");
+    Ok(())
+}
+
+/// A VG of stock lvm2's own on a second sparse file, for the baseline.
+struct Baseline {
+    lvm: Lvm2,
+    _dev: LoopDev,
+}
+
+impl Baseline {
+    fn new(dir: &std::path::Path, sz: &Sizes) -> Result<Baseline> {
+        let file = dir.join("baseline.img");
+        let f = std::fs::File::create(&file)?;
+        f.set_len((sz.baseline_extends as u64 + 2) * sz.chunk + (1 << 30))?;
+        let dev = LoopDev::attach(&file)?;
+        let lvm = Lvm2::new(&[dev.path().to_path_buf()])?;
+        lvm.pvcreate(dev.path(), &[])?;
+        lvm.vgcreate("base0", &[dev.path()], &["-s", &format!("{}b", sz.extent)])?;
+        lvm.lvcreate("base0", "grown", Size::Bytes(sz.chunk), &[])?;
+        Ok(Baseline { lvm, _dev: dev })
+    }
+
+    /// `lvextend` by one chunk, again and again while `writing` holds.
+    fn extend_while(&self, writing: &AtomicBool, sz: &Sizes) -> Result<Vec<Duration>> {
+        let mut out = Vec::new();
+        while writing.load(Ordering::Relaxed) && out.len() < sz.baseline_extends {
+            let t = Instant::now();
+            self.lvm
+                .lvextend("base0", "grown", Size::Bytes(sz.chunk), &[])?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    }
+}

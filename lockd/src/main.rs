@@ -66,6 +66,11 @@ struct DaemonArgs {
     /// Accept fault requests (delay or fail lease I/O): for tests only.
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// iSCSI initiator name for lease areas on `iscsi://` LUNs; it must
+    /// differ from ssvd's and from every other host's lockd [default:
+    /// iqn.2026-11.io.ssv:<hostname>-lockd].
+    #[arg(long)]
+    initiator_name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -197,6 +202,9 @@ fn daemon(a: DaemonArgs) -> anyhow::Result<()> {
         host_name,
         fault_injection: a.fault_injection,
         watchdog: a.watchdog,
+        initiator_name: a
+            .initiator_name
+            .unwrap_or_else(|| san::iscsi::lockd_initiator_name(&short_hostname())),
     })?;
     d.run()
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub nbd: NbdConfig,
     #[serde(default)]
     pub growth: GrowthConfig,
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
     /// Where the pools' LUNs are.
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunSource>,
@@ -110,14 +112,119 @@ impl Default for GrowthConfig {
     }
 }
 
-/// One place LUNs come from.
+/// One place LUNs come from: a `[[lun]]` entry with one of `file`,
+/// `device` or `iscsi`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "LunEntry", into = "LunEntry")]
 pub enum LunSource {
     /// A file used as a LUN (the embedded default: a sparse file).
     File(PathBuf),
     /// A local block device.
     Device(PathBuf),
+    /// An iSCSI LU over every portal of its URI (multipath), e.g.
+    /// `iscsi = "iscsi://192.0.2.1:3260,192.0.2.2:3260/iqn.2026-01.com.example:store/1"`.
+    /// The URI is the LUN's path everywhere (pool create, PV device hint,
+    /// lockd's lease path), so every host must be able to reach those portals.
+    Iscsi {
+        /// As written by [`san::iscsi::IscsiUri`]'s `Display` (checked at load).
+        uri: String,
+        /// CHAP user, with `chap_secret_file` (a file holding only the secret).
+        chap_user: Option<String>,
+        chap_secret_file: Option<PathBuf>,
+    },
+}
+
+impl LunSource {
+    /// The string that names this LUN (in the API and in LVM metadata).
+    pub fn path(&self) -> String {
+        match self {
+            LunSource::File(p) | LunSource::Device(p) => p.display().to_string(),
+            LunSource::Iscsi { uri, .. } => uri.clone(),
+        }
+    }
+}
+
+/// A `[[lun]]` table as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LunEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iscsi: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chap_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chap_secret_file: Option<PathBuf>,
+}
+
+impl TryFrom<LunEntry> for LunSource {
+    type Error = String;
+
+    fn try_from(e: LunEntry) -> std::result::Result<LunSource, String> {
+        let chap = e.chap_user.is_some() || e.chap_secret_file.is_some();
+        match (e.file, e.device, e.iscsi) {
+            (Some(p), None, None) if !chap => Ok(LunSource::File(p)),
+            (None, Some(p), None) if !chap => Ok(LunSource::Device(p)),
+            (None, None, Some(u)) => {
+                let uri: san::iscsi::IscsiUri = u.parse().map_err(|e| format!("[[lun]] {e}"))?;
+                if e.chap_user.is_some() != e.chap_secret_file.is_some() {
+                    return Err(format!(
+                        "[[lun]] {u}: CHAP needs both chap_user and chap_secret_file"
+                    ));
+                }
+                Ok(LunSource::Iscsi {
+                    uri: uri.to_string(),
+                    chap_user: e.chap_user,
+                    chap_secret_file: e.chap_secret_file,
+                })
+            }
+            (_, _, None) if chap => {
+                Err("[[lun]]: chap_user and chap_secret_file go with iscsi only".into())
+            }
+            _ => Err(
+                "each [[lun]] needs exactly one of file = PATH, device = PATH or iscsi = URI"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl From<LunSource> for LunEntry {
+    fn from(l: LunSource) -> LunEntry {
+        match l {
+            LunSource::File(p) => LunEntry {
+                file: Some(p),
+                ..LunEntry::default()
+            },
+            LunSource::Device(p) => LunEntry {
+                device: Some(p),
+                ..LunEntry::default()
+            },
+            LunSource::Iscsi {
+                uri,
+                chap_user,
+                chap_secret_file,
+            } => LunEntry {
+                iscsi: Some(uri),
+                chap_user,
+                chap_secret_file,
+                ..LunEntry::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// ssvd's initiator name for `iscsi` LUNs [default:
+    /// `iqn.2026-11.io.ssv:host<HOST_ID>-ssvd`]. It must differ from
+    /// lockd's and from every other host's (see `san::iscsi::uri`).
+    #[serde(default)]
+    pub initiator_name: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -194,6 +301,15 @@ impl Config {
         parse_size(&self.growth.initial).unwrap_or(thin::growth::DEFAULT_INITIAL_SIZE)
     }
 
+    /// ssvd's iSCSI initiator name: configured, or the rule's
+    /// (`san::iscsi::ssvd_initiator_name`).
+    pub fn initiator_name(&self) -> String {
+        self.iscsi
+            .initiator_name
+            .clone()
+            .unwrap_or_else(|| san::iscsi::ssvd_initiator_name(self.host_id))
+    }
+
     pub fn nbd_socket(&self) -> PathBuf {
         self.nbd
             .socket
@@ -265,6 +381,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("chunk") && e.contains("10g"), "{e}");
+    }
+
+    #[test]
+    fn iscsi_luns() {
+        let uri = "iscsi://127.0.0.1:3260,127.0.0.2:3260/iqn.2026-11.io.ssv.test:t1/1";
+        let c = Config::parse(&format!(
+            "host_id = 2\n[[lun]]\niscsi = \"{uri}\"\n[[lun]]\niscsi = \"{uri}\"\nchap_user = \"u\"\nchap_secret_file = \"/etc/ssv/chap\"\n[[lun]]\ndevice = \"/dev/sdb\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.luns[0],
+            LunSource::Iscsi {
+                uri: uri.into(),
+                chap_user: None,
+                chap_secret_file: None
+            }
+        );
+        assert_eq!(c.luns[0].path(), uri);
+        assert!(matches!(&c.luns[1], LunSource::Iscsi { chap_user: Some(u), .. } if u == "u"));
+        assert_eq!(c.luns[2], LunSource::Device("/dev/sdb".into()));
+        assert_eq!(c.initiator_name(), "iqn.2026-11.io.ssv:host2-ssvd");
+        // What serializes, loads back the same.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap().luns, c.luns);
+        let c = Config::parse("host_id = 2\n[iscsi]\ninitiator_name = \"iqn.x:y\"").unwrap();
+        assert_eq!(c.initiator_name(), "iqn.x:y");
+
+        for (bad, says) in [
+            ("iscsi = \"iscsi://127.0.0.1/iqn.a:b/1\"", "HOST:PORT"),
+            (
+                "iscsi = \"iscsi://127.0.0.1:3260/iqn.a:b/1\"\nchap_user = \"u\"",
+                "both",
+            ),
+            ("file = \"/x\"\nchap_user = \"u\"", "iscsi only"),
+            ("file = \"/x\"\ndevice = \"/y\"", "exactly one"),
+            ("", "exactly one"),
+            (
+                "iscsi = \"iscsi://127.0.0.1:3260/iqn.a:b/1\"\nchap = 1",
+                "chap",
+            ),
+        ] {
+            let e = Config::parse(&format!("host_id = 1\n[[lun]]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

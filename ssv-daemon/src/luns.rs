@@ -1,12 +1,27 @@
 //! The LUNs this host is configured with, and what is on each.
+//!
+//! A LUN is named by a path (files, block devices) or an `iscsi://` URI
+//! (`san::iscsi::uri`); either string is what pools record as the PV's
+//! device, and lockd opens the same string for the pool's leases.
+//!
+//! iSCSI LUNs are opened once per process and kept: every later open of
+//! the same LU (a listing, an attach, a pool create) shares the same
+//! multipath map, because a second map would log in with the same
+//! initiator name and ISIDs, and each login would end the other's session.
 
 use crate::config::LunSource;
+use crate::events::Events;
 use crate::host::{lock, Host};
+use crate::leases::Locks;
 use crate::{Error, Result};
 use lvm::PvDev;
+use san::iscsi::{self, Chap, IscsiUri, LoginOptions, Multipath, MultipathOptions, PathEvent};
 use san::{BlockDev, FileDev};
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// A LUN this host can reach, and what is on it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -22,21 +37,186 @@ pub struct LunInfo {
     pub state: String,
 }
 
+/// How to log in to one configured iSCSI LUN.
+#[derive(Clone)]
+struct IscsiSource {
+    uri: IscsiUri,
+    initiator_name: String,
+    host_id: u64,
+    chap_user: Option<String>,
+    chap_secret_file: Option<PathBuf>,
+    locks: Arc<Locks>,
+    events: Arc<Events>,
+}
+
+#[derive(Default)]
+struct IscsiLuns {
+    /// By the path `lun_paths` lists.
+    configured: HashMap<String, IscsiSource>,
+    /// By canonical URI: one map per LU in this process.
+    open: HashMap<String, Arc<Multipath>>,
+}
+
+/// Process-wide: the sessions belong to the process, whatever holds them.
+fn registry() -> &'static Mutex<IscsiLuns> {
+    static R: OnceLock<Mutex<IscsiLuns>> = OnceLock::new();
+    R.get_or_init(Mutex::default)
+}
+
 pub(crate) fn open_lun(path: &str) -> Result<PvDev> {
+    if iscsi::is_iscsi_uri(path) {
+        let dev = open_iscsi(path)?;
+        return Ok(PvDev::new(dev, path));
+    }
     let dev = FileDev::open(std::path::Path::new(path), &san::OpenOptions::new())
         .map_err(|e| Error::NotFound(format!("LUN {path}: {e}")))?;
     Ok(PvDev::new(Arc::new(dev), path))
 }
 
+fn open_iscsi(path: &str) -> Result<Arc<Multipath>> {
+    let mut reg = lock(registry());
+    let src = reg.configured.get(path).cloned().ok_or_else(|| {
+        Error::NotFound(format!(
+            "LUN {path} is not an iscsi [[lun]] of this host's configuration"
+        ))
+    })?;
+    let key = src.uri.canonical();
+    if let Some(mp) = reg.open.get(&key) {
+        return Ok(mp.clone());
+    }
+    // Logging in under the registry's lock: two threads must not log in
+    // to one LU at once (same name and ISIDs), and this happens once per LU.
+    let mp = Arc::new(src.open()?);
+    log::info!(
+        "LUN {path}: LU {} as {}, paths {:?}",
+        mp.wwid(),
+        src.initiator_name,
+        mp.status()
+            .iter()
+            .map(|p| format!("{} {}", p.portal, if p.up { "up" } else { "down" }))
+            .collect::<Vec<_>>()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    mp.subscribe(tx);
+    let events = src.events.clone();
+    let name = path.to_string();
+    std::thread::Builder::new()
+        .name("lun-paths".into())
+        .spawn(move || {
+            for e in rx {
+                path_event(&events, &name, &e);
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the path event thread: {e}")))?;
+    reg.open.insert(key, mp.clone());
+    Ok(mp)
+}
+
+/// Logs a path event and makes it an ssvd event (`lun.path_down`, …).
+fn path_event(events: &Events, lun: &str, e: &PathEvent) {
+    let (kind, msg) = match e {
+        PathEvent::Up { portal, .. } => ("lun.path_up", format!("LUN {lun}: path {portal} is up")),
+        PathEvent::Down { portal, reason, .. } => (
+            "lun.path_down",
+            format!("LUN {lun}: path {portal} is down: {reason}"),
+        ),
+        PathEvent::Queueing => (
+            "lun.queueing",
+            format!("LUN {lun}: no path is up; I/O waits for one (no_path_retry)"),
+        ),
+        PathEvent::Failing => (
+            "lun.failing",
+            format!("LUN {lun}: no path for no_path_retry; I/O fails until a path returns"),
+        ),
+        PathEvent::Fenced => (
+            "lun.fenced",
+            format!("LUN {lun}: our reservation key was removed by another host"),
+        ),
+    };
+    match e {
+        PathEvent::Up { .. } => log::info!("{msg}"),
+        _ => log::warn!("{msg}"),
+    }
+    events.emit(kind, None, None, msg);
+}
+
+impl IscsiSource {
+    fn open(&self) -> Result<Multipath> {
+        let mut login = LoginOptions::new(&self.initiator_name, [0; 6]);
+        if let (Some(user), Some(file)) = (&self.chap_user, &self.chap_secret_file) {
+            let text = std::fs::read(file).map_err(|e| {
+                Error::Invalid(format!(
+                    "LUN {}: cannot read chap_secret_file {}: {e}",
+                    self.uri,
+                    file.display()
+                ))
+            })?;
+            let secret = text.trim_ascii_end().to_vec();
+            login.chap = Some(Chap {
+                user: user.clone(),
+                secret,
+            });
+        }
+        let opts = self.multipath_options();
+        login.timeout = opts.io_timeout;
+        // host ids are 1 to 2000 (checked at load): they fit.
+        let qualifier = u32::try_from(self.host_id).unwrap_or(u32::MAX);
+        iscsi::open_uri_with(&self.uri, &login, qualifier, opts)
+            .map_err(|e| Error::Unavailable(format!("LUN {}: {e}", self.uri)))
+    }
+
+    /// Commands get the initiator's default limit; with no path, I/O queues
+    /// as long as this host's leases can still be valid (lockd's
+    /// io_timeout, via `no_path_retry_for`), as dm-multipath under VDSM.
+    fn multipath_options(&self) -> MultipathOptions {
+        let lease_io = self
+            .locks
+            .status()
+            .map(|st| Duration::from_secs(st.io_timeout))
+            .unwrap_or(Duration::from_secs(lockd::timing::DEFAULT_IO_TIMEOUT));
+        MultipathOptions {
+            no_path_retry: iscsi::multipath::no_path_retry_for(lease_io),
+            ..MultipathOptions::default()
+        }
+    }
+}
+
 impl Host {
     pub(crate) fn lun_paths(&self) -> Vec<String> {
-        self.config
-            .luns
-            .iter()
-            .map(|l| match l {
-                LunSource::File(p) | LunSource::Device(p) => p.display().to_string(),
-            })
-            .collect()
+        let paths: Vec<String> = self.config.luns.iter().map(LunSource::path).collect();
+        // Every caller opens LUNs by these paths next: make the iSCSI ones
+        // openable by path alone.
+        let mut reg = lock(registry());
+        for l in &self.config.luns {
+            let LunSource::Iscsi {
+                uri,
+                chap_user,
+                chap_secret_file,
+            } = l
+            else {
+                continue;
+            };
+            if reg.configured.contains_key(uri) {
+                continue;
+            }
+            let Ok(parsed) = uri.parse::<IscsiUri>() else {
+                // Checked when the configuration was loaded.
+                continue;
+            };
+            reg.configured.insert(
+                uri.clone(),
+                IscsiSource {
+                    uri: parsed,
+                    initiator_name: self.config.initiator_name(),
+                    host_id: self.config.host_id,
+                    chap_user: chap_user.clone(),
+                    chap_secret_file: chap_secret_file.clone(),
+                    locks: self.locks.clone(),
+                    events: self.events.clone(),
+                },
+            );
+        }
+        paths
     }
 
     /// The configured LUNs with what is on each.
@@ -82,5 +262,43 @@ impl Host {
                 },
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URI is the PV's device path in the metadata: LVM's writer and
+    /// reader must keep it byte for byte (quotes, ':', '/', ',', '[').
+    #[test]
+    fn a_uri_survives_as_the_pv_device_in_lvm_metadata() {
+        for uri in [
+            "iscsi://127.0.0.1:3260,127.0.0.2:3260/iqn.2026-11.io.ssv.test:t1/1",
+            "iscsi://[::1]:3260,[fe80::1]:3261/eui.0123456789abcdef/65535",
+        ] {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            f.as_file().set_len(64 << 20).unwrap();
+            let dev = FileDev::open(f.path(), &san::OpenOptions::new()).unwrap();
+            let pv = PvDev::new(Arc::new(dev), uri);
+            lvm::format_pv(&*pv.dev, &lvm::PvFormat::default()).unwrap();
+            let vg = lvm::OpenVg::create("vg0", std::slice::from_ref(&pv), 4 << 20).unwrap();
+            assert_eq!(vg.vg().pvs[0].device.as_deref(), Some(uri));
+            drop(vg);
+            let back = lvm::OpenVg::open(std::slice::from_ref(&pv), Some("vg0")).unwrap();
+            assert_eq!(back.vg().pvs[0].device.as_deref(), Some(uri));
+            let scan = lvm::scan(std::slice::from_ref(&pv)).unwrap();
+            let text = String::from_utf8_lossy(&scan.texts[0].raw);
+            assert!(text.contains(&format!("device = \"{uri}\"")), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_unconfigured_uri_is_not_opened() {
+        let e = open_lun("iscsi://127.0.0.1:9/iqn.2026-11.io.ssv.test:none/1")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not an iscsi [[lun]]"), "{e}");
     }
 }

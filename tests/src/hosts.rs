@@ -46,6 +46,20 @@ impl HostProc {
     /// Starts lockd (io_timeout `io_timeout` s) and ssvd for host `id`,
     /// with `luns` as its LUN files.
     pub fn start(base: &Path, id: u64, luns: &[PathBuf], io_timeout: u64) -> Result<HostProc> {
+        let entries: Vec<String> = luns.iter().map(|l| format!("file = {l:?}")).collect();
+        Self::start_with(base, id, &entries, io_timeout)
+    }
+
+    /// As [`HostProc::start`], with each of `lun_entries` the body of one
+    /// `[[lun]]` table (e.g. `iscsi = "iscsi://…"`). lockd logs in to iSCSI
+    /// LUNs as `iqn.2026-11.io.ssv:host<ID>-lockd`: hosts on one machine
+    /// share a host name, so lockd's default name would be the same on each.
+    pub fn start_with(
+        base: &Path,
+        id: u64,
+        lun_entries: &[String],
+        io_timeout: u64,
+    ) -> Result<HostProc> {
         let dir = base.join(format!("host{id}"));
         std::fs::create_dir_all(&dir)?;
         let lockd_sock = dir.join("lockd.sock");
@@ -62,6 +76,8 @@ impl HostProc {
             // A regular file: never arm a real watchdog from a test.
             .arg("--watchdog")
             .arg(dir.join("watchdog"))
+            .arg("--initiator-name")
+            .arg(san::iscsi::lockd_initiator_name(&format!("host{id}")))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&lockd_log)?)
@@ -75,8 +91,8 @@ impl HostProc {
             sock,
             lockd_sock
         );
-        for l in luns {
-            cfg.push_str(&format!("[[lun]]\nfile = {l:?}\n"));
+        for l in lun_entries {
+            cfg.push_str(&format!("[[lun]]\n{l}\n"));
         }
         let config = dir.join("ssv.toml");
         std::fs::write(&config, cfg)?;
@@ -127,7 +143,19 @@ impl HostProc {
 
     /// SIGKILL of both daemons: the host is gone without a word.
     pub fn kill9(&mut self) {
-        for c in [self.ssvd.take(), self.lockd.take()].into_iter().flatten() {
+        // Both signalled before either is reaped, lockd first: a lockd that
+        // outlives its ssvd by even milliseconds sees the holder exit and
+        // releases its leases on disk, which a dead host never does.
+        let children: Vec<Child> = [self.lockd.take(), self.ssvd.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        for c in &children {
+            // SAFETY: kill with a pid we spawned and have not waited for
+            // (a zombie at worst, so the pid is not reused).
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        }
+        for c in children {
             kill(c, libc::SIGKILL);
         }
     }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use san::{BlockDev, FaultControl, FaultDev, FileDev, OpenOptions};
+use san::iscsi::{self, IscsiUri, MultipathOptions, Selector};
+use san::{BlockDev, DevId, FaultControl, FaultDev, FileDev, OpenOptions};
 
 use crate::delta::{HostId, HostState, Lockspace};
 use crate::leaseio::LeaseDev;
@@ -31,6 +32,108 @@ use crate::{Error, Result};
 pub use fence::{alive, stop_holders, Watchdog};
 use space::{Holder, LocalLease, Notify, Space};
 
+fn parse_uri(path: &str) -> Result<IscsiUri> {
+    path.parse()
+        .map_err(|e: iscsi::UriError| Error::InvalidArgument(e.to_string()))
+}
+
+/// Opens a lease area's device with writes that are on stable storage when
+/// they return: a file or block device with O_DSYNC, or the LU an
+/// `iscsi://` URI names (see `san::iscsi::uri`), logged in to as
+/// `initiator_name` with lockd's ISID qualifier.
+pub fn open_lease_dev(
+    path: &str,
+    initiator_name: &str,
+    timeouts: &Timeouts,
+) -> Result<Arc<dyn BlockDev>> {
+    if !iscsi::is_iscsi_uri(path) {
+        let file =
+            FileDev::open(path, &OpenOptions::new().sync(true)).map_err(|source| Error::Io {
+                dev: path.to_string(),
+                offset: 0,
+                source,
+            })?;
+        return Ok(Arc::new(file));
+    }
+    let uri = parse_uri(path)?;
+    let mp = iscsi::open_uri(
+        &uri,
+        initiator_name,
+        iscsi::LOCKD_ISID_QUALIFIER,
+        multipath_options(timeouts),
+    )
+    .map_err(|e| Error::Io {
+        dev: path.to_string(),
+        offset: 0,
+        source: san::Error::Open {
+            path: path.into(),
+            source: std::io::Error::other(e),
+        },
+    })?;
+    log::info!(
+        "{path}: LU {} as {initiator_name}, {} path(s) up",
+        mp.wwid(),
+        mp.status().iter().filter(|p| p.up).count()
+    );
+    Ok(Arc::new(SyncWrites(mp)))
+}
+
+/// Multipath settings for lease I/O. io_timeout per command, as every lease
+/// I/O. no_path_retry (queueing while no path is up) of one io_timeout:
+/// LeaseDev gives up on a request after io_timeout anyway, so queueing
+/// longer would only let a write land after its caller counted it failed,
+/// and renewals are retried by the renewal loop, not by the queue. That
+/// keeps every lease I/O's end within a few io_timeouts of its start, far
+/// inside id_renewal_fail (`no_path_retry_for`, VDSM's 80 s, is the most a
+/// lease daemon could allow) and host_dead.
+pub fn multipath_options(t: &Timeouts) -> MultipathOptions {
+    let io = t.io();
+    MultipathOptions {
+        selector: Selector::ServiceTime,
+        no_path_retry: io.min(iscsi::multipath::no_path_retry_for(io)),
+        // Paths are checked (and failed ones logged in again) at least
+        // once per io_timeout, as often as the initiator's default allows.
+        polling_interval: io.min(iscsi::multipath::DEFAULT_POLLING_INTERVAL),
+        io_timeout: io,
+    }
+}
+
+/// Every write followed by SYNCHRONIZE CACHE before it returns: what
+/// O_DSYNC gives a file, for a LU (our initiator has no FUA writes).
+struct SyncWrites<D>(D);
+
+impl<D: BlockDev> BlockDev for SyncWrites<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> san::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> san::Result<()> {
+        self.0.write_at(buf, offset)?;
+        self.0.flush()
+    }
+    fn flush(&self) -> san::Result<()> {
+        self.0.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> san::Result<()> {
+        self.0.write_zeroes(offset, len)?;
+        self.0.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> san::Result<()> {
+        self.0.discard(offset, len)
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn logical_sector_size(&self) -> u32 {
+        self.0.logical_sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.0.physical_sector_size()
+    }
+    fn identity(&self) -> &DevId {
+        self.0.identity()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket: PathBuf,
@@ -41,6 +144,9 @@ pub struct Config {
     /// Accept `fault` requests (tests only).
     pub fault_injection: bool,
     pub watchdog: PathBuf,
+    /// Our iSCSI initiator name for lease areas named by `iscsi://` URIs;
+    /// never ssvd's (see `san::iscsi::uri`: one name per daemon).
+    pub initiator_name: String,
 }
 
 struct Conn {
@@ -110,32 +216,28 @@ impl Daemon {
     }
 
     fn dev(&self, path: &str) -> Result<Arc<Dev>> {
-        if let Some(d) = lock(&self.devs).get(path) {
+        // Two spellings of one iSCSI LU share one device: two maps would
+        // log in with the same name and ISIDs and reinstate each other.
+        let key = if iscsi::is_iscsi_uri(path) {
+            parse_uri(path)?.canonical()
+        } else {
+            path.to_string()
+        };
+        if let Some(d) = lock(&self.devs).get(&key) {
             return Ok(d.clone());
         }
-        let file =
-            FileDev::open(path, &OpenOptions::new().sync(true)).map_err(|source| Error::Io {
-                dev: path.to_string(),
-                offset: 0,
-                source,
-            })?;
+        let base = open_lease_dev(path, &self.cfg.initiator_name, &self.cfg.timeouts)?;
         let (dev, fault): (Arc<dyn BlockDev>, _) = if self.cfg.fault_injection {
             let ctl = FaultControl::new();
-            (
-                Arc::new(FaultDev::new(Arc::new(file), ctl.clone())),
-                Some(ctl),
-            )
+            (Arc::new(FaultDev::new(base, ctl.clone())), Some(ctl))
         } else {
-            (Arc::new(file), None)
+            (base, None)
         };
         let d = Arc::new(Dev {
             lease: Arc::new(LeaseDev::new(dev, path, self.cfg.timeouts.io())),
             fault,
         });
-        Ok(lock(&self.devs)
-            .entry(path.to_string())
-            .or_insert(d)
-            .clone())
+        Ok(lock(&self.devs).entry(key).or_insert(d).clone())
     }
 
     fn resource(&self, spec: &ResourceSpec) -> Result<Arc<Resource>> {
@@ -765,4 +867,84 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     // SAFETY: sigwait reads the initialised set and writes one int.
     unsafe { libc::sigwait(set, &mut sig) };
     sig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn lease_multipath_queues_no_longer_than_the_lease_timing_allows() {
+        for io in [1, 2, 10, 60] {
+            for fire in [3, 60] {
+                let Ok(t) = Timeouts::new(io, fire) else {
+                    continue;
+                };
+                let o = multipath_options(&t);
+                assert_eq!(o.io_timeout, t.io());
+                assert!(o.no_path_retry <= t.io(), "io {io}");
+                assert!(o.no_path_retry <= t.id_renewal_fail());
+                assert!(o.polling_interval <= t.io());
+            }
+        }
+    }
+
+    /// Counts flushes.
+    struct Counting(FileDev, AtomicUsize);
+
+    impl BlockDev for Counting {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> san::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> san::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn flush(&self) -> san::Result<()> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.flush()
+        }
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn logical_sector_size(&self) -> u32 {
+            self.0.logical_sector_size()
+        }
+        fn physical_sector_size(&self) -> u32 {
+            self.0.physical_sector_size()
+        }
+        fn identity(&self) -> &DevId {
+            self.0.identity()
+        }
+    }
+
+    #[test]
+    fn every_lu_write_is_flushed_before_it_returns() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let dev = FileDev::open(f.path(), &OpenOptions::new()).unwrap();
+        let d = SyncWrites(Counting(dev, AtomicUsize::new(0)));
+        let sector = d.logical_sector_size() as usize;
+        d.write_at(&vec![7u8; sector], 0).unwrap();
+        assert_eq!(d.0 .1.load(Ordering::Relaxed), 1);
+        d.write_zeroes(0, sector as u64).unwrap();
+        assert_eq!(d.0 .1.load(Ordering::Relaxed), 2);
+        let mut back = vec![1u8; sector];
+        d.read_at(&mut back, 0).unwrap();
+        assert_eq!(d.0 .1.load(Ordering::Relaxed), 2);
+        assert!(back.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_bad_uri_is_named_not_opened_as_a_file() {
+        let e = open_lease_dev(
+            "iscsi://127.0.0.1/iqn.x:y/1",
+            "iqn.x:z",
+            &Timeouts::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
 }

@@ -9,12 +9,17 @@ pub mod pdu;
 mod reservations;
 pub mod session;
 pub mod text;
+pub mod uri;
 
 pub use login::{discover, login, Chap, Connection, DiscoveredTarget, LoginOptions};
 pub use lun::IscsiLun;
 pub use multipath::{Multipath, MultipathOptions, PathConfig, PathEvent, PathStatus, Selector};
 pub use pdu::{Digests, Opcode, Pdu, PduError};
 pub use session::{Completion, DataPhase, Session, SessionOptions};
+pub use uri::{
+    initiator_name, is_iscsi_uri, lockd_initiator_name, open_uri, open_uri_with,
+    ssvd_initiator_name, IscsiUri, UriError, LOCKD_ISID_QUALIFIER,
+};
 
 use crate::scsi::{ScsiError, Sense, Status};
 use std::net::SocketAddr;

@@ -1,70 +1,119 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: a sparse file as the LUN.
-# Formats it as an ssv pool (an LVM2 VG) with ssvadm, carves volumes, grows
-# one, tags them; writes a thin volume until its LV grows, snapshots and
-# clones it and lets stock qemu-img check the clone in place; shows what is
-# on disk and lets stock lvm2 check it; then two lockd hosts share leases
-# kept in the pool's ssv_leases LV.
-#   STATE=dir (default ./state) holds the LUN file; it is re-created each run.
+# Starts lockd and ssvd on it, makes a pool and a thin volume with ssvctl,
+# writes the volume through its NBD export with qemu-io until its LV grows,
+# snapshots it while open, clones the snapshot (with progress), checks the
+# clone (its data through NBD, its qcow2 with stock qemu-img check in place
+# on the LUN), and lets stock lvm2 read the pool. Prints what happened.
+#   STATE=dir (default ./state) holds the LUN file, configuration, sockets
+#   and logs; the LUN is re-created each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${STATE:-$PWD/state}
 bash scripts/deps.sh
-cargo build --release -q -p tools --bin ssvadm -p lockd --bin lockd
-ssvadm=$PWD/target/release/ssvadm
-lockd=$PWD/target/release/lockd
+cargo build --release -q -p ssv-daemon --bin ssvd -p tools --bin ssvctl --bin ssvadm -p lockd --bin lockd
+bin=$PWD/target/release
 mkdir -p "$state"
+state=$(cd "$state" && pwd)
 lun=$state/lun0.img
-rm -f "$lun"
+pids=()
+cleanup() {
+    # ssvd first (it closes its volumes and releases their leases), then lockd.
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    [ -n "${loop:-}" ] && losetup -d "$loop"
+    [ -n "${conf:-}" ] && rm -rf "$conf"
+    return 0
+}
+trap cleanup EXIT
+rm -f "$lun" "$state"/*.sock "$state"/*.log
 truncate -s 20G "$lun"
 echo "== LUN: $lun (20 GiB sparse file)"
-step() { echo "\$ ssvadm $*"; "$ssvadm" "$@"; }
-step pv format "$lun"
-step vg create pool0 "$lun"
-for v in vol-a vol-b vol-c; do
-    step lv create "pool0/$v" --size 1g --tag ssv --tag "ssv.name=$v" "$lun"
-done
-step lv extend pool0/vol-a --size 1g "$lun"
-step lv rename pool0/vol-c vol-c2 "$lun"
-step lv remove pool0/vol-b "$lun"
-step vg tag pool0 --add ssv.pool=demo "$lun"
-step lv create pool0/ssv_leases --extents 1 --tag ssv "$lun"
 
-echo "== thin volumes: qcow2 images in LVs that grow as they are written"
-step volume create pool0/disk1 --size 10g --initial 1g "$lun"
-head -c 1200M /dev/urandom > "$state/data.bin"
-step volume write pool0/disk1 --from "$state/data.bin" "$lun"
-step volume snapshot pool0/disk1 disk1-s1 "$lun"
-head -c 64M /dev/urandom > "$state/more.bin"
-step volume write pool0/disk1-s1 --from "$state/more.bin" --offset 2g "$lun"
-step volume info pool0/disk1-s1 "$lun"
-step volume clone pool0/disk1-s1 disk2 "$lun"
-# Stock qemu-img reads the clone in place inside the LUN (the LV's byte range).
-read -r off lvsize < <("$ssvadm" volume info --json pool0/disk2 "$lun" | python3 -c '
+# lockd: io_timeout 2 s so joining the pool's lockspace takes seconds (the
+# default, 10 s, suits SANs); a file stands in for /dev/watchdog.
+RUST_LOG=warn "$bin/lockd" daemon --socket "$state/lockd.sock" -o 2 --watchdog-fire 6 \
+    --watchdog "$state/watchdog" 2>"$state/lockd.log" &
+pids=($! "${pids[@]}")
+cat > "$state/ssv.toml" <<TOML
+host_id = 1
+state_dir = "$state/ssvd"
+[api]
+socket = "$state/ssvd.sock"
+[lockd]
+socket = "$state/lockd.sock"
+[nbd]
+socket = "$state/nbd.sock"
+[[lun]]
+file = "$lun"
+TOML
+for _ in $(seq 100); do [ -S "$state/lockd.sock" ] && break; sleep 0.1; done
+RUST_LOG=info "$bin/ssvd" -c "$state/ssv.toml" 2>"$state/ssvd.log" &
+pids=($! "${pids[@]}")
+for _ in $(seq 100); do [ -S "$state/ssvd.sock" ] && break; sleep 0.1; done
+export SSVD_SOCKET=$state/ssvd.sock
+step() { echo "\$ ssvctl $*"; "$bin/ssvctl" "$@"; }
+
+echo "== a pool on the LUN (an LVM2 VG with ssv's leases LV), and a thin volume"
+step lun list
+step pool create pool0 "$lun"
+step volume create web --size 10g
+step volume open web
+uri=$("$bin/ssvctl" --json volume show web | python3 -c 'import json,sys; print(json.load(sys.stdin)["nbd"])')
+
+echo "== qemu-io writes 1.2 GiB through NBD: the 1 GiB LV grows while it writes"
+echo "\$ qemu-io -f raw -c 'write -P 0x5a 0 1200M' -c flush $uri"
+qemu-io -f raw -c 'write -P 0x5a 0 1200M' -c flush "$uri" | tail -2
+step volume show web
+
+echo "== a snapshot while open; later writes go to the new top"
+step snapshot create web before-upgrade
+echo "\$ qemu-io -f raw -c 'write -P 0xa5 2G 64M' $uri"
+qemu-io -f raw -c 'write -P 0xa5 2G 64M' "$uri" | tail -1
+step snapshot list web
+
+echo "== a full clone of the snapshot (a job, with progress), checked"
+step volume clone web web-copy --snapshot before-upgrade
+step volume open web-copy
+curi=$("$bin/ssvctl" --json volume show web-copy | python3 -c 'import json,sys; print(json.load(sys.stdin)["nbd"])')
+echo "\$ qemu-io -f raw -c 'read -P 0x5a 0 1200M' -c 'read -P 0 2G 64M' $curi"
+qemu-io -f raw -c 'read -P 0x5a 0 1200M' -c 'read -P 0 2G 64M' "$curi" | grep -v '^read' || true
+echo "the clone holds the snapshot's 1200 MiB of 0x5a and none of the later write"
+step volume close web-copy
+# Stock qemu-img checks the clone's qcow2 in place: the LV's byte range on the LUN.
+lv=$("$bin/ssvctl" --json volume show web-copy | python3 -c 'import json,sys; print(json.load(sys.stdin)["top"])')
+read -r off lvsize < <("$bin/ssvadm" volume info --json "pool0/$lv" "$lun" | python3 -c '
 import json, sys
 l = json.load(sys.stdin)["layers"][0]
 print(l["pv_offset"], l["lv_size"])')
 img="json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"raw\",\"offset\":$off,\"size\":$lvsize,\"file\":{\"driver\":\"file\",\"filename\":\"$lun\"}}}"
-echo "\$ qemu-img check <disk2 in place: $lun at byte $off>"
-qemu-img check "$img"
-"$ssvadm" volume read pool0/disk2 --to "$state/disk2.raw" "$lun" >/dev/null
-python3 - "$state" <<'PY'
-import sys
-d = sys.argv[1]
-with open(f"{d}/data.bin", "rb") as f: a = f.read()
-with open(f"{d}/more.bin", "rb") as f: b = f.read()
-with open(f"{d}/disk2.raw", "rb") as f:
-    assert f.read(len(a)) == a, "clone differs in the first write"
-    f.seek(2 << 30); assert f.read(len(b)) == b, "clone differs in the second write"
-print("clone disk2 holds both writes, byte for byte")
+echo "\$ qemu-img check <$lv in place: $lun at byte $off>"
+qemu-img check -U "$img"
+
+echo "== what happened"
+step volume list
+step pool show pool0
+step job list
+echo "\$ grep event $state/ssvd.log"
+grep -o 'event .*' "$state/ssvd.log" || true
+echo "\$ curl --unix-socket $state/ssvd.sock http://ssvd/metrics | grep -E 'extensions|sessions'"
+python3 - "$state/ssvd.sock" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(b"GET /metrics HTTP/1.1\r\nHost: ssvd\r\nConnection: close\r\n\r\n")
+data = b""
+while chunk := s.recv(65536): data += chunk
+for line in data.decode().splitlines():
+    if line.startswith("ssvd_lv_extension") or line.startswith("ssvd_sessions"):
+        print(line)
 PY
-rm -f "$state/data.bin" "$state/more.bin" "$state/disk2.raw"
-step inspect "$lun"
+step volume close web
+kill "${pids[0]}" && wait "${pids[0]}" 2>/dev/null || true   # ssvd
+pids=("${pids[@]:1}")
+
 if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v lvm >/dev/null; then
     echo "== stock lvm2 reads the same pool (metadata only: --driverloaded n)"
     loop=$(losetup -f --show "$lun")
     conf=$(mktemp -d)
-    trap 'losetup -d "$loop"; rm -rf "$conf"' EXIT
     cat > "$conf/lvm.conf" <<CONF
 devices { global_filter = [ "a|^$loop\$|", "r|.*|" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 hints = "none" }
 global { locking_dir = "$conf" }
@@ -72,54 +121,9 @@ backup { backup = 0 archive = 0 }
 CONF
     export LVM_SYSTEM_DIR=$conf LVM_SUPPRESS_FD_WARNINGS=1
     lvm vgs --driverloaded n pool0 2>/dev/null
-    lvm lvs --driverloaded n -o lv_name,lv_size,lv_tags,seg_pe_ranges --segments pool0 2>/dev/null
+    lvm lvs --driverloaded n -o lv_name,lv_size,lv_tags pool0 2>/dev/null
     lvm vgck --driverloaded n pool0 2>/dev/null && echo "vgck pool0: clean"
 else
     echo "== (not root, or lvm2/losetup missing: skipping the lvm2 cross-check)"
 fi
-
-echo "== leases: two lockd hosts in the pool's ssv_leases LV (io_timeout 1 s for the demo)"
-# The LV's first byte on the LUN: pe_start + its first extent.
-leases_off=$("$ssvadm" inspect --json "$lun" | python3 -c '
-import json, sys
-vg = json.load(sys.stdin)["vgs"][0]
-lv = next(l for l in vg["lvs"] if l["name"] == "ssv_leases")
-pe = lv["segments"][0]["stripes"][0]["start_pe"]
-print(vg["pvs"][0]["pe_start_bytes"] + pe * vg["extent_size_bytes"])')
-mib=1048576
-run() { echo "\$ lockd $*"; "$lockd" "$@"; }
-run direct init -s "pool0:0:$lun:$leases_off" -o 1
-run direct init -r "pool0:pool:$lun:$((leases_off + mib))" -n 16
-run direct init -r "pool0:vol-a:$lun:$((leases_off + 2 * mib))" -n 16
-pids=()
-stop_daemons() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap 'stop_daemons; [ -n "${loop:-}" ] && losetup -d "$loop"; rm -rf "${conf:-}"' EXIT
-for h in 1 2; do
-    RUST_LOG=warn "$lockd" daemon --socket "$state/lockd$h.sock" -o 1 --watchdog-fire 3 2>"$state/lockd$h.log" &
-    pids+=($!)
-done
-sleep 0.5
-for h in 1 2; do
-    run client --socket "$state/lockd$h.sock" add-lockspace -s "pool0:$h:$lun:$leases_off" &
-done
-wait "${!}"
-sleep 4.5   # two renewals each, so each host has seen the other alive
-pool="pool0:pool:$lun:$((leases_off + mib))"
-echo "\$ (host 1 holds the pool lease for 2 s; host 2 asks for it meanwhile)"
-"$lockd" client --socket "$state/lockd1.sock" command -r "$pool" -- sleep 2 &
-holder=$!
-sleep 0.5
-if "$lockd" client --socket "$state/lockd2.sock" command -r "$pool" -- true 2>&1; then
-    echo "unexpected: both hosts held the pool lease" >&2; exit 1
-else
-    echo "host 2: busy, as it must be (exit code $?)"
-fi
-wait "$holder"
-run client --socket "$state/lockd2.sock" command -r "$pool" -- echo "host 2 now holds the pool lease"
-run client --socket "$state/lockd1.sock" acquire -r "pool0:vol-a:$lun:$((leases_off + 2 * mib)):SH" -p "${pids[0]}"
-run client --socket "$state/lockd1.sock" status
-run direct dump "$lun:$leases_off:$((3 * mib))"
-if command -v sanlock >/dev/null; then
-    echo "\$ sanlock direct dump $lun:$leases_off:$((3 * mib))   # stock sanlock reads the same records"
-    sanlock direct dump "$lun:$leases_off:$((3 * mib))"
-fi
+echo "== done; logs in $state/ssvd.log and $state/lockd.log"

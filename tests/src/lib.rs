@@ -27,6 +27,7 @@ pub mod hosts;
 pub mod leases;
 mod loopdev;
 mod lvm2;
+pub mod qemu;
 mod report;
 pub mod sanlock;
 pub mod tgtd;

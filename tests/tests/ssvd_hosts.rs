@@ -8,7 +8,8 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 use ssv_tests::hosts::HostProc;
-use ssv_tests::{skip_unless_lvm2, LoopDev, Lvm2, Scratch};
+use ssv_tests::qemu::qemu_io;
+use ssv_tests::{find_tool, skip_unless_lvm2, LoopDev, Lvm2, Scratch};
 use ssvd::client::ClientError;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -104,6 +105,45 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
         assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     }
     assert_no_extent_twice(&lun)?;
+
+    // Every host writes its own volume at once through NBD (each LV grows
+    // under the pool lease while the others do too); another host then
+    // reads back exactly what was written.
+    if find_tool("qemu-io").is_some() {
+        std::thread::scope(|s| {
+            for h in &hosts {
+                s.spawn(move || {
+                    let id = format!("h{}-v0", h.id);
+                    let v = h
+                        .client
+                        .post(&format!("/v1/volumes/{id}/session"), &json!({}))
+                        .unwrap();
+                    let uri = v["nbd"].as_str().unwrap();
+                    let p = format!("write -P {} 0 700M", 0x10 + h.id);
+                    qemu_io(uri, &[&p, "flush"]).unwrap_or_else(|e| panic!("host {}: {e}", h.id));
+                    h.client
+                        .delete(&format!("/v1/volumes/{id}/session"))
+                        .unwrap();
+                });
+            }
+        });
+        for (i, h) in hosts.iter().enumerate() {
+            let reader = &hosts[(i + 1) % hosts.len()];
+            let id = format!("h{}-v0", h.id);
+            let v = reader
+                .client
+                .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
+            let uri = v["nbd"].as_str().unwrap();
+            let p = format!("read -P {} 0 700M", 0x10 + h.id);
+            qemu_io(uri, &[&p, "read -P 0 700M 64M"])?;
+            let lv = v["layers"][0]["lv_size"].as_u64().unwrap();
+            assert!(lv > GIB, "the LV of {id} did not grow: {v}");
+            reader.client.delete(&format!("/v1/volumes/{id}/session"))?;
+        }
+        assert_no_extent_twice(&lun)?;
+    } else {
+        println!("SKIPPED the data part: qemu-io not installed (Debian package qemu-utils)");
+    }
 
     // A volume is open on one host at a time.
     hosts[0]

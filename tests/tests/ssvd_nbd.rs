@@ -6,27 +6,12 @@
 use anyhow::{ensure, Result};
 use serde_json::json;
 use ssv_tests::hosts::HostProc;
+use ssv_tests::qemu::qemu_io;
 use ssv_tests::{find_tool, Scratch};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
-
-fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c.arg(uri).output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
-        "qemu-io {cmds:?} on {uri}: {text}"
-    );
-    Ok(text)
-}
 
 #[test]
 fn qemu_writes_through_nbd_grow_snapshot_and_clone() -> Result<()> {

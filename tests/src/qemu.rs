@@ -1,0 +1,22 @@
+//! Real qemu-io on an image or export, for tests that check data.
+
+use anyhow::{ensure, Result};
+use std::process::Command;
+
+/// Runs `qemu-io -f raw -c CMD… URI`; an error (with qemu-io's output)
+/// when it fails or any command reports a failure or a pattern mismatch.
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(uri).output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {uri}: {text}"
+    );
+    Ok(text)
+}

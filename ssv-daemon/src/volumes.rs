@@ -8,7 +8,7 @@ use crate::model::{self, VolumeRecord};
 use crate::names::{self, *};
 use crate::pool::{Pool, PoolExtender};
 use crate::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use thin::chain::LayerOptions;
 use thin::{CreateOptions, LvStore, OpenOptions, Volume};
@@ -30,7 +30,124 @@ pub struct CreateVolume {
     pub cluster_size: Option<String>,
 }
 
+/// A writer outside ssvd (a VMM) asks for its volume's top LV to grow.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct GrowRequest {
+    /// The LV the writer writes (the volume's top).
+    pub lv: String,
+    /// Smallest size that lets the writer go on, in bytes.
+    pub min_size: u64,
+    /// Size the writer's policy asks for (at least `min_size`).
+    #[serde(default)]
+    pub target_size: u64,
+}
+
+/// The LV's new mapping: where each segment lies on the pool's PVs.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct LvMapping {
+    pub lv: String,
+    /// LV size in bytes.
+    pub size: u64,
+    /// VG metadata sequence number this mapping comes from.
+    pub seqno: u32,
+    pub segments: Vec<SegmentMap>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct SegmentMap {
+    /// Byte offset in the LV.
+    pub offset: u64,
+    pub length: u64,
+    /// The PV's LVM UUID and the device path it was last seen at.
+    pub pv_uuid: String,
+    pub pv_path: String,
+    /// Byte offset on the PV.
+    pub pv_offset: u64,
+}
+
+/// `lv`'s segments as byte ranges on PVs (linear segments; others are
+/// reported with no PV, which a writer must refuse).
+pub fn lv_mapping(vg: &lvm::Vg, lv: &str) -> Result<LvMapping> {
+    let l = vg
+        .lv(lv)
+        .ok_or_else(|| Error::NotFound(format!("no LV {lv} in pool {}", vg.name)))?;
+    let ext = vg.extent_bytes();
+    let mut segments = Vec::new();
+    for seg in &l.segments {
+        let (pv_uuid, pv_path, pv_offset) = match &seg.kind {
+            lvm::SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => {
+                let pv = vg.pv(&stripes[0].pv);
+                (
+                    pv.map(|p| p.id.to_string()).unwrap_or_default(),
+                    pv.and_then(|p| p.device.clone()).unwrap_or_default(),
+                    pv.map_or(0, |p| p.pe_start * 512 + stripes[0].start_pe * ext),
+                )
+            }
+            _ => (String::new(), String::new(), 0),
+        };
+        segments.push(SegmentMap {
+            offset: seg.start_extent * ext,
+            length: seg.extent_count * ext,
+            pv_uuid,
+            pv_path,
+            pv_offset,
+        });
+    }
+    Ok(LvMapping {
+        lv: lv.to_string(),
+        size: l.extent_count() * ext,
+        seqno: vg.seqno,
+        segments,
+    })
+}
+
 impl Host {
+    /// The growth service for writers in other processes: extends the
+    /// volume's top LV under the pool lease and answers with its mapping.
+    /// The caller holds the volume's lease (it is the volume's writer).
+    pub fn grow_lv(&self, volume: &str, req: &GrowRequest) -> Result<LvMapping> {
+        let (pool, rec) = self.resolve(volume)?;
+        if req.lv != rec.top {
+            return Err(Error::Conflict(format!(
+                "LV {} is not the top of volume {} (its top is {}): only the top grows; reopen the volume",
+                req.lv, rec.id, rec.top
+            )));
+        }
+        let want = req.target_size.max(req.min_size);
+        let t = std::time::Instant::now();
+        // A full pool may still fit what the writer needs at least.
+        let grown = pool
+            .extend(&req.lv, want)
+            .or_else(|e| match want > req.min_size {
+                true => pool.extend(&req.lv, req.min_size),
+                false => Err(e),
+            });
+        self.metrics
+            .extension_seconds
+            .observe(t.elapsed().as_secs_f64());
+        match grown {
+            Ok(dev) => {
+                self.metrics.extensions.inc();
+                self.events.emit(
+                    "volume.grown",
+                    Some(pool.name()),
+                    Some(&rec.id),
+                    format!(
+                        "LV {} grown to {} bytes in {:?} for a writer outside ssvd",
+                        req.lv,
+                        dev.size(),
+                        t.elapsed()
+                    ),
+                );
+            }
+            Err(e) => {
+                self.metrics.extension_failures.inc();
+                return Err(e.into());
+            }
+        }
+        lv_mapping(&pool.vg(), &req.lv)
+    }
+
     pub(crate) fn layer_opts(&self, pool: &Pool, tags: Vec<String>) -> LayerOptions {
         LayerOptions {
             initial_lv_size: self.growth(pool).1,

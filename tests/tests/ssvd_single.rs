@@ -95,6 +95,40 @@ fn one_host_runs_the_volume_life_cycle_through_the_api() -> Result<()> {
     let v2id = v2["id"].as_str().unwrap().to_string();
     assert_eq!(v2id.len(), 36);
 
+    // The growth service for writers outside ssvd: grow the top, get its
+    // mapping on the PVs.
+    let top = c.get("/v1/volumes/scratch")?["top"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = c.post(
+        &format!("/v1/volumes/{v2id}/grow"),
+        &json!({"lv": top, "min_size": 1536u64 << 20}),
+    )?;
+    assert!(m["size"].as_u64().unwrap() >= 1536 << 20, "{m}");
+    let mapped: u64 = m["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(mapped, m["size"].as_u64().unwrap(), "{m}");
+    assert_eq!(m["segments"][0]["pv_path"], lun_s.as_str(), "{m}");
+    let e = c
+        .post(
+            &format!("/v1/volumes/{v2id}/grow"),
+            &json!({"lv": "ssv_leases", "min_size": 1}),
+        )
+        .unwrap_err();
+    assert_eq!(api_kind(&e).0, 409, "{e}");
+    let e = c
+        .post(
+            &format!("/v1/volumes/{v2id}/grow"),
+            &json!({"lv": top, "min_size": 100u64 << 40}),
+        )
+        .unwrap_err();
+    assert_eq!(api_kind(&e), (507, "no_space"), "{e}");
+
     let list = c.get("/v1/volumes")?;
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     // By name too.

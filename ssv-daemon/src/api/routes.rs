@@ -8,7 +8,7 @@ use crate::luns::LunInfo;
 use crate::model::{SnapshotInfo, VolumeRecord};
 use crate::pool::{PoolLun, PoolStatus};
 use crate::snapshots::CreateSnapshot;
-use crate::volumes::CreateVolume;
+use crate::volumes::{CreateVolume, GrowRequest, LvMapping, SegmentMap};
 use axum::body::Body;
 use axum::extract::{Path, State as S};
 use axum::http::{header, StatusCode};
@@ -37,6 +37,7 @@ use utoipa::OpenApi;
         show_volume,
         delete_volume,
         resize_volume,
+        grow_lv,
         open_session,
         close_session,
         list_snapshots,
@@ -61,6 +62,9 @@ use utoipa::OpenApi;
         VolumeRecord,
         VolumeDetail,
         GrowthInfo,
+        GrowRequest,
+        LvMapping,
+        SegmentMap,
         Resize,
         SnapshotInfo,
         CreateSnapshot,
@@ -84,6 +88,7 @@ pub fn router(state: State) -> Router {
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{id}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{id}/resize", post(resize_volume))
+        .route("/v1/volumes/{id}/grow", post(grow_lv))
         .route(
             "/v1/volumes/{id}/session",
             post(open_session).delete(close_session),
@@ -234,6 +239,20 @@ pub struct OpenQuery {
     /// host_dead timeout) instead of failing at once.
     #[serde(default)]
     pub wait: bool,
+}
+
+/// For writers outside ssvd (VMMs): grow the volume's top LV now and get
+/// its new mapping. The caller must hold the volume's lease.
+#[utoipa::path(post, path = "/v1/volumes/{id}/grow", request_body = GrowRequest,
+    responses((status = 200, body = LvMapping), (status = 409, body = ErrorBody), (status = 507, body = ErrorBody)))]
+async fn grow_lv(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    Json(req): Json<GrowRequest>,
+) -> R<Json<LvMapping>> {
+    blocking(&h, "volume_grow", move |h| h.grow_lv(&id, &req))
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{id}/session", params(OpenQuery),

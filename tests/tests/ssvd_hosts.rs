@@ -157,9 +157,39 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     let e = hosts[1].client.delete("/v1/volumes/h2-v0").unwrap_err();
     assert!(matches!(&e, ClientError::Api { status: 409, .. }), "{e}");
 
-    // Host 1 dies with the volume open. The others go on at once...
+    // Host 1 dies with the volume open, in the middle of creating and
+    // snapshotting volumes (it may hold the pool lease as it dies). The
+    // others go on: at once, or once its pool lease is surely dead.
+    let busy = hosts[0].client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("dying-{i}");
+                if busy
+                    .post("/v1/volumes", &json!({"id": id, "name": "d", "size": "1g"}))
+                    .is_err()
+                    || busy
+                        .post(
+                            &format!("/v1/volumes/{id}/snapshots"),
+                            &json!({"name": "s"}),
+                        )
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
     hosts[0].kill9();
     let killed = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = worker.join();
     hosts[1].client.post(
         "/v1/volumes",
         &json!({"id": "after", "name": "after the crash", "size": "1g"}),
@@ -174,6 +204,12 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
         .client
         .post("/v1/volumes/h2-v0/session?wait=true", &json!({}))?;
     let took = killed.elapsed();
+    // Both survivors see the same volumes, the dead host's finished ones
+    // included.
+    assert_eq!(
+        ids(&hosts[1].client.get("/v1/volumes")?),
+        ids(&hosts[2].client.get("/v1/volumes")?)
+    );
     // lockd at io_timeout 1 s and watchdog_fire 3 s: host_dead is 8 + 3 s
     // (DESIGN.md, sanlock's inequality); well over the 1 s renewal.
     assert!(

@@ -5,11 +5,11 @@ use std::process::Command;
 
 /// Runs `qemu-io -f raw -c CMD… URI`; an error (with qemu-io's output)
 /// when it fails or any command reports a failure or a pattern mismatch.
-pub fn qemu_io(uri: &str, cmds: &[&str]) -> Result<String> {
+pub fn qemu_io<S: AsRef<str> + std::fmt::Debug>(uri: &str, cmds: &[S]) -> Result<String> {
     let mut c = Command::new("qemu-io");
     c.args(["-f", "raw"]);
     for cmd in cmds {
-        c.args(["-c", cmd]);
+        c.args(["-c", cmd.as_ref()]);
     }
     let out = c.arg(uri).output()?;
     let text =

@@ -11,11 +11,11 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use ssv_tests::hosts::HostProc;
+use ssv_tests::qemu::qemu_io;
 use ssv_tests::tgtd::{iptables_skip_reason, LunOpts, Tgtd, TgtdOpts};
 use ssv_tests::{find_tool, skip_unless_lvm2, LoopDev, Lvm2, Scratch};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,22 +29,6 @@ const ROUNDS: usize = 3;
 /// them fit the volume's first LV, so no write waits for growth.
 const CHUNK: u64 = 16 * MIB;
 const MAX_CHUNKS: usize = 28;
-
-fn qemu_io(uri: &str, cmds: &[String]) -> Result<String> {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let out = c.arg(uri).output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
-        "qemu-io {cmds:?} on {uri}: {text}"
-    );
-    Ok(text)
-}
 
 fn pattern(i: usize) -> u8 {
     (i % 250) as u8 + 1

@@ -1,12 +1,16 @@
 //! Our target's login and discovery, driven by our own initiator: every
 //! portal is listed by SendTargets, CHAP is enforced, unknown names and bad
-//! secrets are refused with the RFC's status codes, and a second login of
-//! the same I_T nexus reinstates the session.
+//! secrets are refused with the RFC's status codes, a second login of
+//! the same I_T nexus reinstates the session, and targets added to and
+//! removed from a running server share its portals.
 
 mod target_common;
 
 use san::iscsi::{discover, Chap, IscsiError, IscsiLun};
-use san::BlockDev;
+use san::target::LunConfig;
+use san::{BlockDev, FileDev, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 use target_common::*;
 
@@ -104,5 +108,71 @@ fn a_second_login_of_the_nexus_reinstates_the_session() {
     clear_ua(&other);
     clear_ua(&new);
     assert_eq!(f.server.stats().live, 2);
+    assert_eq!(f.server.stats().panics, 0);
+}
+
+#[test]
+fn targets_are_added_and_removed_while_the_server_runs() {
+    const SECOND: &str = "iqn.2026-01.test.ssv:second";
+    let f = start(Setup::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.img");
+    let opts = OpenOptions::new().create_size(Some(LUN_SIZE));
+    let dev: Arc<dyn BlockDev> = Arc::new(FileDev::open(&path, &opts).unwrap());
+    f.server
+        .add_target(SECOND, vec![LunConfig::new(0, dev.clone())])
+        .unwrap();
+    assert!(f.server.add_target(SECOND, vec![]).is_err(), "served twice");
+    assert!(f.server.add_target("bad,name", vec![]).is_err());
+    // By name: "…:second" sorts before "…:target".
+    assert_eq!(f.server.targets(), vec![SECOND, IQN]);
+    let found = discover(f.portal(1), &options(HOST_A, 1)).unwrap();
+    let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec![SECOND, IQN]);
+    assert_eq!(found[0].portals, vec![(f.portal(0), 1), (f.portal(1), 2)]);
+
+    // One initiator port with a session to each target: two nexuses, and
+    // neither login reinstates the other's session.
+    let first = connect(f.portal(0), HOST_A, 1);
+    clear_ua(&first);
+    let o = options(HOST_A, 1);
+    let second =
+        san::iscsi::Session::new(san::iscsi::login(f.portal(0), Some(SECOND), &o).unwrap());
+    let lun0 = IscsiLun::open(second, 0).unwrap();
+    assert_eq!(lun0.size(), LUN_SIZE);
+    let data = pattern(64 << 10, 7);
+    lun0.write_at(&data, 1 << 20).unwrap();
+    let mut back = vec![0u8; data.len()];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut back, 1 << 20)
+        .unwrap();
+    assert_eq!(back, data, "written through the second target");
+    clear_ua(&first);
+    assert_eq!(f.server.stats().live, 2);
+
+    // Removed: its session is closed by the time remove_target returns,
+    // new logins are refused as unknown, the other target goes on.
+    assert!(f.server.remove_target(SECOND));
+    assert_eq!(f.server.stats().live, 1);
+    assert!(
+        lun0.read_at(&mut back, 0).is_err(),
+        "its session was closed"
+    );
+    assert_eq!(
+        refused(san::iscsi::login(f.portal(0), Some(SECOND), &o)),
+        (2, 3)
+    );
+    let found = discover(f.portal(0), &options(HOST_A, 2)).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, IQN);
+    assert!(!f.server.remove_target(SECOND));
+    clear_ua(&first);
+    let (c, _) = read16(&first, 0, 1);
+    assert_eq!(c.status, san::scsi::Status::GOOD);
+
+    // The first target can go too; the server then serves none.
+    assert!(f.server.remove_target(IQN));
+    assert!(f.server.targets().is_empty());
     assert_eq!(f.server.stats().panics, 0);
 }

@@ -4,6 +4,7 @@
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "/etc/ssv/ssv.toml";
@@ -27,6 +28,8 @@ pub struct Config {
     pub growth: GrowthConfig,
     #[serde(default)]
     pub iscsi: IscsiConfig,
+    #[serde(default)]
+    pub export: ExportConfig,
     /// Where the pools' LUNs are.
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunSource>,
@@ -227,6 +230,83 @@ pub struct IscsiConfig {
     pub initiator_name: Option<String>,
 }
 
+/// How open volumes are exported besides NBD (`[nbd]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Serve each open volume as an iSCSI target on these portals
+    /// (`"IP:PORT"`, e.g. `["192.0.2.1:3260"]`); none: no iSCSI export.
+    #[serde(default)]
+    pub iscsi_portals: Vec<String>,
+    /// A volume's target is `<prefix>:<volume id>`, its LUN 0 the volume.
+    #[serde(default = "default_iqn_prefix")]
+    pub iscsi_iqn_prefix: String,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            iscsi_portals: Vec::new(),
+            iscsi_iqn_prefix: default_iqn_prefix(),
+        }
+    }
+}
+
+pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.ssv:export";
+
+fn default_iqn_prefix() -> String {
+    DEFAULT_IQN_PREFIX.into()
+}
+
+/// An export portal: a specific address (the volume's URI names it, so a
+/// wildcard would tell clients nothing) and a fixed port.
+fn parse_export_portal(p: &str) -> Result<SocketAddr> {
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "[export] iscsi_portals: {p:?} {why}; write \"IP:PORT\", e.g. \"192.0.2.1:3260\" or \"[2001:db8::1]:3260\""
+        ))
+    };
+    let a: SocketAddr = p
+        .parse()
+        .map_err(|_| bad("is not an IP address and port"))?;
+    if a.ip().is_unspecified() {
+        return Err(bad(
+            "listens on every address, but the URI clients get must name one",
+        ));
+    }
+    if a.port() == 0 {
+        return Err(bad(
+            "has port 0, but the URI clients get needs a fixed port",
+        ));
+    }
+    Ok(a)
+}
+
+/// `iqn.YYYY-MM.reversed.domain[:anything]` in lowercase letters, digits,
+/// '.', '-' and ':', leaving room for `:<volume id>` in 223 bytes.
+fn check_iqn_prefix(p: &str) -> Result<()> {
+    let b = p.as_bytes();
+    let dated = b.len() > 12
+        && p.starts_with("iqn.")
+        && b[4..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..11].iter().all(u8::is_ascii_digit)
+        && b[11] == b'.';
+    let chars = b
+        .iter()
+        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'-' | b':'));
+    let room = p.len() + 1 + crate::names::MAX_ID <= 223;
+    if dated && chars && room && !p.ends_with([':', '.']) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "[export] iscsi_iqn_prefix = {p:?}: write an iSCSI name like {DEFAULT_IQN_PREFIX:?} \
+         (iqn.YYYY-MM.reversed.domain, then optionally ':' and more; lowercase letters, digits, \
+         '.', '-' and ':'; at most {} bytes, so that \":<volume id>\" fits)",
+        222 - crate::names::MAX_ID
+    )))
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ssv")
 }
@@ -286,7 +366,27 @@ impl Config {
         if chunk == 0 {
             return Err(Error::Invalid("[growth] chunk must not be 0".into()));
         }
+        let mut seen = Vec::new();
+        for p in &self.export.iscsi_portals {
+            let a = parse_export_portal(p)?;
+            if seen.contains(&a) {
+                return Err(Error::Invalid(format!(
+                    "[export] iscsi_portals lists {a} twice; list each portal once"
+                )));
+            }
+            seen.push(a);
+        }
+        check_iqn_prefix(&self.export.iscsi_iqn_prefix)?;
         Ok(())
+    }
+
+    /// Where open volumes are exported over iSCSI (checked at load); empty: nowhere.
+    pub fn iscsi_export_portals(&self) -> Vec<SocketAddr> {
+        self.export
+            .iscsi_portals
+            .iter()
+            .filter_map(|p| parse_export_portal(p).ok())
+            .collect()
     }
 
     pub fn growth_policy(&self) -> thin::GrowthPolicy {
@@ -423,6 +523,53 @@ mod tests {
             ),
         ] {
             let e = Config::parse(&format!("host_id = 1\n[[lun]]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn export_table() {
+        let c = Config::parse("host_id = 1").unwrap();
+        assert!(c.iscsi_export_portals().is_empty());
+        assert_eq!(c.export.iscsi_iqn_prefix, DEFAULT_IQN_PREFIX);
+        let c = Config::parse(
+            "host_id = 1\n[export]\niscsi_portals = [\"127.0.0.1:3260\", \"[::1]:3261\"]\niscsi_iqn_prefix = \"iqn.2026-01.com.example:ssv\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.iscsi_export_portals(),
+            vec![
+                "127.0.0.1:3260".parse::<SocketAddr>().unwrap(),
+                "[::1]:3261".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.export.iscsi_iqn_prefix, "iqn.2026-01.com.example:ssv");
+        let long = format!("iqn.2026-01.com.{}", "a".repeat(200));
+        for (bad, says) in [
+            ("iscsi_portals = [\"127.0.0.1\"]", "IP:PORT"),
+            ("iscsi_portals = [\"storage:3260\"]", "IP:PORT"),
+            ("iscsi_portals = [\"0.0.0.0:3260\"]", "must name one"),
+            ("iscsi_portals = [\"127.0.0.1:0\"]", "fixed port"),
+            (
+                "iscsi_portals = [\"127.0.0.1:3260\", \"127.0.0.1:3260\"]",
+                "twice",
+            ),
+            ("iscsi_portals = \"127.0.0.1:3260\"", "sequence"),
+            ("iscsi_iqn_prefix = \"ssv\"", "iqn.YYYY-MM"),
+            (
+                "iscsi_iqn_prefix = \"iqn.2026-01.com.Example\"",
+                "lowercase",
+            ),
+            (
+                "iscsi_iqn_prefix = \"iqn.2026-01.com.example:\"",
+                "iqn.YYYY-MM",
+            ),
+            (&*format!("iscsi_iqn_prefix = \"{long}\""), "at most"),
+            ("iscsi_portal = []", "iscsi_portal"),
+        ] {
+            let e = Config::parse(&format!("host_id = 1\n[export]\n{bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(says), "{bad}: {e}");

@@ -57,10 +57,16 @@ pub struct VolumeDetail {
     /// NBD URI while open here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nbd: Option<String>,
-    /// How the LV grew while open here (since it was last opened or
-    /// switched to a new top).
+    /// iSCSI URI while open here and `[export] iscsi_portals` is set:
+    /// `iscsi://PORTAL[,PORTAL…]/<prefix>:<volume id>/0` (every portal is a
+    /// path to LUN 0 of the volume's target).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth: Option<GrowthInfo>,
+    pub iscsi: Option<String>,
+    /// How the LV grew while open here (since it was last opened or
+    /// switched to a new top). Boxed: it is most of the detail's size,
+    /// which enums carrying a detail (`CloneStarted`) would all pay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Box<GrowthInfo>>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -116,10 +122,21 @@ pub struct HostStatus {
     pub lockd: serde_json::Value,
 }
 
-/// Where exports of open volumes go (the NBD server, later iSCSI).
+/// The transports an open volume is exported over; each is one field of
+/// [`VolumeDetail`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Nbd,
+    Iscsi,
+}
+
+/// Where exports of open volumes go: the NBD server, the iSCSI target.
 pub trait Exporter: Send + Sync {
+    fn transport(&self) -> Transport;
     /// Serves `dev` under `name`; returns the URI clients use.
     fn export(&self, name: &str, dev: Arc<dyn BlockDev>) -> Result<String>;
+    /// Stops serving `name`; its clients' connections are closed and no
+    /// I/O of theirs runs after this returns.
     fn unexport(&self, name: &str);
 }
 
@@ -133,8 +150,10 @@ pub struct Host {
     /// Volume ids with an operation running on this host.
     pub(crate) busy: Mutex<std::collections::HashSet<String>>,
     pub(crate) jobs: Mutex<HashMap<String, crate::clones::JobInfo>>,
-    pub(crate) exporter: Mutex<Option<Arc<dyn Exporter>>>,
-    pub(crate) exports: Mutex<HashMap<String, String>>,
+    /// Every open volume is exported by each, in order.
+    pub(crate) exporters: Mutex<Vec<Arc<dyn Exporter>>>,
+    /// Open volume id → its URI per transport.
+    pub(crate) exports: Mutex<HashMap<String, HashMap<Transport, String>>>,
     /// One scan for pools at a time (a pool is joined once).
     attaching: Mutex<()>,
 }
@@ -159,14 +178,15 @@ impl Host {
             sessions: Mutex::default(),
             busy: Mutex::default(),
             jobs: Mutex::default(),
-            exporter: Mutex::new(None),
+            exporters: Mutex::default(),
             exports: Mutex::default(),
             attaching: Mutex::default(),
         }
     }
 
-    pub fn set_exporter(&self, e: Arc<dyn Exporter>) {
-        *lock(&self.exporter) = Some(e);
+    /// Exports volumes opened from now on over one more transport.
+    pub fn add_exporter(&self, e: Arc<dyn Exporter>) {
+        lock(&self.exporters).push(e);
     }
 
     /// Attaches every ssv pool found on the configured LUNs.
@@ -381,7 +401,9 @@ impl Host {
         let dev = pool.open(&rec.top)?;
         let h = thin::layer::read_header(&*dev)?;
         let (allocated_end, growth) = match &session {
-            Some(s) => s.with_volume(|v| Ok((v.allocated_end(), Some(v.growth().into()))))?,
+            Some(s) => {
+                s.with_volume(|v| Ok((v.allocated_end(), Some(Box::new(v.growth().into())))))?
+            }
             None => (thin::layer::allocated_end(&*dev, &h)?, None),
         };
         Ok(VolumeDetail {
@@ -394,10 +416,15 @@ impl Host {
                 "closed"
             }
             .into(),
-            nbd: lock(&self.exports).get(&rec.id).cloned(),
+            nbd: self.export_uri(&rec.id, Transport::Nbd),
+            iscsi: self.export_uri(&rec.id, Transport::Iscsi),
             growth,
             record: rec,
         })
+    }
+
+    fn export_uri(&self, id: &str, t: Transport) -> Option<String> {
+        lock(&self.exports).get(id)?.get(&t).cloned()
     }
 
     /// The growth policy and initial LV size of volumes in `pool`.

@@ -5,6 +5,7 @@
 use crate::host::{lock, Host, VolumeDetail};
 use crate::{Error, Result};
 use san::{BlockDev, DevId};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use thin::Volume;
 
@@ -118,6 +119,14 @@ impl Session {
     }
 }
 
+/// Flushes the volume and takes it out of the session: later I/O fails.
+fn shut(s: &Session) -> Result<()> {
+    s.quiesce(|v| {
+        let r = v.map_or(Ok(()), |v| v.flush().map_err(Error::from));
+        (None, r)
+    })
+}
+
 impl Host {
     /// Opens the volume for writing on this host, holding its lease, and
     /// exports it; returns where.
@@ -141,18 +150,28 @@ impl Host {
             })?;
         let v = self.open_volume(&pool, &rec.top)?;
         let s = Arc::new(Session::new(&rec.id, pool.name(), lease.keep(), v));
-        let exporter = lock(&self.exporter).clone();
-        if let Some(x) = exporter {
+        // Every transport or none: a failed export undoes the others and
+        // closes the volume, which is then not open anywhere.
+        let exporters = lock(&self.exporters).clone();
+        let mut uris = HashMap::new();
+        for (i, x) in exporters.iter().enumerate() {
             match x.export(&rec.id, s.arc_dev()) {
                 Ok(uri) => {
-                    lock(&self.exports).insert(rec.id.clone(), uri);
+                    uris.insert(x.transport(), uri);
                 }
                 Err(e) => {
+                    for done in &exporters[..i] {
+                        done.unexport(&rec.id);
+                    }
+                    if let Err(f) = shut(&s) {
+                        log::warn!("closing volume {} after a failed export: {f}", rec.id);
+                    }
                     self.locks.release(&s.lease);
                     return Err(e);
                 }
             }
         }
+        lock(&self.exports).insert(rec.id.clone(), uris);
         lock(&self.sessions).insert(rec.id.clone(), s);
         self.metrics.sessions.inc();
         self.events.emit(
@@ -176,14 +195,13 @@ impl Host {
                 rec.id
             )));
         };
-        if let Some(x) = lock(&self.exporter).clone() {
+        // Clients first: none of their I/O runs once the volume is shut.
+        let exporters = lock(&self.exporters).clone();
+        for x in &exporters {
             x.unexport(&rec.id);
         }
         lock(&self.exports).remove(&rec.id);
-        let flushed = s.quiesce(|v| {
-            let r = v.map_or(Ok(()), |v| v.flush().map_err(Error::from));
-            (None, r)
-        });
+        let flushed = shut(&s);
         self.locks.release(&s.lease);
         self.metrics.sessions.dec();
         self.events.emit(

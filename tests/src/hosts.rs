@@ -60,6 +60,19 @@ impl HostProc {
         lun_entries: &[String],
         io_timeout: u64,
     ) -> Result<HostProc> {
+        Self::start_with_toml(base, id, lun_entries, io_timeout, "")
+    }
+
+    /// As [`HostProc::start_with`], with `extra_toml` (whole tables, e.g.
+    /// `"[export]\niscsi_portals = [\"127.0.0.1:3260\"]\n"`) appended to
+    /// ssvd's configuration.
+    pub fn start_with_toml(
+        base: &Path,
+        id: u64,
+        lun_entries: &[String],
+        io_timeout: u64,
+        extra_toml: &str,
+    ) -> Result<HostProc> {
         let dir = base.join(format!("host{id}"));
         std::fs::create_dir_all(&dir)?;
         let lockd_sock = dir.join("lockd.sock");
@@ -94,6 +107,7 @@ impl HostProc {
         for l in lun_entries {
             cfg.push_str(&format!("[[lun]]\n{l}\n"));
         }
+        cfg.push_str(extra_toml);
         let config = dir.join("ssv.toml");
         std::fs::write(&config, cfg)?;
         let mut h = HostProc {

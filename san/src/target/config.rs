@@ -140,27 +140,9 @@ impl TargetConfig {
 
     pub fn validate(&self) -> Result<(), TargetError> {
         let bad = |m: String| Err(TargetError::Config(m));
-        if self.iqn.is_empty() || self.iqn.len() > 223 || self.iqn.contains(['\0', ',']) {
-            return bad(format!(
-                "target name {:?} must be 1-223 bytes without NUL or ','",
-                self.iqn
-            ));
-        }
+        check_target(&self.iqn, &self.luns)?;
         if self.portals.is_empty() || self.portals.len() > usize::from(u16::MAX) {
             return bad("a target needs at least one portal".into());
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for l in &self.luns {
-            if l.lun > MAX_LUN || !seen.insert(l.lun) {
-                return bad(format!("LUN {} is duplicated or above {MAX_LUN}", l.lun));
-            }
-            let bs = l.dev.logical_sector_size();
-            if !(512..=65536).contains(&bs) || !bs.is_power_of_two() {
-                return bad(format!(
-                    "LUN {}: logical block size {bs} unsupported",
-                    l.lun
-                ));
-            }
         }
         let p = &self.params;
         for (name, v) in [
@@ -187,4 +169,29 @@ impl TargetConfig {
         }
         Ok(())
     }
+}
+
+/// A target's own part of the configuration: its name and LUNs (also what
+/// `TargetServer::add_target` checks).
+pub(crate) fn check_target(iqn: &str, luns: &[LunConfig]) -> Result<(), TargetError> {
+    let bad = |m: String| Err(TargetError::Config(m));
+    if iqn.is_empty() || iqn.len() > 223 || iqn.contains(['\0', ',']) {
+        return bad(format!(
+            "target name {iqn:?} must be 1-223 bytes without NUL or ','"
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for l in luns {
+        if l.lun > MAX_LUN || !seen.insert(l.lun) {
+            return bad(format!("LUN {} is duplicated or above {MAX_LUN}", l.lun));
+        }
+        let bs = l.dev.logical_sector_size();
+        if !(512..=65536).contains(&bs) || !bs.is_power_of_two() {
+            return bad(format!(
+                "LUN {}: logical block size {bs} unsupported",
+                l.lun
+            ));
+        }
+    }
+    Ok(())
 }

@@ -15,7 +15,7 @@ use super::registry::ConnCtl;
 use super::response::Limits;
 use super::scsi::MAX_TRANSFER_BYTES;
 use super::sender::{Sender, Stat};
-use super::server::Target;
+use super::server::Server;
 use super::wire::{Wire, WireRx, WireTx};
 use super::ConnError;
 use crate::iscsi::pdu::{self, sn_le, Digests, Opcode, Pdu, PduError, RESERVED_TAG};
@@ -52,17 +52,19 @@ const OFF_TIME2WAIT: usize = 40;
 const OFF_TIME2RETAIN: usize = 42;
 /// Tags of tasks aborted by ABORT TASK whose late Data-Out is discarded.
 const ABORTED_MEMORY: usize = 16;
-/// A Text answer gathered for continuation is bounded (SendTargets of one target).
-const MAX_TEXT_ANSWER: usize = 64 << 10;
+/// A Text answer gathered for continuation is bounded: SendTargets=All of
+/// a server with one target per exported volume (thousands, ~130 bytes
+/// each with one portal) fits, as it does in our initiator's 1 MiB.
+const MAX_TEXT_ANSWER: usize = 1 << 20;
 /// 0B/47/05, the iSCSI condition "protocol service CRC error" (RFC 7143
 /// §11.4.7.2): how a command whose Data-Out went missing ends at ERL 0.
 const PROTOCOL_SERVICE_CRC_ERROR: Sense = Sense::new(ABORTED_COMMAND, 0x47, 0x05);
 
 /// Serves one accepted connection until it ends, logging why.
-pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
+pub(crate) fn serve(s: &Server, stream: TcpStream, ctl: &Arc<ConnCtl>) {
     let portal = ctl.portal;
-    let tpgt = t.portals.get(portal).map_or(0, |p| p.tpgt);
-    let mut wire = match Wire::new(stream, ctl.clone(), t.faults.clone()) {
+    let tpgt = s.portals.get(portal).map_or(0, |p| p.tpgt);
+    let mut wire = match Wire::new(stream, ctl.clone(), s.faults.clone()) {
         Ok(w) => w,
         Err(e) => {
             log::warn!("portal {portal}: cannot set up a connection: {e}");
@@ -70,7 +72,7 @@ pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
         }
     };
     let peer = wire.peer;
-    let session = match login::login(&mut wire, t, ctl, tpgt) {
+    let session = match login::login(&mut wire, s, ctl, tpgt) {
         Ok(s) => s,
         Err(e) => return log_end(peer, "login", &e),
     };
@@ -80,10 +82,10 @@ pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
     });
     let what = match &session.kind {
         SessionKind::Discovery => "discovery session".to_string(),
-        SessionKind::Normal(n) => format!("session {n}"),
+        SessionKind::Normal(n, t) => format!("session {n} with {}", t.iqn),
     };
     log::info!("{peer}: {what} logged in (TSIH {})", session.tsih);
-    match full_feature(t, ctl, tpgt, rx, tx, session) {
+    match full_feature(s, ctl, tpgt, rx, tx, session) {
         Ok(()) => log::info!("{peer}: {what} logged out"),
         Err(e) => log_end(peer, &what, &e),
     }
@@ -92,7 +94,7 @@ pub(crate) fn serve(t: &Target, stream: TcpStream, ctl: &Arc<ConnCtl>) {
 /// Full feature phase: this thread reads, workers in its scope run the
 /// commands; all of them have ended when this returns.
 fn full_feature(
-    t: &Target,
+    s: &Server,
     ctl: &Arc<ConnCtl>,
     tpgt: u16,
     rx: WireRx,
@@ -106,35 +108,35 @@ fn full_feature(
         exp_cmd_sn,
         ..
     } = session;
-    let nexus = match kind {
-        SessionKind::Normal(n) => Some(n),
-        SessionKind::Discovery => None,
+    let (nexus, target) = match kind {
+        SessionKind::Normal(n, t) => (Some(n), Some(t)),
+        SessionKind::Discovery => (None, None),
     };
     let limits = Limits {
         max_segment: params.max_send_data_segment_length as usize,
         max_burst: params.max_burst_length as usize,
     };
     let pool = Pool::new(
-        t,
+        target.as_deref(),
         tpgt,
         nexus,
         limits,
-        Sender::new(tx, stat_sn, ctl.clone(), t.faults.clone()),
-        Book::new(exp_cmd_sn, t.params.queue_depth, ctl.clone()),
+        Sender::new(tx, stat_sn, ctl.clone(), s.faults.clone()),
+        Book::new(exp_cmd_sn, s.params.queue_depth, ctl.clone()),
         ctl.clone(),
     );
     let id = ctl.id;
-    thread::scope(|s| {
+    thread::scope(|scope| {
         // Dropped last, by a return or a panic: the workers end, so the
         // scope can join them.
         let _closer = Closer(&pool);
         let spawn = || -> io::Result<()> {
             thread::Builder::new()
                 .name(format!("iscsi-conn-{id}w"))
-                .spawn_scoped(s, || pool::work(&pool))
+                .spawn_scoped(scope, || pool::work(&pool))
                 .map(drop)
         };
-        let r = Conn::new(t, rx, &pool, &spawn, params).run();
+        let r = Conn::new(s, rx, &pool, &spawn, params).run();
         // A worker's failure ends the connection first; any after that
         // (answers of queued commands to a closed socket) are not the cause.
         pool.take_failure().map_or(r, Err)
@@ -219,7 +221,7 @@ enum Flow {
 type Spawn<'a> = &'a dyn Fn() -> io::Result<()>;
 
 struct Conn<'a> {
-    t: &'a Target,
+    s: &'a Server,
     rx: WireRx,
     pool: &'a Pool<'a>,
     spawn: Spawn<'a>,
@@ -237,14 +239,14 @@ struct Conn<'a> {
 
 impl<'a> Conn<'a> {
     fn new(
-        t: &'a Target,
+        s: &'a Server,
         rx: WireRx,
         pool: &'a Pool<'a>,
         spawn: Spawn<'a>,
         params: Params,
     ) -> Conn<'a> {
         Conn {
-            t,
+            s,
             rx,
             pool,
             spawn,
@@ -323,12 +325,12 @@ impl<'a> Conn<'a> {
 
     fn idle(&mut self) -> Result<(), ConnError> {
         if let Some((_, sent)) = self.ping {
-            if sent.elapsed() > self.t.params.nop_timeout {
-                return Err(ConnError::NopTimeout(self.t.params.nop_timeout));
+            if sent.elapsed() > self.s.params.nop_timeout {
+                return Err(ConnError::NopTimeout(self.s.params.nop_timeout));
             }
             return Ok(());
         }
-        let Some(interval) = self.t.params.nop_interval else {
+        let Some(interval) = self.s.params.nop_interval else {
             return Ok(());
         };
         if self.last_rx.elapsed() < interval {
@@ -405,7 +407,8 @@ impl<'a> Conn<'a> {
         if !p.is_final() && (!write || self.params.initial_r2t) {
             return protocol("unsolicited Data-Out announced where none may follow".into());
         }
-        let epoch = match (self.t.lus.get(&lun), &self.pool.nexus) {
+        let lu = self.pool.t.and_then(|t| t.lus.get(&lun));
+        let epoch = match (lu, &self.pool.nexus) {
             (Some(lu), Some(n)) => lu.state().epoch(n),
             _ => Epoch::default(),
         };
@@ -575,7 +578,7 @@ impl<'a> Conn<'a> {
         let injected = if refused.is_some() {
             None
         } else {
-            self.t.faults.take(task.cdb[0])
+            self.s.faults.take(task.cdb[0])
         };
         let job = Job {
             itt: task.itt,
@@ -635,7 +638,7 @@ impl<'a> Conn<'a> {
         let lun = pdu::decode_lun(p.lun());
         let response = match p.flags() & FUNCTION_MASK {
             TMF_ABORT_TASK => self.abort_task(p.u32_at(pdu::OFF_20), p.u32_at(pdu::OFF_32))?,
-            TMF_LUN_RESET => match self.t.lus.get(&lun) {
+            TMF_LUN_RESET => match self.pool.t.and_then(|t| t.lus.get(&lun)) {
                 None => TMF_NO_LUN,
                 Some(lu) => {
                     // This connection's tasks of the LU: those waiting for
@@ -739,28 +742,33 @@ impl<'a> Conn<'a> {
         self.answer(r, Stat::Take)
     }
 
-    /// SendTargets (RFC 7143 §12.3): every portal of the target, each with
-    /// its group tag; a portal bound to a wildcard address is reported at
-    /// the address this connection reached.
+    /// SendTargets (RFC 7143 §12.3): the targets asked for (`All`: every
+    /// one of the server in a discovery session, this session's target in
+    /// a normal one; empty: this session's), each with every portal
+    /// and its group tag; a portal bound to a wildcard address is reported
+    /// at the address this connection reached.
     fn send_targets(&self, which: &str) -> Vec<(String, String)> {
-        let ours = match which {
-            "All" => true,
-            "" => self.pool.nexus.is_some(),
-            name => name == self.t.iqn,
+        let own = || self.pool.t.and_then(|t| self.s.target(&t.iqn));
+        let targets: Vec<_> = match which {
+            // A normal session learns about its own target only.
+            "All" if self.pool.t.is_some() => own().into_iter().collect(),
+            "All" => self.s.targets(),
+            "" => own().into_iter().collect(),
+            name => self.s.target(name).into_iter().collect(),
         };
-        if !ours {
-            return Vec::new();
-        }
-        let mut out = vec![("TargetName".to_string(), self.t.iqn.clone())];
-        for portal in &self.t.portals {
-            let mut addr = portal.addr;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(self.pool.sender.local.ip());
+        let mut out = Vec::new();
+        for t in targets {
+            out.push(("TargetName".to_string(), t.iqn.clone()));
+            for portal in &self.s.portals {
+                let mut addr = portal.addr;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(self.pool.sender.local.ip());
+                }
+                out.push((
+                    "TargetAddress".to_string(),
+                    format!("{addr},{}", portal.tpgt),
+                ));
             }
-            out.push((
-                "TargetAddress".to_string(),
-                format!("{addr},{}", portal.tpgt),
-            ));
         }
         out
     }

@@ -7,7 +7,7 @@ use super::chap::{Challenge, ALGORITHM_MD5};
 use super::negotiate::Negotiator;
 use super::nexus::{InitiatorPort, Nexus};
 use super::registry::ConnCtl;
-use super::server::Target;
+use super::server::{Server, Target};
 use super::wire::Wire;
 use super::ConnError;
 use crate::iscsi::pdu::{self, Opcode, Pdu};
@@ -48,7 +48,8 @@ const TARGET_ERROR: LoginStatus = (3, 0x00);
 
 pub(crate) enum SessionKind {
     Discovery,
-    Normal(Nexus),
+    /// A session with one target of the server.
+    Normal(Nexus, Arc<Target>),
 }
 
 /// A session in full feature phase, as login left it.
@@ -72,7 +73,9 @@ enum Auth {
 }
 
 struct Login<'a> {
-    t: &'a Target,
+    s: &'a Server,
+    /// The target the login names (normal sessions), once declared.
+    target: Option<Arc<Target>>,
     conn: &'a Arc<ConnCtl>,
     tpgt: u16,
     isid: [u8; 6],
@@ -94,14 +97,15 @@ struct Login<'a> {
 /// answered) or a broken exchange.
 pub(crate) fn login(
     wire: &mut Wire,
-    t: &Target,
+    s: &Server,
     conn: &Arc<ConnCtl>,
     tpgt: u16,
 ) -> Result<Session, ConnError> {
-    let deadline = Instant::now() + t.params.login_timeout;
-    let first = next(wire, deadline, t)?;
+    let deadline = Instant::now() + s.params.login_timeout;
+    let first = next(wire, deadline, s)?;
     let mut l = Login {
-        t,
+        s,
+        target: None,
         conn,
         tpgt,
         isid: isid_of(&first),
@@ -112,7 +116,7 @@ pub(crate) fn login(
         discovery: false,
         initiator: String::new(),
         auth: Auth::Pending,
-        neg: Negotiator::new(&t.params),
+        neg: Negotiator::new(&s.params),
         declared: false,
         answered: false,
         text: Vec::new(),
@@ -123,11 +127,11 @@ pub(crate) fn login(
         if let Some(s) = l.step(wire, &p)? {
             return Ok(s);
         }
-        p = next(wire, deadline, t)?;
+        p = next(wire, deadline, s)?;
     }
 }
 
-fn next(wire: &mut Wire, deadline: Instant, t: &Target) -> Result<Pdu, ConnError> {
+fn next(wire: &mut Wire, deadline: Instant, s: &Server) -> Result<Pdu, ConnError> {
     loop {
         if let Some(p) = wire.recv(LOGIN_MAX_DATA)? {
             if p.opcode() != Some(Opcode::LoginRequest) {
@@ -138,7 +142,7 @@ fn next(wire: &mut Wire, deadline: Instant, t: &Target) -> Result<Pdu, ConnError
             return Ok(p);
         }
         if Instant::now() > deadline {
-            return Err(ConnError::LoginTimeout(t.params.login_timeout));
+            return Err(ConnError::LoginTimeout(s.params.login_timeout));
         }
     }
 }
@@ -163,7 +167,7 @@ impl Login<'_> {
         r.set_u32(pdu::OFF_28, self.cmd_sn);
         r.set_u32(
             pdu::OFF_32,
-            self.cmd_sn.wrapping_add(self.t.params.queue_depth - 1),
+            self.cmd_sn.wrapping_add(self.s.params.queue_depth - 1),
         );
         r.bhs[OFF_STATUS_CLASS] = status.0;
         r.bhs[OFF_STATUS_DETAIL] = status.1;
@@ -220,17 +224,19 @@ impl Login<'_> {
         if !self.discovery {
             match text::get(pairs, "TargetName") {
                 None => return Err(self.refuse(wire, MISSING_PARAMETER, "no TargetName".into())),
-                Some(n) if n != self.t.iqn => {
-                    let why = format!("unknown target {n:?}");
-                    return Err(self.refuse(wire, NOT_FOUND, why));
-                }
-                Some(_) => {}
+                Some(n) => match self.s.target(n) {
+                    Some(t) => self.target = Some(t),
+                    None => {
+                        let why = format!("unknown target {n:?}");
+                        return Err(self.refuse(wire, NOT_FOUND, why));
+                    }
+                },
             }
         }
         let tsih = u16::from_be_bytes([p.bhs[pdu::OFF_TSIH], p.bhs[pdu::OFF_TSIH + 1]]);
         if tsih != 0 {
             // Adding a connection to a session (MC/S): MaxConnections is 1.
-            let (status, why) = if self.t.registry.has_tsih(tsih) {
+            let (status, why) = if self.s.registry.has_tsih(tsih) {
                 (TOO_MANY_CONNECTIONS, "MaxConnections is 1")
             } else {
                 (NO_SUCH_SESSION, "no session with that TSIH")
@@ -243,7 +249,7 @@ impl Login<'_> {
     fn authenticated(&self) -> bool {
         match self.auth {
             Auth::Done => true,
-            Auth::Pending => self.t.chap.is_none(),
+            Auth::Pending => self.s.chap.is_none(),
             Auth::ChapChosen | Auth::ChapChallenged(_) => false,
         }
     }
@@ -331,7 +337,7 @@ impl Login<'_> {
         if (csg == STAGE_OPERATIONAL || to_ffp) && !self.declared {
             replies.push((
                 "MaxRecvDataSegmentLength".into(),
-                self.t.params.max_recv_data_segment_length.to_string(),
+                self.s.params.max_recv_data_segment_length.to_string(),
             ));
             self.declared = true;
         }
@@ -347,22 +353,34 @@ impl Login<'_> {
             }
             return Ok(None);
         }
-        let kind = if self.discovery {
-            SessionKind::Discovery
-        } else {
-            SessionKind::Normal(Nexus {
-                port: InitiatorPort {
-                    name: self.initiator.clone(),
-                    isid: self.isid,
+        let kind = match (self.discovery, &self.target) {
+            (true, _) => SessionKind::Discovery,
+            (false, Some(t)) => SessionKind::Normal(
+                Nexus {
+                    port: InitiatorPort {
+                        name: self.initiator.clone(),
+                        isid: self.isid,
+                    },
+                    tpgt: self.tpgt,
                 },
-                tpgt: self.tpgt,
-            })
+                t.clone(),
+            ),
+            // `declare` refuses a normal login without a known target.
+            (false, None) => {
+                return Err(self.refuse(wire, MISSING_PARAMETER, "no TargetName".into()))
+            }
         };
         let tsih = match &kind {
-            SessionKind::Discovery => self.t.registry.open_discovery(self.conn),
-            SessionKind::Normal(n) => {
-                let tsih = self.t.registry.open_session(n, self.conn);
-                for lu in self.t.lus.values() {
+            SessionKind::Discovery => self.s.registry.open_discovery(self.conn),
+            SessionKind::Normal(n, t) => {
+                let tsih = self.s.registry.open_session(&t.iqn, n, self.conn);
+                // Removed while this login ran: its sessions were closed
+                // before this one was registered (see `remove_target`).
+                if t.removed() {
+                    let why = format!("target {:?} was removed", t.iqn);
+                    return Err(self.refuse(wire, NOT_FOUND, why));
+                }
+                for lu in t.lus.values() {
                     lu.state().nexus_login(n);
                 }
                 tsih
@@ -376,7 +394,7 @@ impl Login<'_> {
         );
         wire.send(&r)?;
         wire.flush()?;
-        let neg = std::mem::replace(&mut self.neg, Negotiator::new(&self.t.params));
+        let neg = std::mem::replace(&mut self.neg, Negotiator::new(&self.s.params));
         Ok(Some(Session {
             kind,
             params: neg.finish(),
@@ -397,7 +415,7 @@ impl Login<'_> {
             match k.as_str() {
                 "AuthMethod" => {
                     let offered: Vec<&str> = v.split(',').collect();
-                    let pick = if self.t.chap.is_some() {
+                    let pick = if self.s.chap.is_some() {
                         "CHAP"
                     } else {
                         "None"
@@ -447,7 +465,7 @@ impl Login<'_> {
         if n.is_none() && r.is_none() {
             return Ok(());
         }
-        let ok = match (&self.auth, &self.t.chap, n, r) {
+        let ok = match (&self.auth, &self.s.chap, n, r) {
             (Auth::ChapChallenged(c), Some(acct), Some(n), Some(r)) => c.verify(acct, n, r),
             _ => false,
         };

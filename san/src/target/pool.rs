@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 const KEEP_BUFFER: usize = OPTIMAL_TRANSFER_BYTES as usize;
 
 pub(crate) struct Pool<'a> {
-    pub t: &'a Target,
+    /// The session's target; `None` in a discovery session.
+    pub t: Option<&'a Target>,
     pub tpgt: u16,
     /// `None` in a discovery session, which has no SCSI tasks.
     pub nexus: Option<Nexus>,
@@ -37,7 +38,7 @@ pub(crate) struct Pool<'a> {
 
 impl<'a> Pool<'a> {
     pub fn new(
-        t: &'a Target,
+        t: Option<&'a Target>,
         tpgt: u16,
         nexus: Option<Nexus>,
         limits: Limits,
@@ -135,7 +136,7 @@ impl Drop for Running<'_, '_> {
 }
 
 fn run(pool: &Pool<'_>, job: &Job, spare: &mut Option<IoBuf>) -> Outcome {
-    let Some(nexus) = &pool.nexus else {
+    let (Some(t), Some(nexus)) = (pool.t, &pool.nexus) else {
         // The connection thread refuses SCSI commands without a nexus.
         return Outcome::check(Sense::LUN_NOT_SUPPORTED);
     };
@@ -157,7 +158,7 @@ fn run(pool: &Pool<'_>, job: &Job, spare: &mut Option<IoBuf>) -> Outcome {
         nexus,
         epoch: job.epoch,
     };
-    scsi::execute(pool.t, pool.tpgt, &cmd, spare)
+    scsi::execute(t, pool.tpgt, &cmd, spare)
 }
 
 /// Sends the answer. The task leaves the book under the writing lock, just

@@ -1,7 +1,8 @@
-//! What the target knows about its live connections and sessions: TSIH
-//! assignment, session reinstatement (a new login of the same I_T nexus
-//! closes the old session, RFC 7143 §6.3.5), closing connections on demand
-//! (stop, fault hooks) and the connection threads, joined to count panics.
+//! What the target server knows about its live connections and sessions:
+//! TSIH assignment, session reinstatement (a new login of the same I_T
+//! nexus to the same target closes the old session, RFC 7143 §6.3.5),
+//! closing connections on demand (stop, a removed target, fault hooks) and
+//! the connection threads, joined to count panics.
 
 use super::nexus::Nexus;
 use std::collections::HashMap;
@@ -11,8 +12,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long a reinstating login waits for the old session's thread to let
-/// go (it may be inside a slow BlockDev call); after that it goes on.
+/// How long a reinstating login (or a removed target) waits for the old
+/// session's thread to let go (it may be inside a slow BlockDev call);
+/// after that it goes on.
 const REINSTATE_WAIT: Duration = Duration::from_secs(10);
 
 /// One live connection, as others need to see it.
@@ -56,7 +58,9 @@ struct Inner {
     next_id: u64,
     last_tsih: u16,
     conns: Vec<Arc<ConnCtl>>,
-    sessions: HashMap<Nexus, Session>,
+    /// By target name and nexus: the same initiator port may have a
+    /// session with each target of the server.
+    sessions: HashMap<(String, Nexus), Session>,
     /// TSIHs of discovery sessions, which have no nexus to reinstate.
     discovery: HashMap<u64, u16>,
     threads: Vec<JoinHandle<()>>,
@@ -162,43 +166,72 @@ impl Registry {
         t
     }
 
-    /// Binds `nexus` to `conn` with a new TSIH. An existing session of the
-    /// nexus is reinstated: its connection is closed and waited for, so none
-    /// of its commands run after the new session starts.
-    pub fn open_session(&self, nexus: &Nexus, conn: &Arc<ConnCtl>) -> u16 {
+    /// Waits (the lock released meanwhile) until connection `id` has ended,
+    /// up to [`REINSTATE_WAIT`]; `what` names it in the warning.
+    fn wait_gone<'g>(
+        &'g self,
+        mut g: MutexGuard<'g, Inner>,
+        id: u64,
+        what: &dyn std::fmt::Display,
+    ) -> MutexGuard<'g, Inner> {
+        let deadline = Instant::now() + REINSTATE_WAIT;
+        while g.conns.iter().any(|c| c.id == id) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("{what}: connection {id} did not end within {REINSTATE_WAIT:?}");
+                break;
+            }
+            g = self
+                .gone
+                .wait_timeout(g, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        g
+    }
+
+    /// Binds `nexus` to `conn` for `target` with a new TSIH. An existing
+    /// session of the nexus with that target is reinstated: its connection
+    /// is closed and waited for, so none of its commands run after the new
+    /// session starts.
+    pub fn open_session(&self, target: &str, nexus: &Nexus, conn: &Arc<ConnCtl>) -> u16 {
+        let key = (target.to_string(), nexus.clone());
         let mut g = self.lock();
-        if let Some(old) = g.sessions.get(nexus).map(|s| s.conn.clone()) {
+        if let Some(old) = g.sessions.get(&key).map(|s| s.conn.clone()) {
             log::info!(
                 "{nexus}: new login reinstates the session of connection {}",
                 old.id
             );
             old.close();
-            let deadline = Instant::now() + REINSTATE_WAIT;
-            while g.conns.iter().any(|c| c.id == old.id) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    log::warn!(
-                        "{nexus}: the old connection {} did not end within {REINSTATE_WAIT:?}",
-                        old.id
-                    );
-                    break;
-                }
-                g = self
-                    .gone
-                    .wait_timeout(g, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+            g = self.wait_gone(g, old.id, nexus);
         }
         let tsih = Self::new_tsih(&mut g);
         g.sessions.insert(
-            nexus.clone(),
+            key,
             Session {
                 tsih,
                 conn: conn.clone(),
             },
         );
         tsih
+    }
+
+    /// Closes every session with `target` and waits for their connections
+    /// to end (each up to [`REINSTATE_WAIT`]).
+    pub fn close_target(&self, target: &str) {
+        let mut g = self.lock();
+        let conns: Vec<Arc<ConnCtl>> = g
+            .sessions
+            .iter()
+            .filter(|((t, _), _)| t == target)
+            .map(|(_, s)| s.conn.clone())
+            .collect();
+        for c in &conns {
+            c.close();
+        }
+        for c in conns {
+            g = self.wait_gone(g, c.id, &target);
+        }
     }
 
     /// Whether a session with this TSIH exists (a login adding a connection to it).

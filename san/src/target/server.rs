@@ -1,8 +1,15 @@
-//! The running target: listeners (one thread per portal), connection
-//! threads, and an orderly stop that closes listeners and connections and
-//! joins every thread.
+//! The running target server: listeners (one thread per portal),
+//! connection threads, the targets its portals lead to (added and removed
+//! while it runs), and an orderly stop that closes listeners and
+//! connections and joins every thread.
+//!
+//! Several targets share one server (its portals, CHAP account, limits
+//! and fault hooks) rather than each having its own: a portal is a TCP
+//! port, and an exporter with one target per volume must serve all of
+//! them on the one port initiators are told about. A login names its
+//! target; a discovery session lists them all.
 
-use super::config::{TargetConfig, TargetParams};
+use super::config::{check_target, LunConfig, TargetConfig, TargetParams};
 use super::connection;
 use super::faults::Faults;
 use super::lu::LogicalUnit;
@@ -13,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -28,27 +35,74 @@ pub(crate) struct Portal {
     pub tpgt: u16,
 }
 
-/// What every connection of the target shares.
+/// One target: its name and LUs, reached through every portal of its server.
 pub(crate) struct Target {
     pub iqn: String,
-    pub portals: Vec<Portal>,
-    pub chap: Option<Chap>,
-    pub params: TargetParams,
     pub lus: BTreeMap<u16, LogicalUnit>,
-    pub registry: Arc<Registry>,
-    pub faults: Faults,
-    stop: AtomicBool,
+    /// The server's portal group tags (reported by VPD 0x83 and PR).
+    tpgts: Vec<u16>,
+    /// Set when the target is removed: a login that found it just before
+    /// then is refused instead of starting a session.
+    removed: AtomicBool,
 }
 
 impl Target {
     pub fn tpgts(&self) -> Vec<u16> {
-        self.portals.iter().map(|p| p.tpgt).collect()
+        self.tpgts.clone()
+    }
+
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 }
 
-/// A started target; dropping it stops it.
+/// What every connection of the server shares.
+pub(crate) struct Server {
+    pub portals: Vec<Portal>,
+    pub chap: Option<Chap>,
+    pub params: TargetParams,
+    pub registry: Arc<Registry>,
+    pub faults: Faults,
+    targets: RwLock<BTreeMap<String, Arc<Target>>>,
+    stop: AtomicBool,
+}
+
+impl Server {
+    /// The target a login names, while it is served.
+    pub fn target(&self, iqn: &str) -> Option<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(iqn)
+            .cloned()
+    }
+
+    /// Every target, by name (SendTargets=All).
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn new_target(&self, iqn: &str, luns: &[LunConfig]) -> Arc<Target> {
+        Arc::new(Target {
+            iqn: iqn.to_string(),
+            lus: luns.iter().map(|l| (l.lun, LogicalUnit::new(l))).collect(),
+            tpgts: self.portals.iter().map(|p| p.tpgt).collect(),
+            removed: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A started target server (the target it was started with, and any
+/// added since); dropping it stops it.
 pub struct TargetServer {
-    target: Arc<Target>,
+    server: Arc<Server>,
+    /// The target it was started with (`iqn()`).
+    first: String,
     listeners: Vec<JoinHandle<()>>,
 }
 
@@ -67,8 +121,7 @@ impl TargetServer {
             bound.push((l, local));
         }
         let registry = Arc::new(Registry::default());
-        let target = Arc::new(Target {
-            iqn: config.iqn.clone(),
+        let server = Arc::new(Server {
             portals: bound
                 .iter()
                 .enumerate()
@@ -79,47 +132,103 @@ impl TargetServer {
                 .collect(),
             chap: config.chap.clone(),
             params: config.params.clone(),
-            lus: config
-                .luns
-                .iter()
-                .map(|l| (l.lun, LogicalUnit::new(l)))
-                .collect(),
             faults: Faults::new(bound.len(), registry.clone()),
             registry,
+            targets: RwLock::default(),
             stop: AtomicBool::new(false),
         });
+        let first = server.new_target(&config.iqn, &config.luns);
+        server
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(config.iqn.clone(), first);
         let mut server = TargetServer {
-            target: target.clone(),
+            server,
+            first: config.iqn.clone(),
             listeners: Vec::new(),
         };
         for (i, (l, addr)) in bound.into_iter().enumerate() {
-            let t = target.clone();
+            let t = server.server.clone();
             let h = thread::Builder::new()
                 .name(format!("iscsi-portal-{addr}"))
                 .spawn(move || accept_loop(&t, i, l))
                 .map_err(TargetError::Spawn)?;
             server.listeners.push(h);
-            log::info!("{}: listening on {addr} (tpgt {})", target.iqn, i + 1);
+            log::info!("{}: listening on {addr} (tpgt {})", server.first, i + 1);
         }
         Ok(server)
     }
 
     /// The portals' bound addresses, in configuration order (port 0 resolved).
     pub fn portals(&self) -> Vec<SocketAddr> {
-        self.target.portals.iter().map(|p| p.addr).collect()
+        self.server.portals.iter().map(|p| p.addr).collect()
     }
 
+    /// The target the server was started with.
     pub fn iqn(&self) -> &str {
-        &self.target.iqn
+        &self.first
+    }
+
+    /// Serves one more target on the same portals, with the same CHAP
+    /// account and parameters; its LUs start with no sessions.
+    pub fn add_target(&self, iqn: &str, luns: Vec<LunConfig>) -> Result<(), TargetError> {
+        check_target(iqn, &luns)?;
+        let t = self.server.new_target(iqn, &luns);
+        let mut g = self
+            .server
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if g.contains_key(iqn) {
+            return Err(TargetError::Config(format!(
+                "target {iqn:?} is served already"
+            )));
+        }
+        g.insert(iqn.to_string(), t);
+        drop(g);
+        log::info!("{iqn}: added ({} LUNs)", luns.len());
+        Ok(())
+    }
+
+    /// Stops serving a target: later logins to it are refused, and its
+    /// sessions are closed and waited for (up to 10 s each), so none of
+    /// its commands runs after this returns. `false` when it was not served.
+    pub fn remove_target(&self, iqn: &str) -> bool {
+        let t = self
+            .server
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(iqn);
+        let Some(t) = t else {
+            return false;
+        };
+        // Before closing: a login that found the target and registers its
+        // session after the close below sees this and gives up.
+        t.removed.store(true, Ordering::SeqCst);
+        self.server.registry.close_target(iqn);
+        self.server.registry.reap(false);
+        log::info!("{iqn}: removed");
+        true
+    }
+
+    /// The names of the targets served, in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.server
+            .targets()
+            .iter()
+            .map(|t| t.iqn.clone())
+            .collect()
     }
 
     pub fn faults(&self) -> Faults {
-        self.target.faults.clone()
+        self.server.faults.clone()
     }
 
     pub fn stats(&self) -> ServerStats {
-        self.target.registry.reap(false);
-        self.target.registry.stats()
+        self.server.registry.reap(false);
+        self.server.registry.stats()
     }
 
     /// Stops listening, closes every connection and joins every thread.
@@ -128,7 +237,7 @@ impl TargetServer {
     }
 
     fn shutdown(&mut self) {
-        if self.target.stop.swap(true, Ordering::SeqCst) {
+        if self.server.stop.swap(true, Ordering::SeqCst) {
             return;
         }
         for h in self.listeners.drain(..) {
@@ -136,9 +245,9 @@ impl TargetServer {
                 log::error!("a portal listener panicked");
             }
         }
-        self.target.registry.close_all();
-        self.target.registry.reap(true);
-        log::info!("{}: stopped", self.target.iqn);
+        self.server.registry.close_all();
+        self.server.registry.reap(true);
+        log::info!("{}: stopped", self.first);
     }
 }
 
@@ -148,7 +257,7 @@ impl Drop for TargetServer {
     }
 }
 
-fn accept_loop(t: &Arc<Target>, portal: usize, l: TcpListener) {
+fn accept_loop(t: &Arc<Server>, portal: usize, l: TcpListener) {
     while !t.stop.load(Ordering::SeqCst) {
         match l.accept() {
             Ok((s, peer)) => {
@@ -178,7 +287,7 @@ impl Drop for Leave<'_> {
     }
 }
 
-fn spawn_connection(t: &Arc<Target>, portal: usize, s: TcpStream) -> io::Result<()> {
+fn spawn_connection(t: &Arc<Server>, portal: usize, s: TcpStream) -> io::Result<()> {
     s.set_nonblocking(false)?;
     let ctl = t.registry.add(portal, s.try_clone()?);
     let id = ctl.id;

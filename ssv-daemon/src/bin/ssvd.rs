@@ -20,8 +20,12 @@ const EXAMPLE: &str = r#"Example ssv.toml (the embedded default: a sparse file a
     file = "/var/lib/ssv/lun0.img"
 
 Optional sections: [api] socket, tcp, token_file; [lockd] socket,
-lease_wait_secs; [nbd] socket, tcp; [growth] initial, threshold_percent,
-chunk. More [[lun]] entries take `file = ...` or `device = ...`."#;
+lease_wait_secs; [nbd] socket, tcp; [export] iscsi_portals (e.g.
+["192.0.2.1:3260"]: each open volume is also an iSCSI target there),
+iscsi_iqn_prefix (default "iqn.2026-11.io.ssv:export", the target being
+PREFIX:VOLUME-ID); [growth] initial, threshold_percent, chunk; [iscsi]
+initiator_name. More [[lun]] entries take `file = ...`, `device = ...` or
+`iscsi = "iscsi://IP:PORT/IQN/LUN"`."#;
 
 #[derive(Parser)]
 #[command(name = "ssvd", version, about = "ssv's per-host service", after_help = EXAMPLE)]
@@ -44,7 +48,16 @@ fn main() -> Result<()> {
     let locks = connect_lockd(&config)?;
     let host = Arc::new(Host::new(config.clone(), locks));
     let nbd = ssvd::export::NbdExporter::start(&config.nbd_socket(), config.nbd.tcp.as_deref())?;
-    host.set_exporter(Arc::new(nbd));
+    host.add_exporter(Arc::new(nbd));
+    let portals = config.iscsi_export_portals();
+    if !portals.is_empty() {
+        let iscsi = ssvd::export::IscsiExporter::start(&portals, &config.export.iscsi_iqn_prefix)?;
+        log::info!(
+            "exporting open volumes over iSCSI on {portals:?} as {}:VOLUME",
+            config.export.iscsi_iqn_prefix
+        );
+        host.add_exporter(Arc::new(iscsi));
+    }
     for problem in host.attach_all() {
         log::error!("{problem}");
     }

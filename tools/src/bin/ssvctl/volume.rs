@@ -260,12 +260,16 @@ pub fn run(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             if ctx.json_out(&v)? {
                 return Ok(());
             }
-            match v["nbd"].as_str() {
-                Some(uri) => outln!("{uri}"),
-                None => ctx.say(format_args!(
+            let uris = export_uris(&v);
+            if uris.is_empty() {
+                ctx.say(format_args!(
                     "volume {} open for writing on this host (not exported)",
                     s(&v["id"])
-                )),
+                ));
+            }
+            // One URI a line, NBD first: `$(ssvctl volume open v | head -1)` stays the NBD one.
+            for uri in uris {
+                outln!("{uri}");
             }
             Ok(())
         }
@@ -275,6 +279,15 @@ pub fn run(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The fields of an open volume's detail that hold its export URIs, in
+/// the order they are shown.
+const EXPORTS: [&str; 2] = ["nbd", "iscsi"];
+
+/// Where an open volume is exported, in [`EXPORTS`] order.
+fn export_uris(v: &Value) -> Vec<&str> {
+    EXPORTS.iter().filter_map(|k| v[k].as_str()).collect()
 }
 
 /// Volumes as a table. `volume list` gives records (allocated LV space,
@@ -333,8 +346,10 @@ pub fn show(v: &Value) -> String {
         ("lease slot", s(&v["lease_slot"])),
         ("created", output::time(n(&v["created"]))),
     ];
-    if let Some(nbd) = v["nbd"].as_str() {
-        pairs.push(("nbd", nbd.to_string()));
+    for key in EXPORTS {
+        if let Some(uri) = v[key].as_str() {
+            pairs.push((key, uri.to_string()));
+        }
     }
     let mut out = kv(&pairs);
     let snaps = v["snapshots"].as_array().cloned().unwrap_or_default();
@@ -401,7 +416,7 @@ mod tests {
         let v = json!({"id": "v1", "name": "db", "pool": "p", "state": "session",
             "size": 1073741824u64, "lv_bytes": 402653184u64, "allocated_end": 536870912u64,
             "cluster_size": 65536, "top": "ssv_v1_1", "lease_slot": 3, "created": 0,
-            "nbd": "nbd://h:10809/v1",
+            "nbd": "nbd://h:10809/v1", "iscsi": "iscsi://192.0.2.1:3260/iqn.2026-11.io.ssv:export:v1/0",
             "layers": [{"lv": "ssv_v1_1", "layer": 1, "lv_size": 134217728u64},
                        {"lv": "ssv_v1_0", "layer": 0, "lv_size": 268435456u64, "snapshot": "s1"}],
             "snapshots": [{"id": "s1", "name": "before", "volume": "v1", "lv": "ssv_v1_0", "created": 0}]});
@@ -417,6 +432,10 @@ mod tests {
         );
         assert!(out.contains("nbd:           nbd://h:10809/v1\n"), "{out}");
         assert!(
+            out.contains("iscsi:         iscsi://192.0.2.1:3260/iqn.2026-11.io.ssv:export:v1/0\n"),
+            "{out}"
+        );
+        assert!(
             out.contains("    0  ssv_v1_0  256.0 MiB  s1 (\"before\")\n"),
             "{out}"
         );
@@ -425,5 +444,12 @@ mod tests {
             out.contains("\ns1        before  -        ssv_v1_0\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn export_uris_nbd_first() {
+        let v = json!({"iscsi": "iscsi://a:1/iqn.x:v/0", "nbd": "nbd://h/v"});
+        assert_eq!(export_uris(&v), vec!["nbd://h/v", "iscsi://a:1/iqn.x:v/0"]);
+        assert!(export_uris(&json!({"id": "v"})).is_empty());
     }
 }

@@ -204,3 +204,53 @@ impl Drop for HostProc {
         self.stop();
     }
 }
+
+/// The pool `vg` on the LUN file `lun`, read with our LVM engine: panics if
+/// any extent of any PV belongs to two LVs. Returns the first PV's device
+/// hint (the path ssvd recorded).
+pub fn assert_no_extent_twice(lun: &Path, vg: &str) -> Result<Option<String>> {
+    let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(true))?;
+    let pv = lvm::PvDev::new(std::sync::Arc::new(dev), lun.display().to_string());
+    let vg = lvm::OpenVg::open(&[pv], Some(vg))?;
+    let mut owner: std::collections::HashMap<(String, u64), String> = Default::default();
+    for lv in &vg.vg().lvs {
+        for seg in &lv.segments {
+            if let lvm::SegmentKind::Striped { stripes, .. } = &seg.kind {
+                for s in stripes {
+                    for pe in s.start_pe..s.start_pe + seg.area_len() {
+                        if let Some(other) = owner.insert((s.pv.clone(), pe), lv.name.clone()) {
+                            panic!("extent {pe} of {} belongs to {other} and {}", s.pv, lv.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(vg.vg().pvs.first().and_then(|p| p.device.clone()))
+}
+
+/// Stock lvm2's `vgck` of `vg` on the LUN file `lun` (through a loop
+/// device) must be clean; skipped, with a message, where lvm2 cannot run.
+pub fn assert_stock_vgck_clean(lun: &Path, vg: &str) -> Result<()> {
+    if let Some(why) = crate::skip_reason() {
+        eprintln!("SKIPPED stock vgck: {why}");
+        return Ok(());
+    }
+    let loop_dev = crate::LoopDev::attach(lun)?;
+    let lvm = crate::Lvm2::new(&[loop_dev.path().to_path_buf()])?;
+    let (code, out) = lvm.vgck(vg)?;
+    anyhow::ensure!(code == 0, "stock vgck {vg}: {out}");
+    anyhow::ensure!(!lvm.lvs(vg)?.is_empty(), "stock lvm2 sees no LV in {vg}");
+    Ok(())
+}
+
+/// Host 1 on a fresh sparse LUN file of `size` bytes, with pool `pool0` on it.
+pub fn one_host_with_pool(scratch: &crate::Scratch, size: u64) -> Result<(HostProc, PathBuf)> {
+    let lun = scratch.sparse_file("lun0.img", size)?;
+    let h = HostProc::start(scratch.path(), 1, std::slice::from_ref(&lun), 1)?;
+    h.client.post(
+        "/v1/pools",
+        &serde_json::json!({"name": "pool0", "luns": [lun.display().to_string()]}),
+    )?;
+    Ok((h, lun))
+}

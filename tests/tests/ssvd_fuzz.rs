@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
-use ssv_tests::hosts::HostProc;
+use ssv_tests::hosts::one_host_with_pool;
 use ssv_tests::Scratch;
 use ssvd::client::{Client, ClientError};
 
@@ -124,13 +124,8 @@ fn raw(c: &Client, method: &str, path: &str, body: &str) -> u16 {
 #[test]
 fn hostile_requests_get_client_errors_and_leave_the_pool_consistent() -> anyhow::Result<()> {
     let scratch = Scratch::new(None)?;
-    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
-    let h = HostProc::start(scratch.path(), 1, std::slice::from_ref(&lun), 1)?;
+    let (h, _lun) = one_host_with_pool(&scratch, 16 * GIB)?;
     let c = &h.client;
-    c.post(
-        "/v1/pools",
-        &json!({"name": "pool0", "luns": [lun.display().to_string()]}),
-    )?;
     c.post(
         "/v1/volumes",
         &json!({"id": "v1", "name": "v", "size": "1g"}),

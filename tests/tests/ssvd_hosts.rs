@@ -7,11 +7,11 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use ssv_tests::hosts::HostProc;
+use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, HostProc};
 use ssv_tests::qemu::qemu_io;
-use ssv_tests::{find_tool, skip_unless_lvm2, LoopDev, Lvm2, Scratch};
+use ssv_tests::{find_tool, Scratch};
 use ssvd::client::ClientError;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const GIB: u64 = 1 << 30;
@@ -24,33 +24,6 @@ fn ids(v: &Value) -> BTreeSet<String> {
         .iter()
         .map(|x| x["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Every extent of every PV belongs to at most one LV.
-fn assert_no_extent_twice(lun: &std::path::Path) -> Result<()> {
-    let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(true))?;
-    let vg = lvm::OpenVg::open(
-        &[lvm::PvDev::new(
-            std::sync::Arc::new(dev),
-            lun.display().to_string(),
-        )],
-        Some("pool0"),
-    )?;
-    let mut owner: HashMap<(String, u64), String> = HashMap::new();
-    for lv in &vg.vg().lvs {
-        for seg in &lv.segments {
-            if let lvm::SegmentKind::Striped { stripes, .. } = &seg.kind {
-                for s in stripes {
-                    for pe in s.start_pe..s.start_pe + seg.area_len() {
-                        if let Some(other) = owner.insert((s.pv.clone(), pe), lv.name.clone()) {
-                            panic!("extent {pe} of {} belongs to {other} and {}", s.pv, lv.name);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 #[test]
@@ -104,7 +77,7 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
         assert_eq!(v["size"], 3 * GIB, "{v}");
         assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     }
-    assert_no_extent_twice(&lun)?;
+    assert_no_extent_twice(&lun, "pool0")?;
 
     // Every host writes its own volume at once through NBD (each LV grows
     // under the pool lease while the others do too); another host then
@@ -140,7 +113,7 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
             assert!(lv > GIB, "the LV of {id} did not grow: {v}");
             reader.client.delete(&format!("/v1/volumes/{id}/session"))?;
         }
-        assert_no_extent_twice(&lun)?;
+        assert_no_extent_twice(&lun, "pool0")?;
     } else {
         println!("SKIPPED the data part: qemu-io not installed (Debian package qemu-utils)");
     }
@@ -218,17 +191,12 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     );
     eprintln!("dead host's volume taken over after {took:?}");
     hosts[1].client.delete("/v1/volumes/h2-v0/session")?;
-    assert_no_extent_twice(&lun)?;
+    assert_no_extent_twice(&lun, "pool0")?;
     let mut hosts = hosts;
     for h in &mut hosts {
         h.stop();
     }
     drop(hosts);
 
-    skip_unless_lvm2!(Ok(()));
-    let loop_dev = LoopDev::attach(&lun)?;
-    let lvm = Lvm2::new(&[loop_dev.path().to_path_buf()])?;
-    let (code, out) = lvm.vgck("pool0")?;
-    assert_eq!(code, 0, "vgck: {out}");
-    Ok(())
+    assert_stock_vgck_clean(&lun, "pool0")
 }

@@ -10,12 +10,11 @@
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use ssv_tests::hosts::HostProc;
+use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, HostProc};
 use ssv_tests::qemu::qemu_io;
 use ssv_tests::tgtd::{iptables_skip_reason, LunOpts, Tgtd, TgtdOpts};
-use ssv_tests::{find_tool, skip_unless_lvm2, LoopDev, Lvm2, Scratch};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use ssv_tests::{find_tool, Scratch};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,34 +67,6 @@ fn ids(v: &Value) -> BTreeSet<String> {
         .flatten()
         .filter_map(|x| x["id"].as_str().map(str::to_string))
         .collect()
-}
-
-/// Every extent of every PV belongs to at most one LV; returns the PV's
-/// device hint.
-fn check_extents(backing: &Path) -> Result<Option<String>> {
-    let dev = san::FileDev::open(backing, &san::OpenOptions::new().read_only(true))?;
-    let vg = lvm::OpenVg::open(
-        &[lvm::PvDev::new(
-            std::sync::Arc::new(dev),
-            backing.display().to_string(),
-        )],
-        Some("pool0"),
-    )?;
-    let mut owner: HashMap<(String, u64), String> = HashMap::new();
-    for lv in &vg.vg().lvs {
-        for seg in &lv.segments {
-            if let lvm::SegmentKind::Striped { stripes, .. } = &seg.kind {
-                for s in stripes {
-                    for pe in s.start_pe..s.start_pe + seg.area_len() {
-                        if let Some(other) = owner.insert((s.pv.clone(), pe), lv.name.clone()) {
-                            panic!("extent {pe} of {} belongs to {other} and {}", s.pv, lv.name);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(vg.vg().pvs.first().and_then(|p| p.device.clone()))
 }
 
 /// Waits until `log()` has a line containing all of `want`.
@@ -335,16 +306,10 @@ fn two_hosts_share_a_pool_on_an_iscsi_lun_over_two_paths() -> Result<()> {
     }
     drop(hosts);
     t.stop()?;
-    let hint = check_extents(&backing)?;
+    let hint = assert_no_extent_twice(&backing, "pool0")?;
     assert_eq!(hint.as_deref(), Some(uri.as_str()), "the PV's device hint");
 
-    skip_unless_lvm2!(Ok(()));
-    let loop_dev = LoopDev::attach(&backing)?;
-    let lvm = Lvm2::new(&[loop_dev.path().to_path_buf()])?;
-    let (code, out) = lvm.vgck("pool0")?;
-    assert_eq!(code, 0, "vgck: {out}");
-    let lvs = lvm.lvs("pool0")?;
-    assert!(!lvs.is_empty(), "stock lvm2 sees no LV");
+    assert_stock_vgck_clean(&backing, "pool0")?;
     eprintln!("done in {:?}", started.elapsed());
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use ssv_tests::hosts::HostProc;
+use ssv_tests::hosts::one_host_with_pool;
 use ssv_tests::qemu::qemu_io;
 use ssv_tests::{find_tool, Scratch};
 use std::process::Command;
@@ -20,13 +20,8 @@ fn qemu_writes_through_nbd_grow_snapshot_and_clone() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new(None)?;
-    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
-    let h = HostProc::start(scratch.path(), 1, std::slice::from_ref(&lun), 1)?;
+    let (h, _lun) = one_host_with_pool(&scratch, 16 * GIB)?;
     let c = &h.client;
-    c.post(
-        "/v1/pools",
-        &json!({"name": "pool0", "luns": [lun.display().to_string()]}),
-    )?;
     c.post(
         "/v1/volumes",
         &json!({"id": "v1", "name": "web", "size": "4g"}),

@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use ssv_tests::hosts::HostProc;
-use ssv_tests::{skip_unless_lvm2, LoopDev, Lvm2, Scratch};
+use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, HostProc};
+use ssv_tests::Scratch;
 use ssvd::client::ClientError;
 use std::time::{Duration, Instant};
 
@@ -279,10 +279,6 @@ fn one_host_runs_the_volume_life_cycle_through_the_api() -> Result<()> {
     drop(h);
 
     // Stock lvm2 reads what ssvd wrote.
-    skip_unless_lvm2!(Ok(()));
-    let loop_dev = LoopDev::attach(&lun)?;
-    let lvm = Lvm2::new(&[loop_dev.path().to_path_buf()])?;
-    let (code, out) = lvm.vgck("pool0")?;
-    assert_eq!(code, 0, "vgck: {out}");
-    Ok(())
+    assert_no_extent_twice(&lun, "pool0")?;
+    assert_stock_vgck_clean(&lun, "pool0")
 }

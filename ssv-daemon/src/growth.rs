@@ -1,5 +1,7 @@
 //! The growth service for writers on this host, timed for the metrics
-//! and reported as events.
+//! and reported as events. Extensions are combined across hosts
+//! (`Pool::extend_combined`): a call may grow other hosts' LVs in its
+//! commit, or find its own grown by another host's.
 
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -18,23 +20,34 @@ pub(crate) struct MeteredExtender {
 impl thin::Extender for MeteredExtender {
     fn extend(&self, req: &thin::GrowthRequest) -> std::result::Result<Arc<dyn BlockDev>, String> {
         let t = std::time::Instant::now();
-        let r = self.inner.extend(req);
+        let served = self.metrics.extensions_served_for_others.clone();
+        let r = self.inner.extend_combined(req, move |n| {
+            served.inc_by(n);
+        });
         self.metrics
             .extension_seconds
             .observe(t.elapsed().as_secs_f64());
         match &r {
-            Ok(d) => {
+            Ok(x) => {
                 self.metrics.extensions.inc();
+                if !x.own_commit {
+                    self.metrics.extensions_served_by_others.inc();
+                }
                 self.events.emit(
                     "volume.grown",
                     Some(&self.pool),
                     None,
                     format!(
-                        "LV {} grown to {} bytes in {:?}{}",
+                        "LV {} grown to {} bytes in {:?}{}{}",
                         req.lv,
-                        d.size(),
+                        x.dev.size(),
                         t.elapsed(),
-                        if req.urgent { " (a write waited)" } else { "" }
+                        if req.urgent { " (a write waited)" } else { "" },
+                        if x.own_commit {
+                            ""
+                        } else {
+                            " by another commit"
+                        }
                     ),
                 );
             }
@@ -48,6 +61,6 @@ impl thin::Extender for MeteredExtender {
                 );
             }
         }
-        r
+        r.map(|x| x.dev)
     }
 }

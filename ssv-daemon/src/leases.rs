@@ -1,7 +1,8 @@
 //! The pool's leases, kept by lockd in the reserved LV `ssv_leases`
 //! (DESIGN.md, "The pool on disk"): slot 0 the lockspace (one delta lease
 //! per host id), slot 1 the pool lease that serialises metadata changes,
-//! slots 2… one Paxos lease per volume. lockd reaches a slot by device path
+//! slot 2 the growth mailbox (`mailbox.rs`, not lockd's), slots 3… one
+//! Paxos lease per volume. lockd reaches a slot by device path
 //! and byte offset, so a slot is mapped through the LV's segments to the PV
 //! that holds it.
 
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 
 pub const LOCKSPACE_SLOT: u64 = 0;
 pub const POOL_SLOT: u64 = 1;
-pub const FIRST_VOLUME_SLOT: u64 = 2;
+/// Hosts' pending LV extensions, served by the pool-lease holder
+/// (`mailbox.rs`); a pool records it in its VG tag `ssv.mailbox=2`.
+pub const MAILBOX_SLOT: u64 = 2;
+pub const FIRST_VOLUME_SLOT: u64 = 3;
 /// Resource name of the pool lease.
 pub const POOL_RESOURCE: &str = "pool";
 /// Hosts a resource lease serves: the lockspace's maximum at 512-byte
@@ -157,6 +161,11 @@ impl Locks {
         self.host_id
     }
 
+    /// How long a change waits for a busy lease.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
     pub fn status(&self) -> Result<lockd::proto::Status> {
         self.client
             .status()
@@ -256,13 +265,29 @@ impl Locks {
         self.acquire(vg, POOL_RESOURCE, POOL_SLOT, false, true)
     }
 
+    /// The pool lease if it is free now; `None` while another host holds it.
+    pub fn try_pool_lease(&self, vg: &Vg) -> Result<Option<Lease<'_>>> {
+        let spec = Self::spec(vg, POOL_RESOURCE, POOL_SLOT)?;
+        match self.client.acquire(&spec, false, false, None) {
+            Ok(_) => Ok(Some(Lease {
+                locks: self,
+                spec: Some(spec),
+            })),
+            Err(e) if e.is_busy() => Ok(None),
+            Err(e) => Err(lockd_err(
+                &format!("lease {POOL_RESOURCE} of pool {}", vg.name),
+                e,
+            )),
+        }
+    }
+
     /// Whether the leases we hold may still be used.
     pub fn valid(&self) -> bool {
         self.client.lease_valid()
     }
 }
 
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);
     d.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX))

@@ -6,6 +6,7 @@
 //! - `config`: `ssv.toml`.
 //! - `names` and `model`: how volumes live in LV names and tags.
 //! - `leases`: the pool's lease area and ssvd's lockd connection.
+//! - `mailbox`: hosts' pending extensions, combined into one commit.
 //! - `pool`: one VG, changed under the pool lease; the growth service.
 //! - `host`: the operations; `session`: open volumes.
 //! - `api`: HTTP routes and the OpenAPI document.
@@ -21,6 +22,7 @@ mod growth;
 pub mod host;
 pub mod leases;
 pub mod luns;
+pub mod mailbox;
 pub mod metrics;
 pub mod model;
 pub mod names;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub op_seconds: Family<OpLabels, Histogram>,
     pub extensions: Counter,
     pub extension_failures: Counter,
+    pub extensions_served_for_others: Counter,
+    pub extensions_served_by_others: Counter,
     pub extension_seconds: Histogram,
     pub sessions: Gauge,
     pub pool_capacity: Family<PoolLabels, Gauge>,
@@ -41,6 +43,8 @@ impl Default for Metrics {
         });
         let extensions = Counter::default();
         let extension_failures = Counter::default();
+        let extensions_served_for_others = Counter::default();
+        let extensions_served_by_others = Counter::default();
         let extension_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let sessions = Gauge::default();
         let pool_capacity = Family::<PoolLabels, Gauge>::default();
@@ -66,6 +70,16 @@ impl Default for Metrics {
             "lv_extension_failures",
             "LV extensions that failed",
             extension_failures.clone(),
+        );
+        registry.register(
+            "lv_extensions_served_for_others",
+            "Other hosts' LV extensions made in this host's combined commits",
+            extensions_served_for_others.clone(),
+        );
+        registry.register(
+            "lv_extensions_served_by_others",
+            "Extensions for writers on this host made by another commit (another host's, or another writer's here)",
+            extensions_served_by_others.clone(),
         );
         registry.register(
             "lv_extension_seconds",
@@ -99,6 +113,8 @@ impl Default for Metrics {
             op_seconds,
             extensions,
             extension_failures,
+            extensions_served_for_others,
+            extensions_served_by_others,
             extension_seconds,
             sessions,
             pool_capacity,

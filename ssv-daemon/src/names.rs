@@ -16,6 +16,9 @@ pub const TAG_POOL: &str = "ssv.pool=1";
 pub const TAG_POOL_INITIAL: &str = "ssv.initial=";
 pub const TAG_POOL_CHUNK: &str = "ssv.chunk=";
 pub const TAG_POOL_THRESHOLD: &str = "ssv.threshold=";
+/// VG tag: the growth mailbox's slot in the leases LV (`mailbox.rs`);
+/// a pool without it predates the mailbox and is refused.
+pub const TAG_MAILBOX: &str = "ssv.mailbox=";
 /// The reserved LV holding the pool's leases.
 pub const LEASES_LV: &str = "ssv_leases";
 /// Layer tags.

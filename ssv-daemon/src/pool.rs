@@ -1,21 +1,45 @@
 //! A pool: one LVM2 VG on shared LUNs. Every metadata change is made under
 //! the pool lease (acquire, re-read, change, commit, release: DESIGN.md,
 //! "Locking and fencing"); reads use the last view and re-read when a name
-//! is missing, since another host may have just made it.
+//! is missing, since another host may have just made it. Writers'
+//! extensions are combined across hosts through the growth mailbox
+//! ([`Pool::extend_combined`]).
 
-use crate::leases::{self, Locks, SLOT};
-use crate::names::{self, LEASES_LV, TAG_POOL, TAG_SSV};
+use crate::leases::{self, Locks, MAILBOX_SLOT, SLOT};
+use crate::mailbox::{Mailbox, Request};
+use crate::names::{self, LEASES_LV, TAG_MAILBOX, TAG_POOL, TAG_SSV};
 use crate::{Error, Result};
+use lvm::names::Uuid;
 use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp, Vg};
 use san::BlockDev;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 use thin::{Extender, GrowthRequest, LvStore};
 
 /// Metadata area per PV: room for about 200,000 one-segment LVs (the stock
 /// 1 MiB holds about 1,800).
 pub const DEFAULT_MDA_SIZE: u64 = 128 << 20;
 pub const DEFAULT_EXTENT_SIZE: u64 = 128 << 20;
+
+/// LVs one combined commit extends at most, so the pool lease stays short;
+/// requests beyond wait for the next holder.
+pub const MAX_COMBINED: usize = 16;
+/// Commits one holder makes before it releases the pool lease.
+pub const MAX_ROUNDS: usize = 3;
+/// How often a waiting extension checks whether the VG changed (one
+/// header read per metadata area): a holder's commit shows at once.
+const POLL: Duration = Duration::from_millis(5);
+/// First and longest pause between tries of a busy pool lease while
+/// waiting to be served; a VG change makes the next try immediate.
+const FIRST_TRY_PAUSE: Duration = Duration::from_millis(20);
+const MAX_TRY_PAUSE: Duration = Duration::from_millis(100);
+/// A host leaves the lease to the lowest host id with a pending request
+/// (whose commit will serve it too), so hosts crossing their thresholds
+/// together do not collide in ballots (each collision costs lockd a
+/// backed-off retry: up to 0.5 s measured with 8 hosts). For at most this
+/// long without a VG change, in case that host is gone or slow.
+const DEFER_MAX: Duration = Duration::from_millis(150);
 
 /// How a new pool is laid out.
 #[derive(Clone, Debug)]
@@ -48,6 +72,33 @@ pub struct Pool {
     name: String,
     vg: Mutex<OpenVg>,
     locks: Arc<Locks>,
+    mailbox: Mailbox,
+}
+
+/// What [`Pool::extend_combined`] did.
+#[derive(Clone)]
+pub struct Extended {
+    /// The LV over its new segments.
+    pub dev: Arc<dyn BlockDev>,
+    /// Whether this call's own commit grew it (else another commit did,
+    /// usually another host's).
+    pub own_commit: bool,
+}
+
+/// Who hears of a combined extension's progress: `served` as soon as the
+/// LV is grown (a holder then still serves others and releases the lease),
+/// `for_others` with the other hosts' LVs each commit grew.
+pub struct Progress<'a> {
+    pub served: &'a dyn Fn(&Extended),
+    pub for_others: &'a dyn Fn(u64),
+}
+
+/// A combined commit's outcome: failures by LV uuid, and how many LVs of
+/// other hosts it grew.
+#[derive(Default)]
+struct Served {
+    failed: Vec<(Uuid, Error)>,
+    for_others: u64,
 }
 
 /// Capacity figures of a pool, in bytes.
@@ -133,17 +184,25 @@ impl Pool {
             opts.threshold_percent
                 .map(|v| format!("{}{v}", names::TAG_POOL_THRESHOLD)),
         );
+        tags.push(format!("{TAG_MAILBOX}{MAILBOX_SLOT}"));
+        // Room for the lockspace, the pool lease and the mailbox at least.
+        let extents = (leases::FIRST_VOLUME_SLOT * SLOT)
+            .div_ceil(vg.vg().extent_bytes())
+            .max(1);
         vg.change(&format!("ssvd: pool create {name}"), |v| {
             v.change_tags(None, &tags, &[])?;
-            v.create_lv(LEASES_LV, 1, &[TAG_SSV.to_string()], &Stamp::now())
+            v.create_lv(LEASES_LV, extents, &[TAG_SSV.to_string()], &Stamp::now())
                 .map(drop)
         })?;
-        let dev = Arc::new(vg.lv_dev(LEASES_LV)?);
-        leases::init_pool_leases(dev, name, opts.io_timeout)?;
+        let dev: Arc<dyn BlockDev> = Arc::new(vg.lv_dev(LEASES_LV)?);
+        leases::init_pool_leases(dev.clone(), name, opts.io_timeout)?;
+        Mailbox::init(&*dev)?;
+        let mailbox = Mailbox::open(dev, locks.host_id())?;
         let pool = Pool {
             name: name.to_string(),
             vg: Mutex::new(vg),
             locks,
+            mailbox,
         };
         pool.join()?;
         Ok(pool)
@@ -157,10 +216,20 @@ impl Pool {
                 "VG {name} is not an ssv pool (no {TAG_POOL} tag); ssv does not take over VGs it did not make"
             )));
         }
+        let has_mailbox = names::tag_value(&vg.vg().tags, TAG_MAILBOX)
+            .is_some_and(|v| v == MAILBOX_SLOT.to_string())
+            && leases::slots(vg.vg()) > MAILBOX_SLOT;
+        if !has_mailbox {
+            return Err(Error::Invalid(format!(
+                "pool {name} has no growth mailbox (VG tag {TAG_MAILBOX}{MAILBOX_SLOT}): it was made by an older ssvd whose volume leases use slot {MAILBOX_SLOT} of {LEASES_LV}; this ssvd cannot use it (recreate the pool)"
+            )));
+        }
+        let mailbox = Mailbox::open(Arc::new(vg.lv_dev(LEASES_LV)?), locks.host_id())?;
         let pool = Pool {
             name: name.to_string(),
             vg: Mutex::new(vg),
             locks,
+            mailbox,
         };
         pool.join()?;
         Ok(pool)
@@ -237,6 +306,288 @@ impl Pool {
             t4.elapsed()
         );
         r
+    }
+
+    /// Extends LV `name` to at least `min` bytes, `want` where that fits,
+    /// combined with every other pending extension (DESIGN.md, "Thin
+    /// growth"): post the request in our mailbox record, then until served
+    /// either take the pool lease (never waiting for it) and serve all
+    /// pending requests in one commit, or see in the VG that another holder
+    /// served ours. Gives up after the configured lease wait.
+    pub fn extend_combined(
+        &self,
+        name: &str,
+        min: u64,
+        want: u64,
+        progress: &Progress<'_>,
+    ) -> Result<Extended> {
+        let _urgent = UrgentIo::new();
+        let uuid = {
+            let mut vg = lock(&self.vg);
+            if vg.vg().lv(name).is_none() {
+                vg.reload()?;
+            }
+            if let Some(dev) = self.served(&vg, name, None, min)? {
+                return Ok(Extended {
+                    dev,
+                    own_commit: false,
+                });
+            }
+            self.lv(&vg, name)?.id
+        };
+        let mut trace = Trace::new();
+        let ticket = self.mailbox.post(Request {
+            lv: uuid,
+            min_size: min,
+            want_size: want.max(min),
+        })?;
+        trace.mark("posted");
+        let r = self.wait_served(name, uuid, min, progress, &mut trace);
+        self.mailbox.withdraw(ticket, r.is_ok());
+        log::debug!("extension of {name}: {}", trace.steps);
+        r
+    }
+
+    fn lv<'a>(&self, vg: &'a OpenVg, name: &str) -> Result<&'a lvm::Lv> {
+        vg.vg()
+            .lv(name)
+            .ok_or_else(|| Error::NotFound(format!("LV {name} is not in pool {}", self.name)))
+    }
+
+    /// The LV over its segments if it has `min` bytes, in the VG as read.
+    /// An LV of that name with another uuid is not the one asked for.
+    fn served(
+        &self,
+        vg: &OpenVg,
+        name: &str,
+        uuid: Option<Uuid>,
+        min: u64,
+    ) -> Result<Option<Arc<dyn BlockDev>>> {
+        let lv = self.lv(vg, name)?;
+        if uuid.is_some_and(|u| u != lv.id) {
+            return Err(Error::NotFound(format!(
+                "LV {name} of pool {} was replaced while it waited to grow",
+                self.name
+            )));
+        }
+        if lv.extent_count() * vg.vg().extent_bytes() < min {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(vg.lv_dev(name)?)))
+    }
+
+    fn wait_served(
+        &self,
+        name: &str,
+        uuid: Uuid,
+        min: u64,
+        progress: &Progress<'_>,
+        trace: &mut Trace,
+    ) -> Result<Extended> {
+        let until = Instant::now() + self.locks.wait();
+        let mut next_try = Instant::now();
+        let mut pause = FIRST_TRY_PAUSE;
+        let mut deferring: Option<Instant> = None;
+        loop {
+            if Instant::now() >= until {
+                return Err(Error::Conflict(format!(
+                    "LV {name} of pool {}: the pool lease stayed busy for {:?} and no holder served the extension",
+                    self.name,
+                    self.locks.wait()
+                )));
+            }
+            if Instant::now() >= next_try {
+                let mut vg = lock(&self.vg);
+                if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
+                    return Ok(Extended {
+                        dev,
+                        own_commit: false,
+                    });
+                }
+                let window = deferring.get_or_insert_with(Instant::now);
+                if window.elapsed() < DEFER_MAX && self.lower_host_waits(&vg) {
+                    trace.mark("deferred");
+                    next_try = *window + DEFER_MAX;
+                } else if let Some(lease) = self.locks.try_pool_lease(vg.vg())? {
+                    trace.mark("leased");
+                    let mut told = false;
+                    let r = self.serve_all(&mut vg, trace, &mut |vg, for_others| {
+                        (progress.for_others)(for_others);
+                        if !told {
+                            if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
+                                (progress.served)(&Extended {
+                                    dev,
+                                    own_commit: true,
+                                });
+                                told = true;
+                            }
+                        }
+                    });
+                    drop(lease);
+                    trace.mark("released");
+                    let mut served = r?;
+                    if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
+                        return Ok(Extended {
+                            dev,
+                            own_commit: true,
+                        });
+                    }
+                    if let Some(i) = served.failed.iter().position(|(u, _)| *u == uuid) {
+                        return Err(served.failed.swap_remove(i).1);
+                    }
+                    // Past the commit's cap (many local requests): again.
+                    continue;
+                } else {
+                    trace.mark("busy");
+                    next_try = Instant::now() + pause + leases::jitter(pause);
+                    pause = (pause * 2).min(MAX_TRY_PAUSE);
+                }
+            }
+            std::thread::sleep(POLL);
+            // A holder's commit shows in the metadata headers.
+            let mut vg = lock(&self.vg);
+            if !vg.is_current()? {
+                vg.reload()?;
+                trace.mark("changed");
+                if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
+                    return Ok(Extended {
+                        dev,
+                        own_commit: false,
+                    });
+                }
+                // Changed, not for us: the holder is done, try at once
+                // (or see whom to leave it to, in a fresh window).
+                next_try = Instant::now();
+                deferring = None;
+            }
+        }
+    }
+
+    /// Whether a host with a lower id has a request pending in `vg` (an
+    /// LV it names is smaller than asked, or not known to us yet).
+    fn lower_host_waits(&self, vg: &OpenVg) -> bool {
+        let lower = match self.mailbox.read_lower() {
+            Ok(l) => l,
+            Err(e) => {
+                log::debug!("reading the growth mailbox: {e}");
+                return false;
+            }
+        };
+        let ext = vg.vg().extent_bytes();
+        lower.iter().any(|(_, q)| {
+            vg.vg()
+                .lvs
+                .iter()
+                .find(|l| l.id == q.lv)
+                .is_none_or(|l| l.extent_count() * ext < q.min_size)
+        })
+    }
+
+    /// Under the pool lease: re-reads the VG if needed, then grows every
+    /// LV whose pending request (ours from memory, others' from the
+    /// mailbox) it still falls short of, up to [`MAX_COMBINED`], in one
+    /// commit. An LV that does not fit is skipped; its requester sees the
+    /// failure when it holds the lease itself.
+    /// `after` hears after each commit, with the other hosts' LVs it grew.
+    fn serve_all(
+        &self,
+        vg: &mut OpenVg,
+        trace: &mut Trace,
+        after: &mut dyn FnMut(&OpenVg, u64),
+    ) -> Result<Served> {
+        if !vg.is_current()? {
+            vg.reload()?;
+            trace.mark("reread");
+        }
+        let mut served = Served::default();
+        // Requests posted while we balloted or committed are served before
+        // the release: one more commit costs less than their own ballot.
+        for _ in 0..MAX_ROUNDS {
+            let before = served.for_others;
+            if self.serve_round(vg, &mut served, trace)? == 0 {
+                break;
+            }
+            after(vg, served.for_others - before);
+        }
+        Ok(served)
+    }
+
+    /// One combined commit of the pending requests; returns the LVs grown.
+    fn serve_round(
+        &self,
+        vg: &mut OpenVg,
+        served: &mut Served,
+        trace: &mut Trace,
+    ) -> Result<usize> {
+        let me = self.mailbox.host_id();
+        let mut others = self.mailbox.read_others().unwrap_or_else(|e| {
+            log::warn!("reading the growth mailbox of pool {}: {e}", self.name);
+            Vec::new()
+        });
+        trace.mark("mailbox");
+        // Hosts after us first, so no host id is always served last.
+        others.sort_by_key(|(h, _)| (*h <= me, *h));
+        let requests = self
+            .mailbox
+            .local()
+            .into_iter()
+            .map(|q| (None, q))
+            .chain(others.into_iter().map(|(h, q)| (Some(h), q)));
+        let ext = vg.vg().extent_bytes();
+        let mut new = vg.vg().clone();
+        let mut grown: Vec<String> = Vec::new();
+        let mut hosts: Vec<u64> = Vec::new();
+        for (host, q) in requests {
+            if grown.len() >= MAX_COMBINED {
+                break;
+            }
+            let Some(lv) = new.lvs.iter().find(|l| l.id == q.lv) else {
+                continue; // gone: a stale request
+            };
+            if served.failed.iter().any(|(u, _)| *u == q.lv) {
+                continue; // did not fit in an earlier round
+            }
+            let have = lv.extent_count();
+            if have * ext >= q.min_size {
+                continue;
+            }
+            let name = lv.name.clone();
+            // extend_lv changes nothing when it fails (it allocates
+            // first), so a failure leaves the others' extensions intact.
+            let r = new
+                .extend_lv(&name, q.want_size.div_ceil(ext).saturating_sub(have))
+                .or_else(|_| new.extend_lv(&name, q.min_size.div_ceil(ext) - have));
+            match r {
+                Ok(()) => {
+                    if let Some(h) = host {
+                        served.for_others += 1;
+                        if !hosts.contains(&h) {
+                            hosts.push(h);
+                        }
+                    }
+                    grown.push(name);
+                }
+                Err(e) => {
+                    log::debug!("combined extension: LV {name} does not fit: {e}");
+                    served.failed.push((q.lv, Error::from(e)));
+                }
+            }
+        }
+        if grown.is_empty() {
+            return Ok(0);
+        }
+        let mut description = format!("ssvd: extend {}", grown.join(", "));
+        if !hosts.is_empty() {
+            hosts.sort_unstable();
+            let hosts: Vec<String> = hosts.iter().map(u64::to_string).collect();
+            description.push_str(&format!(" (for hosts {})", hosts.join(", ")));
+        }
+        vg.change(&description, |v| {
+            *v = new;
+            Ok(())
+        })?;
+        trace.mark(&format!("committed {}", grown.len()));
+        Ok(grown.len())
     }
 
     /// Changes tags of LVs in one commit.
@@ -427,6 +778,26 @@ impl LvStore for Pool {
     }
 }
 
+/// The steps of one extension with their times, for the debug log.
+struct Trace {
+    t0: Instant,
+    steps: String,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            t0: Instant::now(),
+            steps: String::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &str) {
+        use std::fmt::Write;
+        let _ = write!(self.steps, "{what} {}ms; ", self.t0.elapsed().as_millis());
+    }
+}
+
 /// Metadata I/O of this thread goes ahead of data I/O while it lives.
 struct UrgentIo;
 
@@ -456,18 +827,43 @@ fn to_thin(e: Error) -> thin::Error {
 /// lease and hands back the LV over its new segments.
 pub struct PoolExtender(pub Arc<Pool>);
 
+impl PoolExtender {
+    /// As [`Extender::extend`], saying whose commit grew the LV;
+    /// `for_others` hears of other hosts' LVs grown by ours. The holder
+    /// grows each LV to its target, or where a full pool does not fit that,
+    /// to what the parked write needs. The work runs on a thread of its
+    /// own that answers as soon as our LV has grown: a holder's further
+    /// commits for others and its lease release stay off our writer's path.
+    pub fn extend_combined(
+        &self,
+        req: &GrowthRequest,
+        for_others: impl Fn(u64) + Send + 'static,
+    ) -> std::result::Result<Extended, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Extended, String>>();
+        let pool = self.0.clone();
+        let (lv, min, want) = (req.lv.clone(), req.min_size, req.target_size);
+        std::thread::Builder::new()
+            .name("ssvd-extend".into())
+            .spawn(move || {
+                let early = tx.clone();
+                let progress = Progress {
+                    served: &|x| {
+                        let _ = early.send(Ok(x.clone()));
+                    },
+                    for_others: &for_others,
+                };
+                let r = pool.extend_combined(&lv, min, want, &progress);
+                // After an early answer this one goes unread.
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("starting an extension thread: {e}"))?;
+        rx.recv()
+            .map_err(|_| "the extension thread ended without an answer".to_string())?
+    }
+}
+
 impl Extender for PoolExtender {
     fn extend(&self, req: &GrowthRequest) -> std::result::Result<Arc<dyn BlockDev>, String> {
-        self.0
-            .extend(&req.lv, req.target_size.max(req.min_size))
-            .or_else(|e| {
-                // A full pool may still fit what the parked write needs.
-                if req.target_size > req.min_size {
-                    self.0.extend(&req.lv, req.min_size)
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| e.to_string())
+        self.extend_combined(req, |_| ()).map(|e| e.dev)
     }
 }

@@ -175,6 +175,16 @@ fn main() -> Result<()> {
     for h in &hosts {
         h.client.delete(&format!("/v1/volumes/b{}/session", h.id))?;
     }
+    // SSVD_GROWTH_LOGS=DIR keeps each host's ssvd log there.
+    if let Some(dir) = std::env::var_os("SSVD_GROWTH_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        for h in &hosts {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("ssvd{}.log", h.id)),
+                h.ssvd_log(),
+            )?;
+        }
+    }
     for h in &mut hosts {
         h.stop();
     }

@@ -1,0 +1,203 @@
+//! Extensions combined across hosts through the growth mailbox: several
+//! hosts write their own volumes through NBD at once, so their LVs cross
+//! the growth threshold together; the pool-lease holder grows the others'
+//! LVs in its own commit (counted by `ssvd_lv_extensions_served_for_others`).
+//! Every byte written reads back, no extent belongs to two LVs, stock vgck
+//! is clean, and a pool whose VG lacks the mailbox tag is refused.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::json;
+use ssv_tests::hosts::HostProc;
+use ssv_tests::{find_tool, skip_unless_lvm2, LoopDev, Lvm2, Scratch, MIB};
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+
+const GIB: u64 = 1 << 30;
+const HOSTS: u64 = 4;
+const PER_HOST: u64 = 160 * MIB;
+const ROUNDS: usize = 3;
+
+fn open_vg(lun: &std::path::Path, read_only: bool) -> Result<lvm::OpenVg> {
+    let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(read_only))?;
+    Ok(lvm::OpenVg::open(
+        &[lvm::PvDev::new(Arc::new(dev), lun.display().to_string())],
+        Some("pool0"),
+    )?)
+}
+
+/// Every extent of every PV belongs to at most one LV.
+fn assert_no_extent_twice(lun: &std::path::Path) -> Result<()> {
+    let vg = open_vg(lun, true)?;
+    let mut owner: HashMap<(String, u64), String> = HashMap::new();
+    for lv in &vg.vg().lvs {
+        for seg in &lv.segments {
+            if let lvm::SegmentKind::Striped { stripes, .. } = &seg.kind {
+                for s in stripes {
+                    for pe in s.start_pe..s.start_pe + seg.area_len() {
+                        if let Some(other) = owner.insert((s.pv.clone(), pe), lv.name.clone()) {
+                            panic!("extent {pe} of {} belongs to {other} and {}", s.pv, lv.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The value of a counter in a host's `/metrics`.
+fn counter(h: &HostProc, name: &str) -> Result<u64> {
+    let text = h.client.get("/metrics")?;
+    let text = text.as_str().context("metrics are text")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .with_context(|| format!("no {name} in {text}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or("").parse()?)
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
+        "{cmd:?}: {text}"
+    );
+    Ok(text)
+}
+
+#[test]
+fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
+    if find_tool("qemu-io").is_none() || find_tool("qemu-img").is_none() {
+        println!("SKIPPED: qemu-io/qemu-img not installed (Debian package qemu-utils)");
+        return Ok(());
+    }
+    let scratch = Scratch::new(None)?;
+    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
+    let luns = [lun.clone()];
+    let mut hosts: Vec<HostProc> = (1..=HOSTS)
+        .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
+        .collect::<Result<_>>()?;
+    // Small extents and chunks: each LV grows about 9 times per round.
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": (4 * MIB).to_string(), "initial": (16 * MIB).to_string(),
+                "chunk": (16 * MIB).to_string()}),
+    )?;
+    let mut served = 0;
+    let mut round = 0;
+    while served == 0 && round < ROUNDS {
+        let uris: Vec<String> = hosts
+            .iter()
+            .map(|h| -> Result<String> {
+                let id = format!("r{round}-h{}", h.id);
+                h.client.post(
+                    "/v1/volumes",
+                    &json!({"id": id, "name": id, "size": (PER_HOST + 64 * MIB).to_string()}),
+                )?;
+                let v = h
+                    .client
+                    .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
+                Ok(v["nbd"].as_str().context("no NBD URI")?.to_string())
+            })
+            .collect::<Result<_>>()?;
+        std::thread::scope(|s| -> Result<()> {
+            let writers: Vec<_> = uris
+                .iter()
+                .map(|uri| {
+                    s.spawn(move || {
+                        run(Command::new("qemu-img")
+                            .args(["bench", "-w", "-f", "raw", "-s", "1M", "-d", "8"])
+                            .args(["--pattern", "165", "-c", &(PER_HOST / MIB).to_string()])
+                            .arg(uri))
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+            }
+            Ok(())
+        })?;
+        for (h, uri) in hosts.iter().zip(&uris) {
+            // Every byte landed where it was written.
+            run(Command::new("qemu-io")
+                .args(["-f", "raw", "-c", &format!("read -P 0xa5 0 {PER_HOST}")])
+                .arg(uri))?;
+            let id = format!("r{round}-h{}", h.id);
+            let v = h.client.get(&format!("/v1/volumes/{id}"))?;
+            let g = &v["growth"];
+            ensure!(g["failed_extensions"] == 0, "host {}: {g}", h.id);
+            ensure!(
+                g["extensions"].as_u64().unwrap_or(0) >= 5,
+                "host {}: {g}",
+                h.id
+            );
+            h.client.delete(&format!("/v1/volumes/{id}/session"))?;
+        }
+        served = hosts
+            .iter()
+            .map(|h| counter(h, "ssvd_lv_extensions_served_for_others_total"))
+            .sum::<Result<u64>>()?;
+        let by_others = hosts
+            .iter()
+            .map(|h| counter(h, "ssvd_lv_extensions_served_by_others_total"))
+            .sum::<Result<u64>>()?;
+        eprintln!("round {round}: {served} extensions served for other hosts, {by_others} served by another commit");
+        round += 1;
+    }
+    ensure!(
+        served > 0,
+        "in {ROUNDS} rounds of {HOSTS} hosts growing at once, no holder served another host"
+    );
+    // The first volume lease is slot 3: slot 2 is the mailbox.
+    let v = hosts[0].client.get("/v1/volumes/r0-h1")?;
+    let vg = open_vg(&lun, true)?;
+    ensure!(
+        vg.vg().tags.iter().any(|t| t == "ssv.mailbox=2"),
+        "{:?}",
+        vg.vg().tags
+    );
+    let slots: Vec<u64> = vg
+        .vg()
+        .lvs
+        .iter()
+        .filter_map(|l| ssvd::names::tag_value(&l.tags, ssvd::names::TAG_LEASE))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ensure!(slots.iter().all(|&s| s >= 3), "lease slots {slots:?}: {v}");
+    drop(vg);
+    for h in &mut hosts {
+        h.stop();
+    }
+    drop(hosts);
+    assert_no_extent_twice(&lun)?;
+
+    // A pool made without the mailbox is refused, saying why.
+    let mut vg = open_vg(&lun, false)?;
+    vg.change("test: a pool from before the mailbox", |v| {
+        v.change_tags(None, &[], &["ssv.mailbox=2".to_string()])
+    })?;
+    drop(vg);
+    let h = HostProc::start(scratch.path(), 9, &luns, 1)?;
+    let e = h
+        .client
+        .get("/v1/pools/pool0")
+        .expect_err("a pool without the mailbox tag is attached");
+    // The API says only that the pool is not there; ssvd's log says why.
+    let log = h.ssvd_log();
+    ensure!(
+        log.contains("has no growth mailbox (VG tag ssv.mailbox=2)"),
+        "{e}; log:\n{log}"
+    );
+    drop(h);
+
+    skip_unless_lvm2!(Ok(()));
+    let loop_dev = LoopDev::attach(&lun)?;
+    let lvm = Lvm2::new(&[loop_dev.path().to_path_buf()])?;
+    let (code, out) = lvm.vgck("pool0")?;
+    assert_eq!(code, 0, "vgck: {out}");
+    Ok(())
+}

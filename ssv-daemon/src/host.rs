@@ -223,19 +223,25 @@ impl Host {
     }
 
     pub fn pool(&self, name: Option<&str>) -> Result<Arc<Pool>> {
+        let mut why = Vec::new();
         if let Some(n) = name {
             // Another host may have made it since we looked.
             if !lock(&self.pools).contains_key(n) {
-                self.attach_all();
+                why = self.attach_all();
             }
         }
         let pools = lock(&self.pools);
         match name {
             Some(n) => pools.get(n).cloned().ok_or_else(|| {
-                Error::NotFound(format!(
-                    "no pool {n} on this host (pools: {}); create it or add its LUNs to the configuration",
-                    pools.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
+                // A pool on our LUNs that could not be attached says why.
+                let prefix = format!("pool {n}: ");
+                match why.iter().find(|w| w.starts_with(&prefix)) {
+                    Some(w) => Error::Unavailable(w.clone()),
+                    None => Error::NotFound(format!(
+                        "no pool {n} on this host (pools: {}); create it or add its LUNs to the configuration",
+                        pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                }
             }),
             None => match pools.len() {
                 1 => Ok(pools.values().next().cloned().expect("one pool")),

@@ -5,7 +5,7 @@
 use crate::config::{parse_size, Config};
 use crate::events::Events;
 use crate::leases::Locks;
-use crate::luns::open_lun;
+use crate::luns::{open_lun, open_unused_lun};
 use crate::metrics::{Metrics, PoolLabels};
 use crate::model::{self, VolumeRecord};
 use crate::names;
@@ -273,7 +273,7 @@ impl Host {
                     known.join(", ")
                 )));
             }
-            devs.push(open_lun(l)?);
+            devs.push(open_unused_lun(l, &req.name)?);
         }
         let mut opts = PoolOptions::default();
         if let Some(e) = &req.extent_size {
@@ -313,7 +313,7 @@ impl Host {
                 "LUN {path} is not in this host's configuration; add a [[lun]] entry first"
             )));
         }
-        p.add_lun(&open_lun(path)?)?;
+        p.add_lun(&open_unused_lun(path, pool)?)?;
         self.events.emit(
             "pool.lun_added",
             Some(pool),

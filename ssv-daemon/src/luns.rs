@@ -63,6 +63,25 @@ fn registry() -> &'static Mutex<IscsiLuns> {
     R.get_or_init(Mutex::default)
 }
 
+/// Opens a LUN that is to become a PV of a new pool or of `pool`:
+/// refused, with what it holds, when it already belongs to a VG.
+pub(crate) fn open_unused_lun(path: &str, pool: &str) -> Result<PvDev> {
+    let pv = open_lun(path)?;
+    let scan = lvm::scan(std::slice::from_ref(&pv))
+        .map_err(|e| Error::Storage(format!("reading LUN {path}: {e}")))?;
+    if let Some(t) = scan.texts.first() {
+        let vg = &t.vg.name;
+        return Err(Error::Conflict(if vg == pool {
+            format!("LUN {path} is in pool {pool} already")
+        } else {
+            format!(
+                "LUN {path} belongs to VG {vg}; remove it there first (ssv never formats a LUN that holds a VG)"
+            )
+        }));
+    }
+    Ok(pv)
+}
+
 pub(crate) fn open_lun(path: &str) -> Result<PvDev> {
     if iscsi::is_iscsi_uri(path) {
         let dev = open_iscsi(path)?;

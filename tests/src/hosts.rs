@@ -155,6 +155,13 @@ impl HostProc {
         self.ssvd.as_ref().map(Child::id)
     }
 
+    /// SIGTERM to ssvd alone (it closes its volumes); lockd stays.
+    pub fn stop_ssvd(&mut self) {
+        if let Some(c) = self.ssvd.take() {
+            kill(c, libc::SIGTERM);
+        }
+    }
+
     /// SIGKILL of both daemons: the host is gone without a word.
     pub fn kill9(&mut self) {
         // Both signalled before either is reaped, lockd first: a lockd that
@@ -205,13 +212,19 @@ impl Drop for HostProc {
     }
 }
 
-/// The pool `vg` on the LUN file `lun`, read with our LVM engine: panics if
-/// any extent of any PV belongs to two LVs. Returns the first PV's device
-/// hint (the path ssvd recorded).
-pub fn assert_no_extent_twice(lun: &Path, vg: &str) -> Result<Option<String>> {
-    let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(true))?;
-    let pv = lvm::PvDev::new(std::sync::Arc::new(dev), lun.display().to_string());
-    let vg = lvm::OpenVg::open(&[pv], Some(vg))?;
+/// The pool `vg` on the LUN files `luns`, read with our LVM engine: panics
+/// if any extent of any PV belongs to two LVs. Returns the first PV's
+/// device hint (the path ssvd recorded).
+pub fn assert_no_extent_twice(luns: &[&Path], vg: &str) -> Result<Option<String>> {
+    let mut pvs = Vec::new();
+    for lun in luns {
+        let dev = san::FileDev::open(lun, &san::OpenOptions::new().read_only(true))?;
+        pvs.push(lvm::PvDev::new(
+            std::sync::Arc::new(dev),
+            lun.display().to_string(),
+        ));
+    }
+    let vg = lvm::OpenVg::open(&pvs, Some(vg))?;
     let mut owner: std::collections::HashMap<(String, u64), String> = Default::default();
     for lv in &vg.vg().lvs {
         for seg in &lv.segments {
@@ -229,15 +242,19 @@ pub fn assert_no_extent_twice(lun: &Path, vg: &str) -> Result<Option<String>> {
     Ok(vg.vg().pvs.first().and_then(|p| p.device.clone()))
 }
 
-/// Stock lvm2's `vgck` of `vg` on the LUN file `lun` (through a loop
-/// device) must be clean; skipped, with a message, where lvm2 cannot run.
-pub fn assert_stock_vgck_clean(lun: &Path, vg: &str) -> Result<()> {
+/// Stock lvm2's `vgck` of `vg` on the LUN files `luns` (through loop
+/// devices) must be clean; skipped, with a message, where lvm2 cannot run.
+pub fn assert_stock_vgck_clean(luns: &[&Path], vg: &str) -> Result<()> {
     if let Some(why) = crate::skip_reason() {
         eprintln!("SKIPPED stock vgck: {why}");
         return Ok(());
     }
-    let loop_dev = crate::LoopDev::attach(lun)?;
-    let lvm = crate::Lvm2::new(&[loop_dev.path().to_path_buf()])?;
+    let loops = luns
+        .iter()
+        .map(|l| crate::LoopDev::attach(l))
+        .collect::<Result<Vec<_>>>()?;
+    let devs: Vec<PathBuf> = loops.iter().map(|l| l.path().to_path_buf()).collect();
+    let lvm = crate::Lvm2::new(&devs)?;
     let (code, out) = lvm.vgck(vg)?;
     anyhow::ensure!(code == 0, "stock vgck {vg}: {out}");
     anyhow::ensure!(!lvm.lvs(vg)?.is_empty(), "stock lvm2 sees no LV in {vg}");

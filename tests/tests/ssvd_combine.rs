@@ -151,7 +151,7 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
         h.stop();
     }
     drop(hosts);
-    assert_no_extent_twice(&lun, "pool0")?;
+    assert_no_extent_twice(&[&lun], "pool0")?;
 
     // A pool made without the mailbox is refused, saying why.
     let mut vg = open_vg(&lun, false)?;
@@ -171,5 +171,5 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
     );
     drop(h);
 
-    assert_stock_vgck_clean(&lun, "pool0")
+    assert_stock_vgck_clean(&[&lun], "pool0")
 }

@@ -77,7 +77,7 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
         assert_eq!(v["size"], 3 * GIB, "{v}");
         assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     }
-    assert_no_extent_twice(&lun, "pool0")?;
+    assert_no_extent_twice(&[&lun], "pool0")?;
 
     // Every host writes its own volume at once through NBD (each LV grows
     // under the pool lease while the others do too); another host then
@@ -113,7 +113,7 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
             assert!(lv > GIB, "the LV of {id} did not grow: {v}");
             reader.client.delete(&format!("/v1/volumes/{id}/session"))?;
         }
-        assert_no_extent_twice(&lun, "pool0")?;
+        assert_no_extent_twice(&[&lun], "pool0")?;
     } else {
         println!("SKIPPED the data part: qemu-io not installed (Debian package qemu-utils)");
     }
@@ -191,12 +191,12 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     );
     eprintln!("dead host's volume taken over after {took:?}");
     hosts[1].client.delete("/v1/volumes/h2-v0/session")?;
-    assert_no_extent_twice(&lun, "pool0")?;
+    assert_no_extent_twice(&[&lun], "pool0")?;
     let mut hosts = hosts;
     for h in &mut hosts {
         h.stop();
     }
     drop(hosts);
 
-    assert_stock_vgck_clean(&lun, "pool0")
+    assert_stock_vgck_clean(&[&lun], "pool0")
 }

@@ -306,10 +306,10 @@ fn two_hosts_share_a_pool_on_an_iscsi_lun_over_two_paths() -> Result<()> {
     }
     drop(hosts);
     t.stop()?;
-    let hint = assert_no_extent_twice(&backing, "pool0")?;
+    let hint = assert_no_extent_twice(&[&backing], "pool0")?;
     assert_eq!(hint.as_deref(), Some(uri.as_str()), "the PV's device hint");
 
-    assert_stock_vgck_clean(&backing, "pool0")?;
+    assert_stock_vgck_clean(&[&backing], "pool0")?;
     eprintln!("done in {:?}", started.elapsed());
     Ok(())
 }

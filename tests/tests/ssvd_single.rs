@@ -279,6 +279,6 @@ fn one_host_runs_the_volume_life_cycle_through_the_api() -> Result<()> {
     drop(h);
 
     // Stock lvm2 reads what ssvd wrote.
-    assert_no_extent_twice(&lun, "pool0")?;
-    assert_stock_vgck_clean(&lun, "pool0")
+    assert_no_extent_twice(&[&lun], "pool0")?;
+    assert_stock_vgck_clean(&[&lun], "pool0")
 }

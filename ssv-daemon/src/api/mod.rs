@@ -35,6 +35,15 @@ pub fn status_of(e: &Error) -> StatusCode {
     }
 }
 
+/// 401 with the usual error body (TCP clients without the right token).
+pub fn unauthorized(message: &str) -> Response {
+    let body = ErrorBody {
+        error: "unauthorized".into(),
+        message: message.into(),
+    };
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
 pub struct ApiError(pub Error);
 
 impl IntoResponse for ApiError {

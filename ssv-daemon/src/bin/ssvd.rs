@@ -143,7 +143,6 @@ async fn bearer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let ok = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -153,29 +152,11 @@ async fn bearer(
     if ok {
         next.run(req).await
     } else {
-        ssvd::api::ApiError(ssvd::Error::Invalid(
-            "missing or wrong bearer token (send `Authorization: Bearer <token from token_file>`)"
-                .into(),
-        ))
-        .into_response()
-        .into_parts()
-        .1
-        .pipe(|body| {
-            axum::response::Response::builder()
-                .status(axum::http::StatusCode::UNAUTHORIZED)
-                .header("content-type", "application/json")
-                .body(body)
-                .unwrap_or_default()
-        })
+        ssvd::api::unauthorized(
+            "missing or wrong bearer token (send `Authorization: Bearer <token from token_file>`)",
+        )
     }
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -3,6 +3,7 @@
 use crate::host::{Host, VolumeDetail};
 use crate::model::{self, SnapshotInfo, VolumeRecord};
 use crate::names::{self, *};
+use crate::pool::Pool;
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -13,6 +14,29 @@ pub struct CreateSnapshot {
     #[serde(default)]
     pub id: Option<String>,
     pub name: String,
+}
+
+/// Reduces a layer nobody writes any more to the extents its qcow2 uses:
+/// everything the image references lies below its allocated end, which
+/// thin computes from the refcounts.
+fn shrink_frozen(pool: &Pool, lv: &str) -> Result<()> {
+    let dev = pool.open(lv)?;
+    let h = thin::layer::read_header(&*dev)?;
+    let end = thin::layer::allocated_end(&*dev, &h)?;
+    pool.change(&format!("shrinking frozen layer {lv}"), |vg| {
+        let ext = vg.vg().extent_bytes();
+        let Some(l) = vg.vg().lv(lv) else {
+            return Ok(());
+        };
+        let keep = end.div_ceil(ext).max(1);
+        let have = l.extent_count();
+        if keep < have {
+            vg.change(&format!("ssvd: shrink frozen layer {lv}"), |v| {
+                v.reduce_lv(lv, have - keep)
+            })?;
+        }
+        Ok(())
+    })
 }
 
 impl Host {
@@ -70,7 +94,14 @@ impl Host {
                         dropped,
                     ),
                 ],
-            )
+            )?;
+            // Frozen, the layer never grows again: give back the headroom
+            // growth left past its data (an optimisation; the snapshot
+            // stands either way).
+            if let Err(e) = shrink_frozen(&pool, &rec.top) {
+                log::warn!("snapshot {sid}: keeping LV {} at its size: {e}", rec.top);
+            }
+            Ok(())
         })?;
         self.events.emit(
             "snapshot.created",

@@ -56,11 +56,19 @@ fn qemu_writes_through_nbd_grow_snapshot_and_clone() -> Result<()> {
         "{grown}"
     );
 
-    // Snapshot while open; later writes go to the new top only.
+    // Snapshot while open; later writes go to the new top only. The
+    // frozen layer gives back the headroom growth left past its data.
     c.post(
         "/v1/volumes/v1/snapshots",
         &json!({"id": "s1", "name": "640M of 0x5a"}),
     )?;
+    let v = c.get("/v1/volumes/v1")?;
+    let frozen = v["layers"][1]["lv_size"].as_u64().unwrap();
+    let used = grown["allocated_end"].as_u64().unwrap();
+    assert!(
+        frozen >= used && frozen < used + (128 << 20),
+        "frozen layer of {frozen} bytes for {used} bytes of image: {v}"
+    );
     qemu_io(
         &uri,
         &[

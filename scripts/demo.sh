@@ -3,8 +3,9 @@
 # Starts lockd and ssvd on it, makes a pool and a thin volume with ssvctl,
 # writes the volume through its NBD export with qemu-io until its LV grows,
 # snapshots it while open, clones the snapshot (with progress), checks the
-# clone (its data through NBD, its qcow2 with stock qemu-img check in place
-# on the LUN), and lets stock lvm2 read the pool. Prints what happened.
+# clone (its data through NBD, its qcow2 with stock qemu-img check on the
+# LV's bytes, which ssvadm serves over NBD), and lets stock lvm2 read the
+# pool. Prints what happened.
 #   STATE=dir (default ./state) holds the LUN file, configuration, sockets
 #   and logs; the LUN is re-created each run.
 set -euo pipefail
@@ -79,15 +80,15 @@ echo "\$ qemu-io -f raw -c 'read -P 0x5a 0 1200M' -c 'read -P 0 2G 64M' $curi"
 qemu-io -f raw -c 'read -P 0x5a 0 1200M' -c 'read -P 0 2G 64M' "$curi" | grep -v '^read' || true
 echo "the clone holds the snapshot's 1200 MiB of 0x5a and none of the later write"
 step volume close web-copy
-# Stock qemu-img checks the clone's qcow2 in place: the LV's byte range on the LUN.
+# Stock qemu-img checks the clone's qcow2 where it lies: the LV's own bytes,
+# served read-only over NBD by ssvadm (an LV may have several segments).
 lv=$("$bin/ssvctl" --json volume show web-copy | python3 -c 'import json,sys; print(json.load(sys.stdin)["top"])')
-read -r off lvsize < <("$bin/ssvadm" volume info --json "pool0/$lv" "$lun" | python3 -c '
-import json, sys
-l = json.load(sys.stdin)["layers"][0]
-print(l["pv_offset"], l["lv_size"])')
-img="json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"raw\",\"offset\":$off,\"size\":$lvsize,\"file\":{\"driver\":\"file\",\"filename\":\"$lun\"}}}"
-echo "\$ qemu-img check <$lv in place: $lun at byte $off>"
-qemu-img check -U "$img"
+"$bin/ssvadm" lv serve "pool0/$lv" --socket "$state/lv.sock" "$lun" >/dev/null &
+serve=$!
+for _ in $(seq 100); do [ -S "$state/lv.sock" ] && break; sleep 0.1; done
+echo "\$ qemu-img check -f qcow2 nbd+unix:///$lv?socket=$state/lv.sock   # the clone's LV, served by ssvadm lv serve"
+qemu-img check -f qcow2 "nbd+unix:///$lv?socket=$state/lv.sock"
+kill "$serve"; wait "$serve" 2>/dev/null || true
 
 echo "== what happened"
 step volume list

@@ -171,6 +171,16 @@ enum LvCmd {
         #[arg(required = true)]
         devices: Vec<String>,
     },
+    /// Serve the LV's bytes read-only over NBD on a Unix socket, as named
+    /// export LV, until interrupted: stock tools (`qemu-img check -f qcow2
+    /// nbd+unix:///LV?socket=SOCKET`) then read an LV of any shape.
+    Serve {
+        lv: String,
+        #[arg(long)]
+        socket: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
 }
 
 /// Parses `512`, `4k`, `128M`, `1g`, `2T` (binary units; bare numbers are MiB, as in lvm).
@@ -353,8 +363,54 @@ fn lv(cmd: LvCmd, line: &str) -> Result<()> {
             open_rw(vg, &devices)?
                 .change(line, |v| v.change_tags(Some(name), &tags.add, &tags.del))?;
         }
+        LvCmd::Serve {
+            lv,
+            socket,
+            devices,
+        } => {
+            let (vg, name) = split_lv(&lv)?;
+            let devs = open_devs(&devices, &OpenOptions::new().read_only(true))?;
+            let open = OpenVg::open(&devs, Some(vg)).with_context(|| format!("opening VG {vg}"))?;
+            let dev = Arc::new(open.lv_dev(name)?);
+            // Blocked before the server's threads start (they inherit the
+            // mask), so SIGINT/SIGTERM reach only `wait` and the socket
+            // file is removed on the way out.
+            let signals = Signals::block();
+            let server = san::nbd::NbdServer::start(san::nbd::NbdConfig::new().unix(&socket))
+                .with_context(|| format!("serving on {socket}"))?;
+            server.add_export(name, dev, true)?;
+            println!("serving {lv} read-only: nbd+unix:///{name}?socket={socket}");
+            signals.wait();
+            server.stop();
+        }
     }
     Ok(())
+}
+
+/// SIGINT and SIGTERM, blocked in this thread (and threads it starts) to
+/// be taken synchronously.
+struct Signals(libc::sigset_t);
+
+impl Signals {
+    fn block() -> Signals {
+        // SAFETY: sigset_t is plain data that sigemptyset/sigaddset
+        // initialise; pthread_sigmask changes only this thread's mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Signals(set)
+        }
+    }
+
+    /// Returns when one of them arrives.
+    fn wait(&self) {
+        let mut sig = 0;
+        // SAFETY: the set was initialised in `block`; sig is a valid out pointer.
+        unsafe { libc::sigwait(&self.0, &mut sig) };
+    }
 }
 
 fn locn(l: &RawLocn) -> Value {

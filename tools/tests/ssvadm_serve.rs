@@ -1,0 +1,125 @@
+//! `ssvadm lv serve`: stock qemu-img checks a thin volume's qcow2 on the
+//! LV's own bytes through the NBD export, which refuses writes and goes
+//! away (socket file included) on SIGTERM.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ssvadm(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ssvadm"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssvadm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+#[test]
+fn qemu_img_checks_a_volume_through_lv_serve() {
+    if !have("qemu-img") || !have("qemu-io") {
+        println!("SKIPPED: qemu-img/qemu-io not installed (Debian package qemu-utils)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lun = dir.path().join("lun.img");
+    std::fs::File::create(&lun)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let lun_s = lun.to_str().unwrap();
+    ssvadm(&["pv", "format", lun_s, "--metadata-size", "4m"]);
+    ssvadm(&["vg", "create", "pool0", lun_s, "--extent-size", "4m"]);
+    ssvadm(&[
+        "volume",
+        "create",
+        "pool0/disk",
+        "--size",
+        "1g",
+        "--initial",
+        "64m",
+        lun_s,
+    ]);
+    let data = dir.path().join("data");
+    std::fs::write(&data, vec![0x5au8; 3 << 20]).unwrap();
+    ssvadm(&[
+        "volume",
+        "write",
+        "pool0/disk",
+        "--from",
+        data.to_str().unwrap(),
+        lun_s,
+    ]);
+
+    let sock = dir.path().join("lv.sock");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_ssvadm"))
+        .args([
+            "lv",
+            "serve",
+            "pool0/disk",
+            "--socket",
+            sock.to_str().unwrap(),
+            lun_s,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < until, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("No errors"),
+        "{text}"
+    );
+    // The qcow2 image as QEMU reads it holds what was written.
+    let read = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c", "read -P 0x5a 0 3M", &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        read.status.success() && !text.contains("verification"),
+        "{text}"
+    );
+    // Read-only: a write is refused.
+    let write = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 512", &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&write.stdout).to_string()
+        + &String::from_utf8_lossy(&write.stderr);
+    assert!(
+        !write.status.success() || text.contains("failed") || text.contains("read-only"),
+        "{text}"
+    );
+
+    // SAFETY: kill with the pid of a child we started and have not reaped.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let st = serve.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert!(
+        !Path::new(&sock).exists(),
+        "the socket file outlived the server"
+    );
+}

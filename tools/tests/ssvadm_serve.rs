@@ -19,6 +19,16 @@ fn ssvadm(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The server process, killed if the test fails before it stops it.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -65,18 +75,21 @@ fn qemu_img_checks_a_volume_through_lv_serve() {
     ]);
 
     let sock = dir.path().join("lv.sock");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_ssvadm"))
-        .args([
-            "lv",
-            "serve",
-            "pool0/disk",
-            "--socket",
-            sock.to_str().unwrap(),
-            lun_s,
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut serve = Served(
+        Command::new(env!("CARGO_BIN_EXE_ssvadm"))
+            .args([
+                "lv",
+                "serve",
+                "pool0/disk",
+                "--socket",
+                sock.to_str().unwrap(),
+                lun_s,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let until = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < until, "no socket");
@@ -115,8 +128,8 @@ fn qemu_img_checks_a_volume_through_lv_serve() {
     );
 
     // SAFETY: kill with the pid of a child we started and have not reaped.
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let st = serve.wait().unwrap();
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let st = serve.0.wait().unwrap();
     assert!(st.success(), "{st}");
     assert!(
         !Path::new(&sock).exists(),

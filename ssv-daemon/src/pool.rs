@@ -198,14 +198,7 @@ impl Pool {
         leases::init_pool_leases(dev.clone(), name, opts.io_timeout)?;
         Mailbox::init(&*dev)?;
         let mailbox = Mailbox::open(dev, locks.host_id())?;
-        let pool = Pool {
-            name: name.to_string(),
-            vg: Mutex::new(vg),
-            locks,
-            mailbox,
-        };
-        pool.join()?;
-        Ok(pool)
+        Pool::joined(name, vg, locks, mailbox)
     }
 
     /// Attaches an existing pool found on `luns`.
@@ -225,19 +218,18 @@ impl Pool {
             )));
         }
         let mailbox = Mailbox::open(Arc::new(vg.lv_dev(LEASES_LV)?), locks.host_id())?;
-        let pool = Pool {
+        Pool::joined(name, vg, locks, mailbox)
+    }
+
+    /// The pool, once this host has joined its lockspace.
+    fn joined(name: &str, vg: OpenVg, locks: Arc<Locks>, mailbox: Mailbox) -> Result<Pool> {
+        locks.join(vg.vg())?;
+        Ok(Pool {
             name: name.to_string(),
             vg: Mutex::new(vg),
             locks,
             mailbox,
-        };
-        pool.join()?;
-        Ok(pool)
-    }
-
-    fn join(&self) -> Result<()> {
-        let vg = self.vg();
-        self.locks.join(&vg)
+        })
     }
 
     pub fn name(&self) -> &str {

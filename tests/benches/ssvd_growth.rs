@@ -20,7 +20,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use ssv_tests::bench::{ms, ratio, stats};
-use ssv_tests::hosts::HostProc;
+use ssv_tests::hosts::start_hosts;
 use ssv_tests::{find_tool, skip_reason, LoopDev, Lvm2, Scratch, Size, MIB};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,9 +71,7 @@ fn main() -> Result<()> {
     let lun = scratch.sparse_file("lun0.img", lun_size)?;
     let luns = [lun.clone()];
     eprintln!("ssvd_growth: starting {} hosts", sz.hosts);
-    let mut hosts: Vec<HostProc> = (1..=sz.hosts)
-        .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
-        .collect::<Result<_>>()?;
+    let mut hosts = start_hosts(scratch.path(), sz.hosts, &luns, 1)?;
     hosts[0].client.post(
         "/v1/pools",
         &json!({"name": "pool0", "luns": [lun.display().to_string()],

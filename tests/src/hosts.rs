@@ -261,6 +261,18 @@ pub fn assert_stock_vgck_clean(luns: &[&Path], vg: &str) -> Result<()> {
     Ok(())
 }
 
+/// Hosts 1..=n on the LUN files `luns`, each with its own lockd and ssvd.
+pub fn start_hosts(
+    base: &Path,
+    n: u64,
+    luns: &[PathBuf],
+    io_timeout: u64,
+) -> Result<Vec<HostProc>> {
+    (1..=n)
+        .map(|id| HostProc::start(base, id, luns, io_timeout))
+        .collect()
+}
+
 /// Host 1 on a fresh sparse LUN file of `size` bytes, with pool `pool0` on it.
 pub fn one_host_with_pool(scratch: &crate::Scratch, size: u64) -> Result<(HostProc, PathBuf)> {
     let lun = scratch.sparse_file("lun0.img", size)?;

@@ -7,7 +7,7 @@
 
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
-use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, HostProc};
+use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, start_hosts, HostProc};
 use ssv_tests::qemu::qemu_io;
 use ssv_tests::{find_tool, Scratch, MIB};
 use std::process::Command;
@@ -57,9 +57,7 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
     let scratch = Scratch::new(None)?;
     let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
     let luns = [lun.clone()];
-    let mut hosts: Vec<HostProc> = (1..=HOSTS)
-        .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
-        .collect::<Result<_>>()?;
+    let mut hosts = start_hosts(scratch.path(), HOSTS, &luns, 1)?;
     // Small extents and chunks: each LV grows about 9 times per round.
     hosts[0].client.post(
         "/v1/pools",

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, HostProc};
+use ssv_tests::hosts::{assert_no_extent_twice, assert_stock_vgck_clean, start_hosts};
 use ssv_tests::qemu::qemu_io;
 use ssv_tests::{find_tool, Scratch};
 use ssvd::client::ClientError;
@@ -31,9 +31,7 @@ fn hosts_share_one_pool_and_a_dead_host_is_taken_over_only_after_the_safe_timeou
     let scratch = Scratch::new(None)?;
     let lun = scratch.sparse_file("lun0.img", 64 * GIB)?;
     let luns = [lun.clone()];
-    let mut hosts: Vec<HostProc> = (1..=HOSTS)
-        .map(|id| HostProc::start(scratch.path(), id, &luns, 1))
-        .collect::<Result<_>>()?;
+    let mut hosts = start_hosts(scratch.path(), HOSTS, &luns, 1)?;
     hosts[0].client.post(
         "/v1/pools",
         &json!({"name": "pool0", "luns": [lun.display().to_string()]}),

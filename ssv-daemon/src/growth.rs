@@ -6,6 +6,7 @@
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::PoolExtender;
+use crate::Result;
 use san::BlockDev;
 use std::sync::Arc;
 
@@ -19,6 +20,18 @@ pub(crate) struct MeteredExtender {
 
 impl thin::Extender for MeteredExtender {
     fn extend(&self, req: &thin::GrowthRequest) -> std::result::Result<Arc<dyn BlockDev>, String> {
+        self.grow(req, None).map_err(|e| e.to_string())
+    }
+}
+
+impl MeteredExtender {
+    /// Grows `req.lv` (of `volume`, when the caller knows it), counted in
+    /// the metrics and told as an event.
+    pub fn grow(
+        &self,
+        req: &thin::GrowthRequest,
+        volume: Option<&str>,
+    ) -> Result<Arc<dyn BlockDev>> {
         let t = std::time::Instant::now();
         let served = self.metrics.extensions_served_for_others.clone();
         let r = self.inner.extend_combined(req, move |n| {
@@ -36,7 +49,7 @@ impl thin::Extender for MeteredExtender {
                 self.events.emit(
                     "volume.grown",
                     Some(&self.pool),
-                    None,
+                    volume,
                     format!(
                         "LV {} grown to {} bytes in {:?}{}{}",
                         req.lv,
@@ -56,7 +69,7 @@ impl thin::Extender for MeteredExtender {
                 self.events.emit(
                     "volume.grow_failed",
                     Some(&self.pool),
-                    None,
+                    volume,
                     format!("LV {} could not grow: {e}", req.lv),
                 );
             }

@@ -267,23 +267,11 @@ impl Locks {
 
     /// The pool lease if it is free now; `None` while another host holds it.
     pub fn try_pool_lease(&self, vg: &Vg) -> Result<Option<Lease<'_>>> {
-        let spec = Self::spec(vg, POOL_RESOURCE, POOL_SLOT)?;
-        match self.client.acquire(&spec, false, false, None) {
-            Ok(_) => Ok(Some(Lease {
-                locks: self,
-                spec: Some(spec),
-            })),
-            Err(e) if e.is_busy() => Ok(None),
-            Err(e) => Err(lockd_err(
-                &format!("lease {POOL_RESOURCE} of pool {}", vg.name),
-                e,
-            )),
+        match self.acquire(vg, POOL_RESOURCE, POOL_SLOT, false, false) {
+            Ok(l) => Ok(Some(l)),
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-    }
-
-    /// Whether the leases we hold may still be used.
-    pub fn valid(&self) -> bool {
-        self.client.lease_valid()
     }
 }
 

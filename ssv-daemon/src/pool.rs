@@ -830,8 +830,8 @@ impl PoolExtender {
         &self,
         req: &GrowthRequest,
         for_others: impl Fn(u64) + Send + 'static,
-    ) -> std::result::Result<Extended, String> {
-        let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Extended, String>>();
+    ) -> Result<Extended> {
+        let (tx, rx) = std::sync::mpsc::channel::<Result<Extended>>();
         let pool = self.0.clone();
         let (lv, min, want) = (req.lv.clone(), req.min_size, req.target_size);
         std::thread::Builder::new()
@@ -846,16 +846,19 @@ impl PoolExtender {
                 };
                 let r = pool.extend_combined(&lv, min, want, &progress);
                 // After an early answer this one goes unread.
-                let _ = tx.send(r.map_err(|e| e.to_string()));
+                let _ = tx.send(r);
             })
-            .map_err(|e| format!("starting an extension thread: {e}"))?;
-        rx.recv()
-            .map_err(|_| "the extension thread ended without an answer".to_string())?
+            .map_err(|e| Error::Storage(format!("starting an extension thread: {e}")))?;
+        rx.recv().map_err(|_| {
+            Error::Storage("the extension thread ended without an answer".to_string())
+        })?
     }
 }
 
 impl Extender for PoolExtender {
     fn extend(&self, req: &GrowthRequest) -> std::result::Result<Arc<dyn BlockDev>, String> {
-        self.extend_combined(req, |_| ()).map(|e| e.dev)
+        self.extend_combined(req, |_| ())
+            .map(|e| e.dev)
+            .map_err(|e| e.to_string())
     }
 }

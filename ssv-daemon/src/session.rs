@@ -11,22 +11,17 @@ use thin::Volume;
 
 pub struct Session {
     pub volume: String,
-    pub pool: String,
     pub lease: lockd::proto::ResourceSpec,
     gate: RwLock<Option<Arc<Volume>>>,
     id: DevId,
-    size: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
     pub fn new(volume: &str, pool: &str, lease: lockd::proto::ResourceSpec, v: Volume) -> Session {
-        let size = v.virtual_size();
         Session {
             volume: volume.into(),
-            pool: pool.into(),
             lease,
             id: DevId(format!("ssv:{pool}/{volume}")),
-            size: size.into(),
             gate: RwLock::new(Some(Arc::new(v))),
         }
     }
@@ -48,11 +43,7 @@ impl Session {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (next, out) = f(g.take());
-        if let Some(v) = next {
-            self.size
-                .store(v.virtual_size(), std::sync::atomic::Ordering::Release);
-            *g = Some(Arc::new(v));
-        }
+        *g = next.map(Arc::new);
         out
     }
 
@@ -69,16 +60,20 @@ impl Session {
 
     fn with<T>(&self, f: impl FnOnce(&Volume) -> thin::Result<T>) -> san::Result<T> {
         let g = self.read();
-        let v = g
-            .as_ref()
-            .ok_or_else(|| san::Error::Injected(format!("volume {} is closed", self.volume)))?;
-        f(v).map_err(|e| san::Error::Io {
+        let io_err = |source| san::Error::Io {
             op: "volume I/O",
             dev: self.id.0.clone(),
             offset: 0,
             len: 0,
-            source: std::io::Error::other(e.to_string()),
-        })
+            source,
+        };
+        let v = g.as_ref().ok_or_else(|| {
+            io_err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("volume {} is closed", self.volume),
+            ))
+        })?;
+        f(v).map_err(|e| io_err(std::io::Error::other(e.to_string())))
     }
 }
 
@@ -99,8 +94,9 @@ impl BlockDev for Session {
     fn discard(&self, offset: u64, len: u64) -> san::Result<()> {
         self.with(|v| v.discard(offset, len))
     }
+    /// The open volume's size (a resize shows at once); 0 once closed.
     fn size(&self) -> u64 {
-        self.size.load(std::sync::atomic::Ordering::Acquire)
+        self.read().as_ref().map_or(0, |v| v.virtual_size())
     }
     fn logical_sector_size(&self) -> u32 {
         512
@@ -110,12 +106,6 @@ impl BlockDev for Session {
     }
     fn identity(&self) -> &DevId {
         &self.id
-    }
-}
-
-impl Session {
-    pub fn arc_dev(self: &Arc<Self>) -> Arc<dyn BlockDev> {
-        self.clone()
     }
 }
 
@@ -139,15 +129,7 @@ impl Host {
             return self.detail(&pool, rec);
         }
         let _busy = self.mark_busy(&rec.id)?;
-        let lease = self
-            .locks
-            .acquire(&pool.vg(), &rec.id, rec.lease_slot, false, wait)
-            .map_err(|e| match e {
-                Error::Conflict(m) => {
-                    Error::Conflict(format!("volume {} is open on another host: {m}", rec.id))
-                }
-                e => e,
-            })?;
+        let lease = self.volume_lease(&pool, &rec, wait)?;
         let v = self.open_volume(&pool, &rec.top)?;
         let s = Arc::new(Session::new(&rec.id, pool.name(), lease.keep(), v));
         // Every transport or none: a failed export undoes the others and
@@ -155,7 +137,7 @@ impl Host {
         let exporters = lock(&self.exporters).clone();
         let mut uris = HashMap::new();
         for (i, x) in exporters.iter().enumerate() {
-            match x.export(&rec.id, s.arc_dev()) {
+            match x.export(&rec.id, s.clone()) {
                 Ok(uri) => {
                     uris.insert(x.transport(), uri);
                 }

@@ -113,38 +113,16 @@ impl Host {
                 req.lv, rec.id, rec.top
             )));
         }
-        let want = req.target_size.max(req.min_size);
-        let t = std::time::Instant::now();
-        // A full pool may still fit what the writer needs at least.
-        let grown = pool
-            .extend(&req.lv, want)
-            .or_else(|e| match want > req.min_size {
-                true => pool.extend(&req.lv, req.min_size),
-                false => Err(e),
-            });
-        self.metrics
-            .extension_seconds
-            .observe(t.elapsed().as_secs_f64());
-        match grown {
-            Ok(dev) => {
-                self.metrics.extensions.inc();
-                self.events.emit(
-                    "volume.grown",
-                    Some(pool.name()),
-                    Some(&rec.id),
-                    format!(
-                        "LV {} grown to {} bytes in {:?} for a writer outside ssvd",
-                        req.lv,
-                        dev.size(),
-                        t.elapsed()
-                    ),
-                );
-            }
-            Err(e) => {
-                self.metrics.extension_failures.inc();
-                return Err(e.into());
-            }
-        }
+        // Combined with other hosts' extensions like our own writers':
+        // the target where it fits, else what the writer needs at least.
+        let grow = thin::GrowthRequest {
+            lv: req.lv.clone(),
+            current_size: 0,
+            min_size: req.min_size,
+            target_size: req.target_size.max(req.min_size),
+            urgent: true,
+        };
+        self.extender(&pool).grow(&grow, Some(&rec.id))?;
         lv_mapping(&pool.vg(), &req.lv)
     }
 
@@ -287,20 +265,29 @@ impl Host {
                 }
             }),
             None => {
-                let vg = pool.vg();
-                let _lease = self
-                    .locks
-                    .acquire(&vg, &rec.id, rec.lease_slot, false, false)
-                    .map_err(|e| match e {
-                        Error::Conflict(m) => Error::Conflict(format!(
-                            "volume {} is open for writing on another host: {m}",
-                            rec.id
-                        )),
-                        e => e,
-                    })?;
+                let _lease = self.volume_lease(pool, rec, false)?;
                 f()
             }
         }
+    }
+
+    /// The volume's lease, held exclusively: refused at once while another
+    /// host has the volume open, or (`wait`) once that host is surely dead.
+    pub(crate) fn volume_lease(
+        &self,
+        pool: &Pool,
+        rec: &VolumeRecord,
+        wait: bool,
+    ) -> Result<crate::leases::Lease<'_>> {
+        self.locks
+            .acquire(&pool.vg(), &rec.id, rec.lease_slot, false, wait)
+            .map_err(|e| match e {
+                Error::Conflict(m) => Error::Conflict(format!(
+                    "volume {} is open for writing on another host: {m}",
+                    rec.id
+                )),
+                e => e,
+            })
     }
 
     pub(crate) fn open_volume(&self, pool: &Arc<Pool>, top: &str) -> Result<Volume> {
@@ -344,7 +331,8 @@ impl Host {
         self.detail(&pool, rec)
     }
 
-    /// LVs of other volumes whose chains use `lvs` (linked clones).
+    /// Other volumes whose chains use `lvs` (linked clones), each as
+    /// "VOLUME (over LV)".
     pub(crate) fn dependents(
         &self,
         pool: &Pool,
@@ -352,24 +340,23 @@ impl Host {
         lvs: &[&str],
     ) -> Result<Vec<String>> {
         let vg = pool.refresh()?;
-        let mut out = Vec::new();
-        for l in &vg.lvs {
-            if tag_value(&l.tags, TAG_VOLUME) == Some(rec.id.as_str()) || l.name == LEASES_LV {
-                continue;
-            }
-            let Ok(dev) = pool.open(&l.name) else {
-                continue;
-            };
-            if let Ok(h) = thin::layer::read_header(&*dev) {
-                if let Some(b) = h.backing.as_ref() {
-                    if lvs.contains(&b.name.as_str()) {
-                        let who = tag_value(&l.tags, TAG_VOLUME).unwrap_or(&l.name);
-                        out.push(format!("{who} (over {})", b.name));
-                    }
-                }
-            }
-        }
-        Ok(out)
+        // This volume's own layers (pending ones too) use each other.
+        let own: Vec<&str> = vg
+            .lvs
+            .iter()
+            .filter(|l| tag_value(&l.tags, TAG_VOLUME) == Some(rec.id.as_str()))
+            .map(|l| l.name.as_str())
+            .collect();
+        Ok(thin::chain::users_of(pool, lvs, &own)?
+            .into_iter()
+            .map(|(user, base)| {
+                let who = vg
+                    .lv(&user)
+                    .and_then(|l| tag_value(&l.tags, TAG_VOLUME))
+                    .unwrap_or(&user);
+                format!("{who} (over {base})")
+            })
+            .collect())
     }
 
     pub fn delete_volume(&self, id: &str) -> Result<()> {

@@ -88,28 +88,38 @@ pub fn revert(
 }
 
 /// LVs other than `except` whose image names `layer` as its backing.
-fn users_of(store: &dyn LvStore, layer: &str, except: &[&str]) -> Result<Vec<String>> {
+/// The layers of the store, other than `layers` and `except`, whose backing
+/// is one of `layers`: each user with the layer it is over. Reads every
+/// LV's header once.
+pub fn users_of(
+    store: &dyn LvStore,
+    layers: &[&str],
+    except: &[&str],
+) -> Result<Vec<(String, String)>> {
     let Some(all) = store.list()? else {
         return Ok(Vec::new());
     };
     let mut users = Vec::new();
     for name in all {
-        if name == layer || except.contains(&name.as_str()) {
+        if layers.contains(&name.as_str()) || except.contains(&name.as_str()) {
             continue;
         }
         // LVs that are not images (leases, foreign LVs) name no backing.
         let Ok(h) = layer::read_header(&*store.open(&name)?) else {
             continue;
         };
-        if h.backing.is_some_and(|b| b.name == layer) {
-            users.push(name);
+        if let Some(b) = h.backing.filter(|b| layers.contains(&b.name.as_str())) {
+            users.push((name, b.name));
         }
     }
     Ok(users)
 }
 
 fn refuse_if_used(store: &dyn LvStore, layer: &str, except: &[&str]) -> Result<()> {
-    let users = users_of(store, layer, except)?;
+    let users: Vec<String> = users_of(store, &[layer], except)?
+        .into_iter()
+        .map(|(user, _)| user)
+        .collect();
     if users.is_empty() {
         return Ok(());
     }

@@ -74,21 +74,14 @@ fn build(vg: &Vg, lv: &Lv, devs: &HashMap<String, Arc<dyn BlockDev>>) -> Result<
         }
         let mut mapped = Vec::new();
         for st in stripes {
-            let pv = vg
-                .pv(&st.pv)
-                .ok_or_else(|| Error::Metadata(format!("LV {}: unknown PV {}", lv.name, st.pv)))?;
+            let (pv, base) = vg.stripe_start(st).map_err(|e| match e {
+                Error::Metadata(m) => Error::Metadata(format!("LV {}: {m}", lv.name)),
+                e => e,
+            })?;
             let dev = devs.get(&st.pv).ok_or_else(|| Error::NotFound {
                 kind: "PV device",
                 name: pv.id.to_string(),
             })?;
-            let base = bytes("pe_start", pv.pe_start, 512)?
-                .checked_add(bytes("stripe start", st.start_pe, eb)?)
-                .ok_or_else(|| {
-                    Error::Metadata(format!(
-                        "LV {}: extents on PV {} overflow a byte offset",
-                        lv.name, pv.name
-                    ))
-                })?;
             if base.checked_add(area).is_none_or(|end| end > dev.size()) {
                 return Err(Error::Metadata(format!(
                     "LV {}: extents on PV {} end past its device ({} bytes)",

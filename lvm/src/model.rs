@@ -156,6 +156,25 @@ impl Vg {
     pub fn extent_bytes(&self) -> u64 {
         self.extent_size * 512
     }
+
+    /// Where a stripe's first extent lies: its PV and the byte offset on
+    /// that PV's device. Metadata can hold numbers whose byte offsets do
+    /// not fit a u64: those are errors.
+    pub fn stripe_start(&self, st: &Stripe) -> Result<(&Pv, u64)> {
+        let pv = self
+            .pv(&st.pv)
+            .ok_or_else(|| Error::Metadata(format!("segment on unknown PV {}", st.pv)))?;
+        pv.pe_start
+            .checked_mul(512)
+            .and_then(|b| b.checked_add(st.start_pe.checked_mul(self.extent_bytes())?))
+            .map(|at| (pv, at))
+            .ok_or_else(|| {
+                Error::Metadata(format!(
+                    "the offset of extent {} on PV {} overflows a byte offset",
+                    st.start_pe, pv.name
+                ))
+            })
+    }
 }
 
 // ---------------------------------------------------------------- reading

@@ -62,16 +62,16 @@ pub fn slot_location(vg: &Vg, slot: u64) -> Result<(String, u64)> {
         let [stripe] = stripes.as_slice() else {
             break;
         };
-        let pv = vg.pv(&stripe.pv).ok_or_else(|| {
-            Error::Storage(format!("{LEASES_LV} lies on unknown PV {}", stripe.pv))
-        })?;
+        let (pv, first) = vg
+            .stripe_start(stripe)
+            .map_err(|e| Error::Storage(format!("{LEASES_LV}: {e}")))?;
         let path = pv.device.clone().ok_or_else(|| {
             Error::Storage(format!(
                 "PV {} of {LEASES_LV} has no device path",
                 stripe.pv
             ))
         })?;
-        let offset = pv.pe_start * 512 + stripe.start_pe * ext + (at - start);
+        let offset = first + (at - start);
         return Ok((path, offset));
     }
     Err(Error::Storage(format!(

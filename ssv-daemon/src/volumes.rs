@@ -76,12 +76,8 @@ pub fn lv_mapping(vg: &lvm::Vg, lv: &str) -> Result<LvMapping> {
     for seg in &l.segments {
         let (pv_uuid, pv_path, pv_offset) = match &seg.kind {
             lvm::SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => {
-                let pv = vg.pv(&stripes[0].pv);
-                (
-                    pv.map(|p| p.id.to_string()).unwrap_or_default(),
-                    pv.and_then(|p| p.device.clone()).unwrap_or_default(),
-                    pv.map_or(0, |p| p.pe_start * 512 + stripes[0].start_pe * ext),
-                )
+                let (pv, at) = vg.stripe_start(&stripes[0])?;
+                (pv.id.to_string(), pv.device.clone().unwrap_or_default(), at)
             }
             _ => (String::new(), String::new(), 0),
         };

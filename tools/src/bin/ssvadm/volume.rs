@@ -349,12 +349,8 @@ fn info(volume: &str, as_json: bool, devices: &[String]) -> Result<()> {
         let place = match lv.segments.as_slice() {
             [seg] => match &seg.kind {
                 SegmentKind::Striped { stripes, .. } if stripes.len() == 1 => {
-                    v.pv(&stripes[0].pv).map(|pv| {
-                        (
-                            pv.device.clone(),
-                            pv.pe_start * 512 + stripes[0].start_pe * v.extent_bytes(),
-                        )
-                    })
+                    let (pv, at) = v.stripe_start(&stripes[0])?;
+                    Some((pv.device.clone(), at))
                 }
                 _ => None,
             },

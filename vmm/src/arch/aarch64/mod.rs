@@ -1,0 +1,1 @@
+//! aarch64: Image + FDT boot, GICv3, PSCI.

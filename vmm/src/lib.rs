@@ -1,0 +1,13 @@
+//! ssv's VMM: one process per VM. vCPU threads run the guest under KVM; its
+//! disks are thin volumes read and written in-process (no daemon on the data
+//! path), so a write that needs the LV to grow completes a little later
+//! instead of pausing the VM.
+//!
+//! - [`memory`]: guest RAM (vm-memory).
+//! - [`devices`]: virtio over MMIO, virtio-blk on thin, the serial console.
+//! - [`arch`]: what differs between x86_64 and aarch64 (boot, registers,
+//!   interrupt controller, device tree).
+
+pub mod arch;
+pub mod devices;
+pub mod memory;

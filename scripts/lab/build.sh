@@ -12,12 +12,13 @@ ARCH=$1
 FORCE=${2:-}
 lab_arch "$ARCH"
 OUT=$LAB_DIR/$ARCH
+lab_lock
 
 lab_apt_install cpio e2fsprogs gzip binutils "$QEMU_PKG"
 [ "$DEB_ARCH" = arm64 ] && lab_enable_arm64
 
 KPKG=$(lab_kernel_pkg)
-[ -n "$KPKG" ] || lab_die "linux-image-$KERNEL_FLAVOUR has no versioned image package in apt sources"
+[ -n "$KPKG" ] || lab_unavailable "linux-image-$KERNEL_FLAVOUR has no versioned image package in apt sources"
 STAMP="$KPKG $(apt-cache policy "$KPKG:$DEB_ARCH" | awk '/Candidate:/ {print $2}') busybox-static:$DEB_ARCH"
 if [ "$FORCE" != --force ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ]; then
     echo "$OUT"

@@ -20,6 +20,20 @@ lab_die() {
     echo "lab: error: $*" >&2
     exit 2
 }
+# Exit status 3: something the lab needs cannot be had on this machine (a
+# package missing from apt's sources, no root to install it); tests skip.
+lab_unavailable() {
+    echo "lab: unavailable: $*" >&2
+    exit 3
+}
+
+# Serialises builds and downloads in $LAB_DIR across processes (held until
+# the calling script exits).
+lab_lock() {
+    mkdir -p "$LAB_DIR"
+    exec 9>"$LAB_DIR/.lock"
+    flock 9
+}
 
 # Sets DEB_ARCH, KERNEL_FLAVOUR, CONSOLE, QEMU_PKG, QEMU_BIN, TRIPLET for $1.
 lab_arch() {
@@ -37,7 +51,7 @@ lab_arch() {
 }
 
 lab_need_root() {
-    [ "$(id -u)" = 0 ] || lab_die "$1 needs root"
+    [ "$(id -u)" = 0 ] || lab_unavailable "$1 needs root"
 }
 
 # Installs Debian packages that are missing on the host.
@@ -49,7 +63,7 @@ lab_apt_install() {
     lab_log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||
-        lab_die "apt-get install ${missing[*]} failed"
+        lab_unavailable "apt-get install ${missing[*]} failed"
 }
 
 # Makes arm64 packages visible to apt (dpkg --add-architecture arm64).
@@ -58,7 +72,7 @@ lab_enable_arm64() {
     lab_need_root "dpkg --add-architecture arm64"
     lab_log "adding dpkg architecture arm64"
     dpkg --add-architecture arm64
-    apt-get update -qq || lab_die "apt-get update failed after adding arm64"
+    apt-get update -qq || lab_unavailable "apt-get update failed after adding arm64"
 }
 
 # Downloads packages (name or name:arch) into $LAB_DIR/debs unless a file for
@@ -78,7 +92,7 @@ lab_fetch() {
             arch=$DEB_ARCH
             [ "$spec" != "$name" ] && arch=${spec#*:}
             ver=${cand[$spec]:-${cand[$name]:-}}
-            [ -n "$ver" ] && [ "$ver" != "(none)" ] || lab_die "no candidate for $spec in apt sources"
+            [ -n "$ver" ] && [ "$ver" != "(none)" ] || lab_unavailable "no candidate for $spec in apt sources"
             # apt names files with the epoch's colon escaped; the arch may be 'all'.
             file=$(deb_of)
             if [ -n "$file" ]; then found+=("$file"); else missing+=("$spec"); fi
@@ -86,7 +100,7 @@ lab_fetch() {
         [ ${#missing[@]} -eq 0 ] && break
         [ "$pass" = 2 ] && lab_die "downloaded ${missing[*]} but cannot find their .deb files"
         (cd "$LAB_DIR/debs" && apt-get download -q "${missing[@]}" >/dev/null 2>&1) ||
-            lab_die "apt-get download ${missing[*]} failed"
+            lab_unavailable "apt-get download ${missing[*]} failed"
     done
     printf '%s\n' "${found[@]}"
 }
@@ -103,6 +117,7 @@ lab_arm64_qemu_sysroot() {
     local root=$LAB_DIR/aarch64/sysroot deb
     local ver
     ver=$(apt-cache policy qemu-system-arm:arm64 2>/dev/null | awk '/Candidate:/ {print $2}')
+    lab_lock
     if [ -f "$root/.stamp" ] && [ "$(cat "$root/.stamp")" = "$ver" ]; then
         echo "$root"
         return 0

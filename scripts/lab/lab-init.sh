@@ -49,7 +49,13 @@ fi
 
 # Binaries with their libraries, laid out as in a root file system
 # (scripts/lab/payload-bin.sh), join the initramfs root.
-[ -d /payload/sysroot ] && cp -a /payload/sysroot/. /
+# Busybox's applet links go first: cp would write through them into busybox.
+if [ -d /payload/sysroot ]; then
+    (cd /payload/sysroot && find . ! -type d) | while read -r f; do
+        [ -L "/$f" ] && rm -f "/$f"
+    done
+    cp -a /payload/sysroot/. /
+fi
 rm -rf /payload/out
 mkdir -p /payload/out
 echo "SSV-LAB: payload starts at $(cut -d' ' -f1 /proc/uptime)s uptime"

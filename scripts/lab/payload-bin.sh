@@ -4,7 +4,9 @@
 # root file system under PAYLOAD_DIR/sysroot; the lab VM's init copies that
 # tree over its root before running the payload, so the binaries run as-is.
 # Usage: scripts/lab/payload-bin.sh [--sysroot DIR] PAYLOAD_DIR BINARY...
-#   --sysroot DIR  resolve libraries in DIR (e.g. the arm64 sysroot) instead of /
+#   --sysroot DIR  resolve libraries in DIR instead of / (default for an
+#                  arm64 binary on an x86_64 host: the lab's arm64 sysroot,
+#                  Debian's arm64 libc and QEMU libraries)
 # A binary under DIR/usr, DIR/bin or DIR/sbin keeps its path; any other goes
 # to /usr/local/bin/NAME. Prints each binary's path inside the lab VM.
 set -euo pipefail
@@ -57,6 +59,9 @@ put_needed() {
 
 for bin in "$@"; do
     [ -f "$bin" ] || lab_die "no binary $bin"
+    if [ -z "$SYSROOT" ] && [ "$(uname -m)" != aarch64 ] && [ "$(triplet_of "$bin")" = aarch64-linux-gnu ]; then
+        SYSROOT=$(lab_arm64_qemu_sysroot)
+    fi
     bin=$(realpath -s "$bin")
     rel=${bin#"$SYSROOT"}
     case "$rel" in

@@ -14,7 +14,8 @@
 #   SSV_LAB_CPU      QEMU -cpu (default max; aarch64: max,pauth-impdef=on)
 #   SSV_LAB_QUIET=1  console only to the log, not stdout
 # Exit status: the payload's; 124 on timeout; 125 if the lab VM stopped
-# without reporting one; 2 if the lab could not be built or started.
+# without reporting one; 2 if the lab could not be built or started; 3 if
+# something it needs cannot be had here (see common.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -25,7 +26,7 @@ TIMEOUT=${3:-600}
 lab_arch "$ARCH"
 [ -f "$PAYLOAD/run.sh" ] || lab_die "$PAYLOAD has no run.sh"
 
-BUILT=$("$LAB_SCRIPTS/build.sh" "$ARCH") || lab_die "build.sh $ARCH failed"
+BUILT=$("$LAB_SCRIPTS/build.sh" "$ARCH") || exit $?
 mkdir -p "$LAB_DIR/runs"
 LOG=${SSV_LAB_LOG:-$LAB_DIR/runs/$ARCH-$(date +%Y%m%d-%H%M%S)-$$.log}
 RESULTS=${SSV_LAB_RESULTS:-$PAYLOAD/out}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs an inner-guest initramfs: busybox, the guest virtio modules (under
-# /lib/modules/KVER, loadable with `modprobe virtio_mmio virtio_blk`), an init,
-# and optionally a directory copied over the root.
+# /lib/modules/KVER; `/sbin/ssv-virtio` loads them, taking virtio-mmio
+# devices from the kernel command line), an init, and optionally a directory
+# copied over the root.
 # Usage: scripts/lab/guest-initramfs.sh ARCH OUT.cpio.gz [INIT [EXTRA_DIR]]
 # INIT defaults to scripts/lab/guest-init.sh. Needs scripts/lab/build.sh ARCH first.
 set -euo pipefail
@@ -24,7 +25,8 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,lib/modules}
 cp "$BUILT/pkg/bin/busybox" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$INIT" "$root/init"
-chmod 755 "$root/init"
+cp "$LAB_SCRIPTS/guest-virtio.sh" "$root/sbin/ssv-virtio"
+chmod 755 "$root/init" "$root/sbin/ssv-virtio"
 # The kernel opens /dev/console for init before anything is mounted.
 mknod "$root/dev/console" c 5 1
 cp -a "$BUILT/guest/modules" "$root/lib/modules/$KVER"

@@ -77,7 +77,9 @@ pub fn place(
     let kernel_end = kernel
         .checked_add(footprint)
         .ok_or(Error::Kernel("image_size overflows"))?;
-    let ram_end = DRAM_START + mem_size;
+    let ram_end = DRAM_START
+        .checked_add(mem_size)
+        .ok_or(Error::Layout("RAM size overflows the address space"))?;
     let fdt_size = FDT_MAX_SIZE as u64;
     let fdt = ram_end
         .checked_sub(fdt_size)
@@ -255,6 +257,80 @@ mod tests {
         assert!(initrd + 0x12_3456 <= p.fdt);
         assert!(p.fdt - (initrd + 0x12_3456) < PAGE);
         assert!(initrd >= p.kernel_end);
+    }
+
+    proptest::proptest! {
+        /// Whatever a header claims, placement either refuses or yields
+        /// regions that lie in RAM, in order, without overlap.
+        #[test]
+        fn placement_is_sound_for_any_header(
+            text_offset in proptest::prelude::any::<u64>(),
+            image_size in proptest::prelude::any::<u64>(),
+            file in 0u64..(1 << 40),
+            initrd in proptest::option::of(0u64..(1 << 40)),
+            mem in 0u64..(1 << 40),
+        ) {
+            let mut bytes = header(text_offset, image_size);
+            bytes[0] = 0x4d;
+            if let Ok(h) = parse_image_header(&bytes) {
+                if let Ok(p) = place(h, file, initrd, mem) {
+                    proptest::prop_assert!(p.kernel >= DRAM_START && p.kernel < p.kernel_end);
+                    proptest::prop_assert!(p.kernel_end - p.kernel >= file);
+                    if let (Some(addr), Some(size)) = (p.initrd, initrd) {
+                        proptest::prop_assert!(addr >= p.kernel_end && addr + size <= p.fdt);
+                    }
+                    proptest::prop_assert!(p.fdt >= p.kernel_end);
+                    proptest::prop_assert!(p.fdt + FDT_MAX_SIZE as u64 <= DRAM_START + mem);
+                }
+            }
+        }
+    }
+
+    /// The whole load through linux-loader's Image loader (aarch64 builds
+    /// only; runs under qemu-aarch64 user emulation on other hosts).
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn load_puts_image_initrd_and_tree_where_the_setup_says() {
+        use crate::arch::aarch64::layout::{ram_ranges, virtio_mmio_device};
+        use std::io::Cursor;
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+        let mem_size = 128u64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mem_size)).unwrap();
+        let mut image = header(0, 0x100_0000);
+        image.extend((0..100_000u32).map(|i| (i % 253) as u8));
+        let initrd_bytes = vec![0x42u8; 300_000];
+        let devices = [virtio_mmio_device(0).unwrap()];
+        let boot = load(
+            &mem,
+            &mut Cursor::new(image.clone()),
+            Some(&mut Cursor::new(initrd_bytes.clone())),
+            "console=ttyS0",
+            &Machine {
+                vcpus: 2,
+                virtio_mmio: &devices,
+            },
+        )
+        .unwrap();
+        assert_eq!(boot.entry, DRAM_START);
+        let mut got = vec![0u8; image.len()];
+        mem.read_slice(&mut got, GuestAddress(DRAM_START)).unwrap();
+        assert_eq!(got, image);
+        let (addr, size) = boot.initrd.unwrap();
+        let mut got = vec![0u8; size as usize];
+        mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
+        assert_eq!(got, initrd_bytes);
+        let mut blob = vec![0u8; FDT_MAX_SIZE];
+        mem.read_slice(&mut blob, GuestAddress(boot.fdt)).unwrap();
+        let tree = fdt::Fdt::new(&blob).unwrap();
+        assert_eq!(tree.chosen().bootargs(), Some("console=ttyS0"));
+        assert_eq!(tree.cpus().count(), 2);
+        let start = tree
+            .find_node("/chosen")
+            .unwrap()
+            .property("linux,initrd-start")
+            .unwrap();
+        assert_eq!(start.value, addr.to_be_bytes());
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! for aarch64 only) is compiled on aarch64 alone.
 //!
 //! Order of calls on aarch64 hosts:
-//! 1. create every vCPU, then [`regs::setup_vcpu`] on each (KVM_ARM_VCPU_INIT
-//!    with in-kernel PSCI; vCPU 0 also gets its entry registers, which need
-//!    the [`boot::BootSetup`] from step 2, so run step 2 first);
-//! 2. [`boot::load`]: kernel, initrd and device tree into guest memory;
+//! 1. [`boot::load`]: kernel, initrd and device tree into guest memory;
+//! 2. create every vCPU, then [`regs::setup_vcpu`] on each
+//!    (KVM_ARM_VCPU_INIT with in-kernel PSCI, secondaries powered off; the
+//!    boot vCPU gets PC, X0 and PSTATE from the `BootSetup` of step 1);
 //! 3. [`gic::create`] once all vCPUs exist, before any runs.
+//!
+//! Interrupts: the UART and each virtio-mmio device have an SPI number
+//! ([`layout`]); that number is the GSI for KVM's irqfd.
 //!
 //! Guest RAM must be laid out by [`layout::ram_ranges`].
 

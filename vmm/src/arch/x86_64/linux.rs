@@ -411,6 +411,42 @@ mod tests {
         assert!(matches!(err, Error::Layout(_)), "{err}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// Whatever a bzImage's header claims, loading refuses or leaves the
+        /// kernel, its init_size and the initrd inside RAM below the hole.
+        #[test]
+        fn any_setup_header_loads_soundly_or_is_refused(
+            version in proptest::prelude::any::<u16>(),
+            xloadflags in proptest::prelude::any::<u16>(),
+            init_size in 0u32..(40 << 20),
+            initrd_addr_max in proptest::prop_oneof![proptest::prelude::Just(0u32), 0u32..(40 << 20), proptest::prelude::any::<u32>()],
+            cmdline_size in proptest::prelude::any::<u32>(),
+            setup_sects in proptest::prelude::any::<u8>(),
+            initrd_len in 0usize..(1 << 20),
+        ) {
+            let mem = memory(32 << 20);
+            let mut img = bzimage(version, xloadflags, &[0x90; 4096]);
+            img[0x1f1] = setup_sects;
+            let off = 0x1f1 + std::mem::offset_of!(setup_header, init_size);
+            img[off..off + 4].copy_from_slice(&init_size.to_le_bytes());
+            let off = 0x1f1 + std::mem::offset_of!(setup_header, initrd_addr_max);
+            img[off..off + 4].copy_from_slice(&initrd_addr_max.to_le_bytes());
+            let off = 0x1f1 + std::mem::offset_of!(setup_header, cmdline_size);
+            img[off..off + 4].copy_from_slice(&cmdline_size.to_le_bytes());
+            let mut initrd = Cursor::new(vec![7u8; initrd_len]);
+            let cmdline = Cmdline::try_from("console=ttyS0", 64).unwrap();
+            let machine = Machine { vcpus: 1, virtio_mmio: &[] };
+            if let Ok(boot) = load(&mem, &mut Cursor::new(img), Some(&mut initrd), &cmdline, &machine) {
+                proptest::prop_assert!(boot.kernel_end.0 <= 32 << 20);
+                let (addr, size) = boot.initrd.unwrap();
+                proptest::prop_assert!(addr.0 >= boot.kernel_end.0);
+                proptest::prop_assert!(addr.0 + size <= 32 << 20);
+                proptest::prop_assert!(addr.0 + size <= u64::from(initrd_addr_max) + 1 || initrd_addr_max == 0);
+            }
+        }
+    }
+
     /// A minimal ELF64 executable: one PT_LOAD segment at `paddr`.
     fn elf(paddr: u64, entry: u64, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -43,6 +43,8 @@ pub enum Error {
     Layout(&'static str),
     #[error("{0} vCPUs: 1 to {max} are supported", max = layout::MAX_VCPUS)]
     VcpuCount(usize),
+    #[error("KVM did not take MSR {0:#x}")]
+    MsrRejected(u32),
     #[error("KVM {0}: {1}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
 }

@@ -117,11 +117,8 @@ pub fn setup_vcpu(
     let set = vcpu
         .set_msrs(&msrs)
         .map_err(|e| Error::Kvm("KVM_SET_MSRS", e))?;
-    if set != entries.len() {
-        return Err(Error::Kvm(
-            "KVM_SET_MSRS",
-            kvm_ioctls::Error::new(libc::EINVAL),
-        ));
+    if let Some(rejected) = entries.get(set) {
+        return Err(Error::MsrRejected(rejected.index));
     }
 
     let fpu = kvm_fpu {

@@ -57,6 +57,62 @@ struct Case {
     used_event: u16,
     event_idx: bool,
     seed: u64,
+    /// A chain at head 0 shaped like a request, so that some cases reach
+    /// the disk; the rest of the table stays hostile.
+    shaped: Option<Shaped>,
+}
+
+#[derive(Clone, Debug)]
+struct Shaped {
+    header: u64,
+    data: u64,
+    data_len: u32,
+    data_write: bool,
+    status: u64,
+    kind: u32,
+    sector: u64,
+    /// Discard and write-zeroes ranges: (sector, sectors, flags).
+    ranges: Vec<(u64, u32, u32)>,
+}
+
+/// Mostly inside memory, sometimes anywhere.
+fn shaped_addr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => 0x1000u64..0xc000,
+        3 => 0x20000u64..0x2c000,
+        1 => addr(),
+    ]
+}
+
+fn shaped() -> impl Strategy<Value = Shaped> {
+    let end = (DISK_LEN / 512) as u64;
+    (
+        (shaped_addr(), shaped_addr(), shaped_addr()),
+        prop_oneof![3 => (1u32..16).prop_map(|n| n * 512), 1 => len()],
+        any::<bool>(),
+        prop_oneof![3 => Just(T_OUT), 1 => Just(T_DISCARD), 1 => Just(T_WRITE_ZEROES), 2 => kind()],
+        prop_oneof![3 => 0..end, 1 => sector()],
+        prop::collection::vec(
+            (
+                0..end + 2,
+                0u32..40,
+                prop_oneof![4 => Just(0u32), 1 => 0u32..4],
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(
+            |((header, data, status), data_len, data_write, kind, sector, ranges)| Shaped {
+                header,
+                data,
+                data_len,
+                data_write,
+                status,
+                kind,
+                sector,
+                ranges,
+            },
+        )
 }
 
 fn addr() -> impl Strategy<Value = u64> {
@@ -144,16 +200,54 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u16>(),
         any::<bool>(),
         any::<u64>(),
+        prop::option::weighted(0.6, shaped()),
     )
         .prop_map(
-            |(descs, headers, avail, avail_idx, used_event, event_idx, seed)| Case {
-                descs,
-                headers,
-                avail,
-                avail_idx,
-                used_event,
-                event_idx,
-                seed,
+            |(descs, headers, avail, avail_idx, used_event, event_idx, seed, shaped)| {
+                let mut c = Case {
+                    descs,
+                    headers,
+                    avail,
+                    avail_idx,
+                    used_event,
+                    event_idx,
+                    seed,
+                    shaped,
+                };
+                if let Some(s) = &c.shaped {
+                    let ranged = matches!(s.kind, T_DISCARD | T_WRITE_ZEROES);
+                    let data_len = if ranged {
+                        16 * s.ranges.len() as u32
+                    } else {
+                        s.data_len
+                    };
+                    let write = if s.data_write && !ranged {
+                        DESC_F_WRITE
+                    } else {
+                        0
+                    };
+                    c.descs[0] = RawDesc {
+                        addr: s.header,
+                        len: 16,
+                        flags: DESC_F_NEXT,
+                        next: 1,
+                    };
+                    c.descs[1] = RawDesc {
+                        addr: s.data,
+                        len: data_len,
+                        flags: DESC_F_NEXT | write,
+                        next: 2,
+                    };
+                    c.descs[2] = RawDesc {
+                        addr: s.status,
+                        len: 1,
+                        flags: DESC_F_WRITE,
+                        next: 0,
+                    };
+                    c.avail[0] = 0;
+                    c.avail_idx = c.avail_idx.max(1);
+                }
+                c
             },
         )
 }
@@ -253,6 +347,26 @@ fn run_hostile(dir: &Path, c: &Case) -> Result<(), TestCaseError> {
             h[0..4].copy_from_slice(&kind.to_le_bytes());
             h[8..16].copy_from_slice(&sector.to_le_bytes());
             mem.write_slice(&h, GuestAddress(d.addr)).unwrap();
+        }
+    }
+    if let Some(s) = &c.shaped {
+        if s.header >= 0x1000 && in_memory(s.header, 16) {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&s.kind.to_le_bytes());
+            h[8..16].copy_from_slice(&s.sector.to_le_bytes());
+            mem.write_slice(&h, GuestAddress(s.header)).unwrap();
+        }
+        let mut r = Vec::new();
+        for (sector, n, flags) in &s.ranges {
+            r.extend_from_slice(&sector.to_le_bytes());
+            r.extend_from_slice(&n.to_le_bytes());
+            r.extend_from_slice(&flags.to_le_bytes());
+        }
+        if matches!(s.kind, T_DISCARD | T_WRITE_ZEROES)
+            && s.data >= 0x1000
+            && in_memory(s.data, r.len() as u32)
+        {
+            mem.write_slice(&r, GuestAddress(s.data)).unwrap();
         }
     }
     let avail = layout.avail.0;

@@ -131,7 +131,7 @@ impl QueueServer {
                 self.held = Some(Held {
                     chain,
                     request,
-                    next_try: Instant::now() + self.retry,
+                    next_try: retry_at(self.retry),
                 });
                 false
             }
@@ -161,7 +161,7 @@ impl QueueServer {
             }
             Outcome::NoSpace(_) => {
                 self.held = Some(Held {
-                    next_try: Instant::now() + self.retry,
+                    next_try: retry_at(self.retry),
                     ..h
                 });
                 false
@@ -210,6 +210,15 @@ impl QueueServer {
             }
         }
     }
+}
+
+/// When a request held now is tried again; an interval too long for the
+/// clock means a day, which is never in practice.
+fn retry_at(interval: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(interval)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
 }
 
 const STOP: u64 = 0;

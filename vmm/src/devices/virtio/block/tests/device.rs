@@ -501,6 +501,11 @@ fn interrupts_only_when_something_was_used() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(h.irq.count(0), 0);
     assert_eq!(d.write(0, &[1u8; 512]), S_OK);
+    // The interrupt follows the used ring update.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.irq.count(0) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(h.irq.count(0), 1);
 
     // With EVENT_IDX the driver's used_event decides.

@@ -2,13 +2,37 @@
 //! sector is) and started there with every segment at 0 and interrupts off.
 //! The guest's source is `vmm/guest/`; `build.rs` assembles it.
 
+use super::layout::{HIGH_RAM_START, MMIO_HOLE_START, RAM_ABOVE_4G_START};
+use crate::memory::GuestMemory;
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::machine::LOW_RAM_END;
-use crate::memory::GuestMemory;
-
 pub const LOAD_ADDR: u64 = 0x7c00;
+/// RAM below the legacy video and ROM area.
+pub const LOW_RAM_END: u64 = 0xa_0000;
+/// The first virtio-mmio window of a real-mode guest: in the legacy ROM
+/// area, so the guest reaches it from real mode (segment 0xd000).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd_0000;
+
+/// Guest RAM for `bytes` of memory with the legacy area free for devices:
+/// `[0, 640 KiB)`, then from 1 MiB up to the 32-bit hole, then the rest
+/// from 4 GiB (the 384 KiB in between are not RAM).
+pub fn ram_ranges(bytes: u64) -> Vec<(GuestAddress, usize)> {
+    let low = bytes.min(LOW_RAM_END);
+    let mut ranges = vec![(GuestAddress(0), low as usize)];
+    let rest = bytes - low;
+    let below_hole = rest.min(MMIO_HOLE_START - HIGH_RAM_START);
+    if below_hole > 0 {
+        ranges.push((GuestAddress(HIGH_RAM_START), below_hole as usize));
+    }
+    if rest > below_hole {
+        ranges.push((
+            GuestAddress(RAM_ABOVE_4G_START),
+            (rest - below_hole) as usize,
+        ));
+    }
+    ranges
+}
 
 /// The virtio-blk test guest (`vmm/guest/blk_test.S`).
 pub const BLK_TEST_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/blk_test.bin"));
@@ -56,4 +80,31 @@ pub fn setup_vcpu(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
         ..Default::default()
     };
     vcpu.set_regs(&regs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_leaves_the_legacy_area_and_the_hole_to_devices() {
+        let mib = 1 << 20;
+        assert_eq!(
+            ram_ranges(64 * mib),
+            vec![
+                (GuestAddress(0), 0xa_0000),
+                (GuestAddress(HIGH_RAM_START), (64 * mib - 0xa_0000) as usize)
+            ]
+        );
+        let total = 4096 * mib;
+        let r = ram_ranges(total);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].0 .0 + r[1].1 as u64, MMIO_HOLE_START);
+        assert_eq!(r[2].0, GuestAddress(RAM_ABOVE_4G_START));
+        assert_eq!(r.iter().map(|x| x.1 as u64).sum::<u64>(), total);
+        assert_eq!(ram_ranges(0x8_0000), vec![(GuestAddress(0), 0x8_0000)]);
+        assert!(!r
+            .iter()
+            .any(|(a, l)| a.0 <= VIRTIO_MMIO_BASE && VIRTIO_MMIO_BASE < a.0 + *l as u64));
+    }
 }

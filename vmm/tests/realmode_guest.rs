@@ -8,7 +8,8 @@
 //! serial file), the LV grew during the run (its size read back from the
 //! VG), every sector the guest wrote reads back through `thin` after the
 //! VMM exited, and stock `qemu-img check` finds the image (copied out of
-//! the LV) clean. Skips when /dev/kvm is absent.
+//! the LV) clean. And the guest's own check can fail: on a read-only disk
+//! it reports the failed write. Skips when /dev/kvm is absent.
 
 use lvm::{format_pv, OpenVg, PvDev, PvFormat};
 use san::{BlockDev, FileDev, OpenOptions};
@@ -180,4 +181,42 @@ fn realmode_guest_writes_grows_flushes_and_reads_back_a_thin_disk() {
         "real-mode guest: {blocks} x 64 KiB written, flushed, read back; LV {INITIAL_LV} -> {lv_size} bytes; VMM {vm_time:?}, test {:?}",
         t0.elapsed()
     );
+}
+
+/// On a read-only disk the guest's first write fails: it says so and exits
+/// with the code of a failed request ('I').
+#[test]
+fn realmode_guest_reports_a_failed_request() {
+    if !kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm is absent or not usable");
+        return;
+    }
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = thin::DirStore::new(scratch.path(), 4 * MIB);
+    let opts = CreateOptions {
+        size: Some(MIB),
+        initial_lv_size: 4 * MIB,
+        ..CreateOptions::default()
+    };
+    thin::create(&store, "ro", &opts).unwrap();
+    let image = scratch.path().join("blk_test.bin");
+    std::fs::write(&image, vmm::arch::x86_64::realmode::BLK_TEST_GUEST).unwrap();
+    let console = scratch.path().join("console");
+    let (code, out) = run_vmm(&[
+        "--memory".into(),
+        "4".into(),
+        "--realmode".into(),
+        image.display().to_string(),
+        "--disk".into(),
+        format!("dir={},top=ro,readonly", scratch.path().display()),
+        "--serial".into(),
+        console.display().to_string(),
+    ]);
+    let serial = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        code,
+        i32::from(b'I'),
+        "exit code; console {serial:?}; output:\n{out}"
+    );
+    assert!(serial.contains("blk-test: FAIL I"), "console: {serial:?}");
 }

@@ -14,7 +14,7 @@ use lockd::client::{default_socket, Client, ClientError};
 use lockd::daemon::{Config, Daemon};
 use lockd::direct;
 use lockd::leaseio::LeaseDev;
-use lockd::proto::{parse_offset, LockspaceSpec, ResourceSpec};
+use lockd::proto::{parse_offset, split_path_spec, LockspaceSpec, ResourceSpec};
 use lockd::record::Geometry;
 use lockd::timing::{Timeouts, DEFAULT_IO_TIMEOUT, DEFAULT_WATCHDOG_FIRE};
 use san::{FileDev, OpenOptions};
@@ -265,15 +265,14 @@ fn direct_cmd(d: DirectCmd) -> anyhow::Result<()> {
             io_timeout,
         } => {
             if let Some(ls) = lockspace {
-                let parts: Vec<&str> = ls.split(':').collect();
-                if parts.len() != 4 {
+                let Some([name, _, path, offset]) = split_path_spec(&ls) else {
                     bail!("-s {ls:?}: expected LOCKSPACE:0:PATH:OFFSET");
-                }
-                let dev = open_dev(parts[2])?;
+                };
+                let dev = open_dev(path)?;
                 let g = geometry(&dev, sector, align)?;
-                let off = parse_offset(parts[3]).map_err(|e| anyhow::anyhow!(e))?;
+                let off = parse_offset(offset).map_err(|e| anyhow::anyhow!(e))?;
                 let io = u16::try_from(io_timeout).context("io_timeout")?;
-                direct::init_lockspace(&dev, g, off, parts[0], io)?;
+                direct::init_lockspace(&dev, g, off, name, io)?;
             } else if let Some(r) = resource {
                 let (spec, _) = ResourceSpec::parse(&r).map_err(|e| anyhow::anyhow!(e))?;
                 let dev = open_dev(&spec.path)?;

@@ -16,24 +16,23 @@ pub struct ResourceSpec {
 
 impl ResourceSpec {
     /// Parses `LS:RES:PATH:OFFSET[:SH]`; returns the spec and whether `SH`
-    /// was given. Paths may not contain ':' (as in sanlock).
+    /// was given. PATH may hold ':' (an iSCSI URI does).
     pub fn parse(s: &str) -> Result<(ResourceSpec, bool), String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let (shared, parts) = match parts.split_last() {
-            Some((&"SH", rest)) => (true, rest),
-            _ => (false, &parts[..]),
+        let (body, shared) = match s.strip_suffix(":SH") {
+            Some(body) => (body, true),
+            None => (s, false),
         };
-        if parts.len() != 4 || parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
+        let [lockspace, resource, path, offset] = split_path_spec(body).ok_or_else(|| {
+            format!(
                 "{s:?}: expected LOCKSPACE:RESOURCE:PATH:OFFSET[:SH], e.g. pool:vol1:/dev/vg/leases:3145728"
-            ));
-        }
+            )
+        })?;
         Ok((
             ResourceSpec {
-                lockspace: parts[0].into(),
-                resource: parts[1].into(),
-                path: parts[2].into(),
-                offset: parse_offset(parts[3])?,
+                lockspace: lockspace.into(),
+                resource: resource.into(),
+                path: path.into(),
+                offset: parse_offset(offset)?,
             },
             shared,
         ))
@@ -60,22 +59,30 @@ pub struct LockspaceSpec {
 }
 
 impl LockspaceSpec {
+    /// Parses `LS:HOST_ID:PATH:OFFSET`; PATH may hold ':' (an iSCSI URI does).
     pub fn parse(s: &str) -> Result<LockspaceSpec, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 4 || parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
-                "{s:?}: expected LOCKSPACE:HOST_ID:PATH:OFFSET, e.g. pool:1:/dev/vg/leases:0"
-            ));
-        }
+        let [lockspace, host_id, path, offset] = split_path_spec(s).ok_or_else(|| {
+            format!("{s:?}: expected LOCKSPACE:HOST_ID:PATH:OFFSET, e.g. pool:1:/dev/vg/leases:0")
+        })?;
         Ok(LockspaceSpec {
-            lockspace: parts[0].into(),
-            host_id: parts[1]
+            lockspace: lockspace.into(),
+            host_id: host_id
                 .parse()
-                .map_err(|_| format!("{s:?}: host id {:?} is not a number", parts[1]))?,
-            path: parts[2].into(),
-            offset: parse_offset(parts[3])?,
+                .map_err(|_| format!("{s:?}: host id {host_id:?} is not a number"))?,
+            path: path.into(),
+            offset: parse_offset(offset)?,
         })
     }
+}
+
+/// Splits `A:B:PATH:OFFSET` into its four non-empty fields: the first two
+/// from the left, the offset from the right, so PATH keeps its own ':'.
+pub fn split_path_spec(s: &str) -> Option<[&str; 4]> {
+    let (a, rest) = s.split_once(':')?;
+    let (b, rest) = rest.split_once(':')?;
+    let (path, offset) = rest.rsplit_once(':')?;
+    let fields = [a, b, path, offset];
+    fields.iter().all(|f| !f.is_empty()).then_some(fields)
 }
 
 /// A byte offset, optionally with a K/M/G suffix (binary).
@@ -251,6 +258,18 @@ mod tests {
         assert_eq!(l.host_id, 3);
         assert!(LockspaceSpec::parse("pool:x:/dev/x:0").is_err());
         assert!(parse_offset("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn paths_may_be_iscsi_uris() {
+        let uri = "iscsi://127.0.0.1:3260,127.0.0.2:3260/iqn.2026-11.io.ssv:pool/1";
+        let (r, sh) = ResourceSpec::parse(&format!("pool:vol:{uri}:3M:SH")).unwrap();
+        assert!(sh);
+        assert_eq!((r.path.as_str(), r.offset), (uri, 3 << 20));
+        assert_eq!(ResourceSpec::parse(&r.to_string()).unwrap().0, r);
+        let l = LockspaceSpec::parse(&format!("pool:2:{uri}:0")).unwrap();
+        assert_eq!((l.host_id, l.path.as_str(), l.offset), (2, uri, 0));
+        assert!(LockspaceSpec::parse(&format!("pool:2:{uri}")).is_err());
     }
 
     #[test]

@@ -464,7 +464,8 @@ impl OpenVg {
         self.update_labels()
     }
 
-    /// The three phases of the commit protocol for `text`, on every area in use.
+    /// The three phases of the commit protocol for `text`, on every area in
+    /// use, with two flushes.
     fn write_everywhere(&mut self, text: &[u8]) -> Result<()> {
         let len = text.len() as u64;
         // Refuse a change based on a stale read, and metadata that does not fit, before writing anything.
@@ -503,7 +504,9 @@ impl OpenVg {
         for ((m, a), at) in in_use.zip(offsets) {
             locns.push(write_text(&*m.pv.dev, &a.header, at, text)?);
         }
-        self.flush_all()?;
+        // The text and the precommitted pointers to it share one flush:
+        // readers go by the committed pointer only, so a precommitted one
+        // whose text did not reach the disk is never followed.
         for precommit in [true, false] {
             let mut next = locns.iter().copied();
             for m in &mut self.members {

@@ -9,10 +9,12 @@ use crate::leases::{self, Locks, MAILBOX_SLOT, SLOT};
 use crate::mailbox::{Mailbox, Request};
 use crate::names::{self, LEASES_LV, TAG_MAILBOX, TAG_POOL, TAG_SSV};
 use crate::{Error, Result};
+use lockd::proto::ResourceSpec;
 use lvm::names::Uuid;
 use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp, Vg};
 use san::BlockDev;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use thin::{Extender, GrowthRequest, LvStore};
@@ -40,6 +42,14 @@ const MAX_TRY_PAUSE: Duration = Duration::from_millis(100);
 /// backed-off retry: up to 0.5 s measured with 8 hosts). For at most this
 /// long without a VG change, in case that host is gone or slow.
 const DEFER_MAX: Duration = Duration::from_millis(150);
+/// A holder keeps the pool lease this long after its last growth commit,
+/// serving the requests that follow without a ballot each (the ballot is
+/// the largest part of an extension), checking the mailbox every
+/// [`LINGER_POLL`]; and at most [`MAX_HOLD`] in one go, so other hosts'
+/// other changes get their turn.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_POLL: Duration = Duration::from_millis(10);
+const MAX_HOLD: Duration = Duration::from_secs(2);
 
 /// How a new pool is laid out.
 #[derive(Clone, Debug)]
@@ -70,9 +80,22 @@ impl Default for PoolOptions {
 
 pub struct Pool {
     name: String,
+    /// Lock order: `vg`, then `parked`.
     vg: Mutex<OpenVg>,
     locks: Arc<Locks>,
     mailbox: Mailbox,
+    /// The pool lease kept after a growth commit ([`LINGER`]).
+    parked: Mutex<Option<Parked>>,
+    /// A thread serves other hosts' requests under the parked lease.
+    lingering: AtomicBool,
+}
+
+/// A pool lease held between commits. While it is held no other host
+/// commits, so the VG as we last committed it is current.
+struct Parked {
+    spec: ResourceSpec,
+    since: Instant,
+    used: Instant,
 }
 
 /// What [`Pool::extend_combined`] did.
@@ -91,6 +114,14 @@ pub struct Extended {
 pub struct Progress<'a> {
     pub served: &'a dyn Fn(&Extended),
     pub for_others: &'a dyn Fn(u64),
+}
+
+/// The pool lease in a growth commit; `fresh` if just acquired (the VG
+/// may have changed since we read it), not if kept from our last commit.
+struct Held {
+    spec: ResourceSpec,
+    since: Instant,
+    fresh: bool,
 }
 
 /// A combined commit's outcome: failures by LV uuid, and how many LVs of
@@ -229,6 +260,8 @@ impl Pool {
             vg: Mutex::new(vg),
             locks,
             mailbox,
+            parked: Mutex::new(None),
+            lingering: AtomicBool::new(false),
         })
     }
 
@@ -280,22 +313,24 @@ impl Pool {
         let _urgent = UrgentIo::new();
         let mut vg = lock(&self.vg);
         let t1 = std::time::Instant::now();
-        let lease = self.locks.pool_lease(vg.vg())?;
+        let spec = match lock(&self.parked).take() {
+            Some(p) => p.spec,
+            None => self.locks.pool_lease(vg.vg())?.keep(),
+        };
         let t2 = std::time::Instant::now();
-        if !vg.is_current()? {
-            vg.reload()?;
-        }
+        let r = vg
+            .is_current()
+            .and_then(|current| if current { Ok(()) } else { vg.reload() })
+            .map_err(Error::from)
+            .and_then(|()| f(&mut vg).map_err(|e| e.context(description)));
         let t3 = std::time::Instant::now();
-        let r = f(&mut vg).map_err(|e| e.context(description));
-        let t4 = std::time::Instant::now();
-        drop(lease);
+        self.locks.release(&spec);
         log::debug!(
-            "{description}: waited {:?} here, {:?} for the pool lease; re-read {:?}, changed {:?}, released {:?}",
+            "{description}: waited {:?} here, {:?} for the pool lease; changed {:?}, released {:?}",
             t1 - t0,
             t2 - t1,
             t3 - t2,
-            t4 - t3,
-            t4.elapsed()
+            t3.elapsed()
         );
         r
     }
@@ -397,13 +432,15 @@ impl Pool {
                     });
                 }
                 let window = deferring.get_or_insert_with(Instant::now);
-                if window.elapsed() < DEFER_MAX && self.lower_host_waits(&vg) {
+                // A parked lease serves that host too, at once.
+                let parked = lock(&self.parked).is_some();
+                if !parked && window.elapsed() < DEFER_MAX && self.lower_host_waits(&vg) {
                     trace.mark("deferred");
                     next_try = *window + DEFER_MAX;
-                } else if let Some(lease) = self.locks.try_pool_lease(vg.vg())? {
-                    trace.mark("leased");
+                } else if let Some(held) = self.take_lease(&vg)? {
+                    trace.mark(if held.fresh { "leased" } else { "held" });
                     let mut told = false;
-                    let r = self.serve_all(&mut vg, trace, &mut |vg, for_others| {
+                    let r = self.serve_all(&mut vg, held.fresh, trace, &mut |vg, for_others| {
                         (progress.for_others)(for_others);
                         if !told {
                             if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
@@ -415,8 +452,10 @@ impl Pool {
                             }
                         }
                     });
-                    drop(lease);
-                    trace.mark("released");
+                    match &r {
+                        Ok(_) => self.park(held),
+                        Err(_) => self.locks.release(&held.spec),
+                    }
                     let mut served = r?;
                     if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
                         return Ok(Extended {
@@ -475,6 +514,112 @@ impl Pool {
         })
     }
 
+    /// The pool lease for a growth commit: the parked one, else a new one
+    /// if it is free now. Call with the VG locked.
+    fn take_lease(&self, vg: &OpenVg) -> Result<Option<Held>> {
+        if let Some(p) = lock(&self.parked).take() {
+            return Ok(Some(Held {
+                spec: p.spec,
+                since: p.since,
+                fresh: false,
+            }));
+        }
+        Ok(self.locks.try_pool_lease(vg.vg())?.map(|l| Held {
+            spec: l.keep(),
+            since: Instant::now(),
+            fresh: true,
+        }))
+    }
+
+    /// Keeps the lease after a growth commit for the requests that follow,
+    /// unless it was held long enough; [`Pool::linger`] releases it.
+    fn park(&self, held: Held) {
+        if held.since.elapsed() >= MAX_HOLD {
+            self.locks.release(&held.spec);
+            return;
+        }
+        *lock(&self.parked) = Some(Parked {
+            spec: held.spec,
+            since: held.since,
+            used: Instant::now(),
+        });
+    }
+
+    /// While this host keeps the pool lease after a growth commit, serves
+    /// other hosts' requests as they are posted, then releases it. Returns
+    /// at once if another thread does this already.
+    pub fn linger(&self, for_others: &dyn Fn(u64)) {
+        while lock(&self.parked).is_some() {
+            if self.lingering.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            self.linger_while_parked(for_others);
+            // A lease parked after the loop ended and before this store
+            // is seen by the `while` above.
+            self.lingering.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn linger_while_parked(&self, for_others: &dyn Fn(u64)) {
+        loop {
+            std::thread::sleep(LINGER_POLL);
+            {
+                let mut parked = lock(&self.parked);
+                let Some(p) = parked.as_ref() else { return };
+                if p.used.elapsed() >= LINGER || p.since.elapsed() >= MAX_HOLD {
+                    if let Some(p) = parked.take() {
+                        self.locks.release(&p.spec);
+                    }
+                    return;
+                }
+            }
+            let others = match self.mailbox.read_others() {
+                Ok(o) => o,
+                Err(e) => {
+                    log::debug!("reading the growth mailbox: {e}");
+                    continue;
+                }
+            };
+            if others.is_empty() {
+                continue;
+            }
+            let mut vg = lock(&self.vg);
+            if !self.unserved(&vg, &others) {
+                continue;
+            }
+            let Some(held) = lock(&self.parked).take().map(|p| Held {
+                spec: p.spec,
+                since: p.since,
+                fresh: false,
+            }) else {
+                return;
+            };
+            let mut trace = Trace::new();
+            let r = self.serve_all(&mut vg, false, &mut trace, &mut |_, n| for_others(n));
+            log::debug!("lingering holder served: {}", trace.steps);
+            match r {
+                Ok(_) => self.park(held),
+                Err(e) => {
+                    log::warn!("serving growth requests of pool {}: {e}", self.name);
+                    self.locks.release(&held.spec);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether one of `requests` names an LV of `vg` smaller than it asks.
+    fn unserved(&self, vg: &OpenVg, requests: &[(u64, Request)]) -> bool {
+        let ext = vg.vg().extent_bytes();
+        requests.iter().any(|(_, q)| {
+            vg.vg()
+                .lvs
+                .iter()
+                .find(|l| l.id == q.lv)
+                .is_some_and(|l| l.extent_count() * ext < q.min_size)
+        })
+    }
+
     /// Under the pool lease: re-reads the VG if needed, then grows every
     /// LV whose pending request (ours from memory, others' from the
     /// mailbox) it still falls short of, up to [`MAX_COMBINED`], in one
@@ -484,10 +629,11 @@ impl Pool {
     fn serve_all(
         &self,
         vg: &mut OpenVg,
+        fresh: bool,
         trace: &mut Trace,
         after: &mut dyn FnMut(&OpenVg, u64),
     ) -> Result<Served> {
-        if !vg.is_current()? {
+        if fresh && !vg.is_current()? {
             vg.reload()?;
             trace.mark("reread");
         }
@@ -847,6 +993,7 @@ impl PoolExtender {
                 let r = pool.extend_combined(&lv, min, want, &progress);
                 // After an early answer this one goes unread.
                 let _ = tx.send(r);
+                pool.linger(&for_others);
             })
             .map_err(|e| Error::Storage(format!("starting an extension thread: {e}")))?;
         rx.recv().map_err(|_| {

@@ -128,7 +128,11 @@ impl HostProc {
         let mut ssvd = Command::new(ssvd_bin())
             .arg("-c")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            // SSVD_LOG overrides the level, e.g. `info,ssvd::pool=debug`.
+            .env(
+                "RUST_LOG",
+                std::env::var("SSVD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()

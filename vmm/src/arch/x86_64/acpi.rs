@@ -1,0 +1,261 @@
+//! ACPI tables: how the kernel finds the vCPUs (MADT), the IOAPIC, and the
+//! virtio-mmio devices (DSDT devices with the `LNRO0005` id the virtio-mmio
+//! driver matches). ACPI rather than an MP table or `virtio_mmio.device=`:
+//! distribution kernels (Debian's cloud kernel among them) build neither
+//! MP-table parsing nor command-line virtio-mmio devices.
+//!
+//! The platform is declared hardware-reduced: no PM timer, SCI or legacy
+//! PIC to emulate; interrupts go through the IOAPIC.
+
+use super::layout::{MmioDevice, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS};
+use super::Error;
+use crate::memory::GuestMemory;
+use acpi_tables::aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
+use vm_memory::{Bytes, GuestAddress};
+
+const OEM_ID: [u8; 6] = *b"SSV   ";
+const OEM_TABLE_ID: [u8; 8] = *b"SSVVMM  ";
+const OEM_REVISION: u32 = 1;
+/// The ACPI id the Linux virtio-mmio driver binds to.
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// IAPC_BOOT_ARCH: no VGA.
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// IAPC_BOOT_ARCH: no CMOS RTC, so the kernel leaves ports 0x70/0x71 alone.
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+
+/// Where the tables went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcpiTables {
+    pub rsdp: GuestAddress,
+    /// First byte after the last table.
+    pub end: GuestAddress,
+}
+
+/// AML already encoded, to nest objects built one at a time.
+struct Encoded(Vec<u8>);
+
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// The DSDT: one device per virtio-mmio window, with its MMIO range and its
+/// edge-triggered GSI.
+pub fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, Error> {
+    let mut body = Vec::new();
+    let mut names = Vec::with_capacity(devices.len());
+    for (i, _) in devices.iter().enumerate() {
+        names.push(format!("V{i:03X}"));
+    }
+    let mut device_aml: Vec<Encoded> = Vec::with_capacity(devices.len());
+    for (dev, name) in devices.iter().zip(&names) {
+        let base = u32::try_from(dev.addr).map_err(|_| Error::Layout("virtio-mmio above 4 GiB"))?;
+        let size = u32::try_from(dev.size).map_err(|_| Error::Layout("virtio-mmio window size"))?;
+        let mem = aml::Memory32Fixed::new(true, base, size);
+        let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
+        let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
+        let hid = aml::Name::new("_HID".into(), &VIRTIO_MMIO_HID);
+        let uid_value = device_aml.len();
+        let uid = aml::Name::new("_UID".into(), &uid_value);
+        let crs_name = aml::Name::new("_CRS".into(), &crs);
+        let device = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs_name]);
+        device_aml.push(Encoded(to_bytes(&device)));
+    }
+    let children: Vec<&dyn Aml> = device_aml.iter().map(|d| d as &dyn Aml).collect();
+    let scope = aml::Scope::new("_SB_".into(), children);
+    scope.to_aml_bytes(&mut body);
+
+    let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.append_slice(&body);
+    Ok(sdt.as_slice().to_vec())
+}
+
+/// The MADT: one enabled local APIC per vCPU (APIC id = vCPU index) and
+/// KVM's IOAPIC with GSI base 0.
+pub fn madt(vcpus: usize) -> Result<Vec<u8>, Error> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(Error::VcpuCount(vcpus));
+    }
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
+    for i in 0..vcpus {
+        madt.add_structure(ProcessorLocalApic::new(
+            i as u8,
+            i as u8,
+            EnabledStatus::Enabled,
+        ));
+    }
+    // KVM's IOAPIC resets with id 0; the kernel uses the id it reads anyway.
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR as u32, 0));
+    Ok(to_bytes(&madt))
+}
+
+/// Writes RSDP, XSDT, FADT, MADT and DSDT from [`ACPI_START`] on.
+pub fn write(mem: &GuestMemory, vcpus: usize, devices: &[MmioDevice]) -> Result<AcpiTables, Error> {
+    let dsdt = dsdt(devices)?;
+    let madt = madt(vcpus)?;
+    let align = |a: u64| (a + 15) & !15;
+
+    let rsdp_addr = ACPI_START;
+    let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
+    // XSDT: header plus two 64-bit pointers.
+    let fadt_addr = align(xsdt_addr + 36 + 2 * 8);
+    let madt_addr = align(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
+    let dsdt_addr = align(madt_addr + madt.len() as u64);
+    let end = dsdt_addr + dsdt.len() as u64;
+    if end > BIOS_END {
+        return Err(Error::Layout("ACPI tables do not fit below 1 MiB"));
+    }
+
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .dsdt_64(dsdt_addr);
+    fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    let fadt = to_bytes(&fadt.finalize());
+
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = to_bytes(&xsdt);
+    let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+
+    for (what, addr, bytes) in [
+        ("RSDP", rsdp_addr, &rsdp),
+        ("XSDT", xsdt_addr, &xsdt),
+        ("FADT", fadt_addr, &fadt),
+        ("MADT", madt_addr, &madt),
+        ("DSDT", dsdt_addr, &dsdt),
+    ] {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| Error::GuestWrite(what, e))?;
+    }
+    Ok(AcpiTables {
+        rsdp: GuestAddress(rsdp_addr),
+        end: GuestAddress(end),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::virtio_mmio_device;
+    use vm_memory::GuestMemoryMmap;
+
+    fn sum(bytes: &[u8]) -> u8 {
+        bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
+    }
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+    /// Reads a whole table (length from its header) out of guest memory.
+    fn table(mem: &GuestMemory, addr: u64) -> Vec<u8> {
+        let mut head = [0u8; 8];
+        mem.read_slice(&mut head, GuestAddress(addr)).unwrap();
+        let mut t = vec![0u8; u32_at(&head, 4) as usize];
+        mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+        assert_eq!(
+            sum(&t),
+            0,
+            "checksum of {}",
+            String::from_utf8_lossy(&t[..4])
+        );
+        t
+    }
+
+    #[test]
+    fn kernel_finds_cpus_ioapic_and_devices_from_the_rsdp() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let devices: Vec<MmioDevice> = (0..3).map(|i| virtio_mmio_device(i).unwrap()).collect();
+        let tables = write(&mem, 4, &devices).unwrap();
+        assert!(tables.end.0 <= BIOS_END);
+
+        // The kernel scans 0xe0000..0x100000 on 16-byte boundaries.
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, tables.rsdp).unwrap();
+        assert_eq!(tables.rsdp.0 % 16, 0);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(&rsdp), 0);
+        assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP with an XSDT");
+
+        let xsdt = table(&mem, u64_at(&rsdp, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let pointed: Vec<Vec<u8>> = (36..xsdt.len())
+            .step_by(8)
+            .map(|off| table(&mem, u64_at(&xsdt, off)))
+            .collect();
+        let sigs: Vec<&[u8]> = pointed.iter().map(|t| &t[..4]).collect();
+        assert_eq!(sigs, vec![b"FACP".as_slice(), b"APIC".as_slice()]);
+
+        let fadt = &pointed[0];
+        assert_ne!(u32_at(fadt, 112) & (1 << 20), 0, "HW_REDUCED_ACPI");
+        let dsdt = table(&mem, u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+
+        let madt = &pointed[1];
+        assert_eq!(u32_at(madt, 36), LAPIC_ADDR as u32);
+        let mut lapics = Vec::new();
+        let mut ioapics = Vec::new();
+        let mut off = 44;
+        while off < madt.len() {
+            let (ty, len) = (madt[off], madt[off + 1] as usize);
+            match ty {
+                0 => lapics.push((madt[off + 2], madt[off + 3], u32_at(madt, off + 4))),
+                1 => ioapics.push((u32_at(madt, off + 4), u32_at(madt, off + 8))),
+                _ => panic!("unexpected MADT entry {ty}"),
+            }
+            off += len;
+        }
+        assert_eq!(lapics, vec![(0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 3, 1)]);
+        assert_eq!(ioapics, vec![(IOAPIC_ADDR as u32, 0)]);
+
+        // Each device's id, window and GSI are encoded in the DSDT.
+        let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(VIRTIO_MMIO_HID.as_bytes()), 3);
+        for dev in &devices {
+            // Memory32Fixed: tag 0x86, length 9, rw, base, length.
+            let mut m = vec![0x86, 9, 0, 1];
+            m.extend_from_slice(&(dev.addr as u32).to_le_bytes());
+            m.extend_from_slice(&(dev.size as u32).to_le_bytes());
+            assert_eq!(count(&m), 1, "window of {dev:?}");
+            // Extended IRQ: tag 0x89, length 6, consumer|edge, one GSI.
+            let mut irq = vec![0x89, 6, 0, 0b11, 1];
+            irq.extend_from_slice(&dev.gsi.to_le_bytes());
+            assert_eq!(count(&irq), 1, "irq of {dev:?}");
+        }
+    }
+
+    #[test]
+    fn vcpu_count_is_bounded() {
+        assert!(matches!(madt(0), Err(Error::VcpuCount(0))));
+        assert!(matches!(madt(MAX_VCPUS + 1), Err(Error::VcpuCount(_))));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let all: Vec<MmioDevice> = (0..19).filter_map(virtio_mmio_device).collect();
+        let tables = write(&mem, MAX_VCPUS, &all).unwrap();
+        assert!(tables.end.0 <= BIOS_END);
+    }
+}

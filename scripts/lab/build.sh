@@ -25,6 +25,7 @@ if [ "$FORCE" != --force ] && [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "
     exit 0
 fi
 
+lab_need_root "building the lab (device nodes in its initramfs)"
 lab_log "building $ARCH lab from $KPKG"
 rm -rf "$OUT"
 mkdir -p "$OUT/pkg" "$OUT/guest"

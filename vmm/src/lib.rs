@@ -7,7 +7,12 @@
 //! - [`devices`]: virtio over MMIO, virtio-blk on thin, the serial console.
 //! - [`arch`]: what differs between x86_64 and aarch64 (boot, registers,
 //!   interrupt controller, device tree).
+//! - [`api`]: the control socket (status, pause, snapshot, events);
+//!   [`disks`]: thin volumes opened through ssvd; [`leases`]: their lockd
+//!   leases, held by this process; [`seccomp`]: per-thread filters.
 
+pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod memory;
+pub mod seccomp;

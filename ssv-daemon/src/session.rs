@@ -129,6 +129,12 @@ impl Host {
             return self.detail(&pool, rec);
         }
         let _busy = self.mark_busy(&rec.id)?;
+        if self.is_attached(&rec.id) {
+            return Err(Error::Conflict(format!(
+                "volume {} is attached to a VMM on this host (`ssvctl vm list`); stop the VM first",
+                rec.id
+            )));
+        }
         let lease = self.volume_lease(&pool, &rec, wait)?;
         let v = self.open_volume(&pool, &rec.top)?;
         let s = Arc::new(Session::new(&rec.id, pool.name(), lease.keep(), v));

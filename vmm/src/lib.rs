@@ -17,6 +17,8 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod disks;
+pub mod leases;
 pub mod memory;
 pub mod seccomp;
 pub mod vm;

@@ -8,6 +8,7 @@ use crate::luns::LunInfo;
 use crate::model::{SnapshotInfo, VolumeRecord};
 use crate::pool::{PoolLun, PoolStatus};
 use crate::snapshots::CreateSnapshot;
+use crate::vms::{AttachRequest, AttachedPv, AttachedSnapshot, Attachment, LeaseSpec};
 use crate::volumes::{CreateVolume, GrowRequest, LvMapping, SegmentMap};
 use axum::body::Body;
 use axum::extract::{Path, State as S};
@@ -38,6 +39,9 @@ use utoipa::OpenApi;
         delete_volume,
         resize_volume,
         grow_lv,
+        attach_volume,
+        detach_volume,
+        attached_snapshot,
         open_session,
         close_session,
         list_snapshots,
@@ -65,6 +69,12 @@ use utoipa::OpenApi;
         GrowRequest,
         LvMapping,
         SegmentMap,
+        AttachRequest,
+        Attachment,
+        AttachedPv,
+        LeaseSpec,
+        AttachedSnapshot,
+        WriterSnapshot,
         Resize,
         SnapshotInfo,
         CreateSnapshot,
@@ -89,6 +99,11 @@ pub fn router(state: State) -> Router {
         .route("/v1/volumes/{id}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{id}/resize", post(resize_volume))
         .route("/v1/volumes/{id}/grow", post(grow_lv))
+        .route(
+            "/v1/volumes/{id}/attach",
+            post(attach_volume).delete(detach_volume),
+        )
+        .route("/v1/volumes/{id}/attach/snapshot", post(attached_snapshot))
         .route(
             "/v1/volumes/{id}/session",
             post(open_session).delete(close_session),
@@ -253,6 +268,57 @@ async fn grow_lv(
     blocking(&h, "volume_grow", move |h| h.grow_lv(&id, &req))
         .await
         .map(Json)
+}
+
+/// For writers outside ssvd (VMMs): what they need to open the volume
+/// in-process. Refused while it has a session or another attachment here.
+#[utoipa::path(post, path = "/v1/volumes/{id}/attach", request_body = AttachRequest,
+    responses((status = 200, body = Attachment), (status = 409, body = ErrorBody)))]
+async fn attach_volume(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    Json(req): Json<AttachRequest>,
+) -> R<Json<Attachment>> {
+    blocking(&h, "volume_attach", move |h| h.attach(&id, &req))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/volumes/{id}/attach", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn detach_volume(S(h): S<State>, Path(id): Path<String>) -> R<StatusCode> {
+    blocking(&h, "volume_detach", move |h| h.detach(&id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+/// The attached writer's online snapshot request.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct WriterSnapshot {
+    /// The writer's pid (the attachment's).
+    pub pid: u32,
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// For the attached writer, which has flushed and holds its I/O: make the
+/// new top layer; the writer reopens the volume on it.
+#[utoipa::path(post, path = "/v1/volumes/{id}/attach/snapshot", request_body = WriterSnapshot,
+    responses((status = 201, body = AttachedSnapshot), (status = 409, body = ErrorBody)))]
+async fn attached_snapshot(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    Json(req): Json<WriterSnapshot>,
+) -> R<(StatusCode, Json<AttachedSnapshot>)> {
+    blocking(&h, "snapshot_create", move |h| {
+        let snap = CreateSnapshot {
+            id: req.id,
+            name: req.name,
+        };
+        h.attached_snapshot(&id, req.pid, &snap)
+    })
+    .await
+    .map(|s| (StatusCode::CREATED, Json(s)))
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{id}/session", params(OpenQuery),

@@ -104,6 +104,12 @@ const DISK: &[libc::c_long] = &[
     libc::SYS_shutdown,
     libc::SYS_getsockopt,
     libc::SYS_setsockopt,
+    // A `dir=` disk (files as layers) grows by extending its file and
+    // opening it again.
+    libc::SYS_openat,
+    libc::SYS_ftruncate,
+    // A `vg=` disk's growth commits VG metadata, which records the host name.
+    libc::SYS_uname,
 ];
 
 /// Serving the API socket.
@@ -152,6 +158,14 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
         return Ok(());
     };
     install_with(kind, action)
+}
+
+/// [`install`] at a thread's start: a filter that cannot be installed is
+/// logged and the thread goes on without it.
+pub fn install_or_log(kind: ThreadKind) {
+    if let Err(e) = install(kind) {
+        log::error!("{e}; this thread runs without its filter");
+    }
 }
 
 pub fn install_with(kind: ThreadKind, mismatch: SeccompAction) -> Result<(), SeccompError> {

@@ -77,9 +77,7 @@ impl Drop for ApiServer {
 }
 
 fn accept_loop(listener: UnixListener, ctl: Arc<Controller>, stop: Arc<AtomicBool>) {
-    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Api) {
-        log::error!("API thread: {e}; serving without its seccomp filter");
-    }
+    crate::seccomp::install_or_log(crate::seccomp::ThreadKind::Api);
     let live = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {

@@ -157,6 +157,8 @@ pub struct Host {
     pub(crate) exports: Mutex<HashMap<String, HashMap<Transport, String>>>,
     /// Volume id → the external writer (VMM) it is attached to.
     pub(crate) attachments: Mutex<HashMap<String, crate::vms::Attached>>,
+    /// VMs this ssvd started, by name.
+    pub(crate) vms: Mutex<HashMap<String, Arc<crate::vms::VmProc>>>,
     /// One scan for pools at a time (a pool is joined once).
     attaching: Mutex<()>,
 }
@@ -184,6 +186,7 @@ impl Host {
             exporters: Mutex::default(),
             exports: Mutex::default(),
             attachments: Mutex::default(),
+            vms: Mutex::default(),
             attaching: Mutex::default(),
         }
     }

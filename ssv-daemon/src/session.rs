@@ -207,8 +207,10 @@ impl Host {
         v
     }
 
-    /// Closes every session (shutdown).
+    /// Stops the VMs it started and closes every session (shutdown): a VM
+    /// outliving its ssvd would have no growth service.
     pub fn close_all(&self) {
+        self.stop_all_vms();
         for id in self.sessions() {
             if let Err(e) = self.close_session(&id) {
                 log::warn!("closing volume {id}: {e}");

@@ -289,3 +289,437 @@ impl Host {
         lock(&self.attachments).contains_key(id)
     }
 }
+
+// ------------------------------------------------------------------ VMs
+
+/// `POST /v1/vms`: a VM ssvd runs as an `ssv-vmm` process.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateVm {
+    /// Letters, digits, '-', '_' and '.'.
+    pub name: String,
+    /// Guest RAM in MiB (default 256).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// vCPUs (default 1).
+    #[serde(default)]
+    pub vcpus: Option<u8>,
+    /// A Linux kernel (bzImage or ELF), with `initrd` and `cmdline`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Or a flat 16-bit image started at 0:0x7c00.
+    #[serde(default)]
+    pub realmode: Option<String>,
+    /// Volumes by id or name, in the order the guest sees them; a `:ro`
+    /// suffix attaches one read-only.
+    #[serde(default)]
+    pub disks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct VmInfo {
+    pub name: String,
+    pub pid: u32,
+    /// `running` while the process lives, `exited` after.
+    pub state: String,
+    /// Volume ids, in the guest's order.
+    pub disks: Vec<String>,
+    /// The VMM's control socket.
+    pub api: String,
+    /// The serial console's log.
+    pub console: String,
+    pub started_ms: u64,
+    /// How the process ended, once it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
+    /// The VMM's own status (`GET /v1/vms/{name}` only, while running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+pub(crate) struct VmProc {
+    info: std::sync::Mutex<VmInfo>,
+}
+
+fn check_vm_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "VM name {name:?}: 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One request to a VMM's control socket; its reply's `result`.
+pub fn vmm_call(
+    api: &std::path::Path,
+    request: serde_json::Value,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let unavailable =
+        |e: std::io::Error| Error::Unavailable(format!("the VMM's API at {}: {e}", api.display()));
+    let mut s = std::os::unix::net::UnixStream::connect(api).map_err(unavailable)?;
+    s.set_read_timeout(Some(timeout)).map_err(unavailable)?;
+    let mut line = request.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(unavailable)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut reply)
+        .map_err(unavailable)?;
+    let v: serde_json::Value = serde_json::from_str(&reply)
+        .map_err(|e| Error::Unavailable(format!("the VMM answered {reply:?}: {e}")))?;
+    if v["ok"] == true {
+        Ok(v["result"].clone())
+    } else {
+        Err(Error::Conflict(format!(
+            "the VMM refused: {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        )))
+    }
+}
+
+impl Host {
+    fn vmm_binary(&self) -> Result<std::path::PathBuf> {
+        if let Some(p) = &self.config.vm.vmm {
+            return Ok(p.clone());
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Storage(format!("finding ssvd's own binary: {e}")))?;
+        Ok(exe.with_file_name("ssv-vmm"))
+    }
+
+    fn vm_dir(&self, name: &str) -> std::path::PathBuf {
+        self.config.state_dir.join("vms").join(name)
+    }
+
+    /// Starts a VM: an `ssv-vmm` process with the volumes as disks, its
+    /// API socket and console log under the state directory.
+    pub fn start_vm(self: &std::sync::Arc<Self>, req: &CreateVm) -> Result<VmInfo> {
+        use std::os::unix::fs::DirBuilderExt;
+        check_vm_name(&req.name)?;
+        if let Some(v) = lock(&self.vms).get(&req.name) {
+            if lock(&v.info).exit.is_none() {
+                return Err(Error::Conflict(format!("VM {} is running", req.name)));
+            }
+        }
+        let mut disk_ids = Vec::new();
+        let mut disk_args = Vec::new();
+        for d in &req.disks {
+            let (vol, ro) = match d.strip_suffix(":ro") {
+                Some(v) => (v, true),
+                None => (d.as_str(), false),
+            };
+            let (_, rec) = self.resolve(vol)?;
+            disk_args.push(format!(
+                "ssvd={},volume={}{}",
+                self.config.api.socket.display(),
+                rec.id,
+                if ro { ",readonly" } else { "" }
+            ));
+            disk_ids.push(rec.id);
+        }
+        let dir = self.vm_dir(&req.name);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::Storage(format!("creating {}: {e}", dir.display())))?;
+        let (api, console) = (dir.join("api.sock"), dir.join("console.log"));
+        let bin = self.vmm_binary()?;
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("--memory")
+            .arg(req.memory_mib.unwrap_or(256).to_string())
+            .arg("--vcpus")
+            .arg(req.vcpus.unwrap_or(1).to_string())
+            .arg("--serial")
+            .arg(&console)
+            .arg("--api")
+            .arg(&api);
+        match (&req.realmode, &req.kernel) {
+            (Some(img), None) => {
+                cmd.arg("--realmode").arg(img);
+            }
+            (None, Some(k)) => {
+                cmd.arg("--kernel").arg(k);
+                if let Some(i) = &req.initrd {
+                    cmd.arg("--initrd").arg(i);
+                }
+                if let Some(c) = &req.cmdline {
+                    cmd.arg("--cmdline").arg(c);
+                }
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "a VM boots either a `kernel` or a `realmode` image".into(),
+                ))
+            }
+        }
+        for d in &disk_args {
+            cmd.arg("--ssvd-disk").arg(d);
+        }
+        let log = std::fs::File::create(dir.join("vmm.log"))
+            .map_err(|e| Error::Storage(format!("creating the VMM's log: {e}")))?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Unavailable(format!(
+                "starting {}: {e} (set [vm] vmm in the configuration)",
+                bin.display()
+            ))
+        })?;
+        let info = VmInfo {
+            name: req.name.clone(),
+            pid: child.id(),
+            state: "running".into(),
+            disks: disk_ids,
+            api: api.display().to_string(),
+            console: console.display().to_string(),
+            started_ms: now_ms(),
+            exit: None,
+            status: None,
+        };
+        let vm = std::sync::Arc::new(VmProc {
+            info: std::sync::Mutex::new(info.clone()),
+        });
+        lock(&self.vms).insert(req.name.clone(), vm.clone());
+        self.events.emit(
+            "vm.started",
+            None,
+            None,
+            format!("VM {} started (pid {})", req.name, info.pid),
+        );
+        let host = self.clone();
+        let (name, apip) = (req.name.clone(), api.clone());
+        std::thread::Builder::new()
+            .name("vm-watch".into())
+            .spawn(move || {
+                host.forward_events(&name, &apip, &child);
+                let status = child.wait();
+                host.vm_exited(&name, &vm, status);
+            })
+            .map_err(|e| Error::Storage(format!("cannot watch the VM's process: {e}")))?;
+        Ok(info)
+    }
+
+    /// Forwards the VMM's events into ssvd's (`vm.<event>`) until its API
+    /// closes; returns once the stream ends or never opens.
+    fn forward_events(&self, name: &str, api: &std::path::Path, child: &std::process::Child) {
+        use std::io::{BufRead, Write};
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut conn = loop {
+            if let Ok(c) = std::os::unix::net::UnixStream::connect(api) {
+                break c;
+            }
+            // SAFETY: kill with signal 0 only checks the process exists.
+            let gone = unsafe { libc::kill(child.id() as i32, 0) } != 0
+                || std::time::Instant::now() > until;
+            if gone || lock(&self.vms).get(name).is_none() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        if conn
+            .write_all(b"{\"id\":0,\"op\":\"subscribe\"}\n")
+            .is_err()
+        {
+            return;
+        }
+        let reader = std::io::BufReader::new(conn);
+        for line in reader.lines().skip(1) {
+            let Ok(line) = line else { return };
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let kind = e["event"].as_str().unwrap_or("event");
+            self.events.emit(
+                &format!("vm.{kind}"),
+                None,
+                e["disk"].as_str(),
+                format!("VM {name}: {e}"),
+            );
+        }
+    }
+
+    fn vm_exited(
+        &self,
+        name: &str,
+        vm: &VmProc,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => s.to_string(),
+            },
+            Err(e) => format!("unknown ({e})"),
+        };
+        let pid = {
+            let mut info = lock(&vm.info);
+            info.state = "exited".into();
+            info.exit = Some(exit.clone());
+            info.pid
+        };
+        // A VMM that died did not detach: its attachments end here (its
+        // lockd connection closed with it, which released the leases).
+        lock(&self.attachments).retain(|_, a| a.info.pid != pid);
+        self.events.emit(
+            "vm.exited",
+            None,
+            None,
+            format!("VM {name} (pid {pid}) exited: {exit}"),
+        );
+    }
+
+    pub fn vms(&self) -> Vec<VmInfo> {
+        let mut v: Vec<VmInfo> = lock(&self.vms)
+            .values()
+            .map(|p| lock(&p.info).clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn vm(&self, name: &str) -> Result<VmInfo> {
+        lock(&self.vms)
+            .get(name)
+            .map(|p| lock(&p.info).clone())
+            .ok_or_else(|| Error::NotFound(format!("no VM {name} on this host (`ssvctl vm list`)")))
+    }
+
+    fn running_vm(&self, name: &str) -> Result<VmInfo> {
+        let v = self.vm(name)?;
+        if v.exit.is_some() {
+            return Err(Error::Conflict(format!(
+                "VM {name} is not running ({})",
+                v.exit.unwrap_or_default()
+            )));
+        }
+        Ok(v)
+    }
+
+    /// The VM, with the VMM's own status while it runs.
+    pub fn show_vm(&self, name: &str) -> Result<VmInfo> {
+        let mut v = self.vm(name)?;
+        if v.exit.is_none() {
+            v.status = vmm_call(
+                std::path::Path::new(&v.api),
+                serde_json::json!({"id": 1, "op": "status"}),
+                std::time::Duration::from_secs(10),
+            )
+            .ok();
+        }
+        Ok(v)
+    }
+
+    /// Asks the VM to shut down; kills it after the stop timeout.
+    pub fn stop_vm(&self, name: &str) -> Result<VmInfo> {
+        let v = self.vm(name)?;
+        if v.exit.is_none() {
+            let asked = vmm_call(
+                std::path::Path::new(&v.api),
+                serde_json::json!({"id": 1, "op": "shutdown"}),
+                std::time::Duration::from_secs(5),
+            );
+            if let Err(e) = &asked {
+                log::warn!("VM {name}: shutdown through its API: {e}; killing it");
+            }
+            let wait =
+                std::time::Duration::from_secs(self.config.vm.stop_timeout_secs.unwrap_or(10));
+            let until = std::time::Instant::now()
+                + if asked.is_ok() {
+                    wait
+                } else {
+                    Default::default()
+                };
+            while std::time::Instant::now() < until && self.vm(name)?.exit.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if self.vm(name)?.exit.is_none() {
+                // SAFETY: kill of the VMM we spawned; its watcher has not
+                // reaped it (no exit recorded), so the pid is still its.
+                unsafe { libc::kill(v.pid as i32, libc::SIGKILL) };
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while std::time::Instant::now() < until && self.vm(name)?.exit.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+        self.vm(name)
+    }
+
+    /// Forgets an exited VM (its console log and directory go too).
+    pub fn remove_vm(&self, name: &str) -> Result<()> {
+        self.running_vm(name)
+            .err()
+            .ok_or_else(|| Error::Conflict(format!("VM {name} is running; stop it first")))?;
+        self.vm(name)?;
+        lock(&self.vms).remove(name);
+        let _ = std::fs::remove_dir_all(self.vm_dir(name));
+        Ok(())
+    }
+
+    /// An online snapshot of one of the VM's disks, through its VMM.
+    pub fn snapshot_vm(
+        &self,
+        name: &str,
+        disk: Option<&str>,
+        snap: &str,
+    ) -> Result<serde_json::Value> {
+        let v = self.running_vm(name)?;
+        let disk = match disk {
+            Some(d) => self.resolve(d)?.1.id,
+            None => match v.disks.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(Error::Invalid(format!("VM {name} has no disk"))),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "VM {name} has several disks ({}): say which",
+                        v.disks.join(", ")
+                    )))
+                }
+            },
+        };
+        vmm_call(
+            std::path::Path::new(&v.api),
+            serde_json::json!({"id": 1, "op": "snapshot", "disk": disk, "name": snap}),
+            std::time::Duration::from_secs(120),
+        )
+    }
+
+    /// The console log's path.
+    pub fn vm_console(&self, name: &str) -> Result<std::path::PathBuf> {
+        Ok(self.vm(name)?.console.into())
+    }
+
+    /// Stops every VM (shutdown of ssvd).
+    pub fn stop_all_vms(&self) {
+        for v in self.vms() {
+            if v.exit.is_none() {
+                if let Err(e) = self.stop_vm(&v.name) {
+                    log::warn!("stopping VM {}: {e}", v.name);
+                }
+            }
+        }
+    }
+}

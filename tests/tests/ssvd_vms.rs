@@ -228,3 +228,90 @@ fn losing_lockd_trips_the_disk_fence_at_once() -> Result<()> {
     assert_eq!(e["disk"], id.as_str());
     Ok(())
 }
+
+/// ssvd runs the real `ssv-vmm` with the real-mode test guest on a volume
+/// of its pool: the guest writes the whole disk (the LV grows through
+/// ssvd), flushes, reads it back and exits with its verdict; ssvd notices
+/// the exit, ends the attachment and reports `vm.exited`.
+#[test]
+fn ssvd_runs_a_vm_on_its_volume_and_notices_it_exit() -> Result<()> {
+    let scratch = Scratch::new(None)?;
+    let lun = scratch.sparse_file("lun0.img", 1 << 30)?;
+    let vmm_bin = ssv_tests::leases::built_bin("vmm", "ssv-vmm");
+    let h = HostProc::start_with_toml(
+        scratch.path(),
+        1,
+        &[format!("file = {lun:?}")],
+        1,
+        &format!("[vm]\nvmm = {vmm_bin:?}\n"),
+    )?;
+    h.client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": "4m", "initial": "4m", "chunk": "4m"}),
+    )?;
+    let v = h
+        .client
+        .post("/v1/volumes", &json!({"name": "rm", "size": "16m"}))?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let image = scratch.path().join("blk_test.bin");
+    std::fs::write(&image, vmm::arch::x86_64::realmode::BLK_TEST_GUEST)?;
+    let mut events = h.client.send("GET", "/v1/events", None)?;
+
+    let vm = h.client.post(
+        "/v1/vms",
+        &json!({"name": "rm1", "memory_mib": 4, "realmode": image, "disks": ["rm"]}),
+    )?;
+    assert_eq!(vm["disks"][0], id.as_str());
+    let e = h
+        .client
+        .post("/v1/vms", &json!({"name": "rm1", "realmode": image}))
+        .unwrap_err();
+    assert_eq!(api_status(&e), 409, "{e}");
+    let listed = h.client.get("/v1/vms")?;
+    assert_eq!(listed[0]["name"], "rm1");
+
+    let until = Instant::now() + Duration::from_secs(180);
+    let exited = loop {
+        let v = h.client.get("/v1/vms/rm1")?;
+        if v["exit"].is_string() || Instant::now() > until {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let console =
+        std::fs::read_to_string(exited["console"].as_str().unwrap_or_default()).unwrap_or_default();
+    let log = std::fs::read_to_string(h.dir.join("state/vms/rm1/vmm.log")).unwrap_or_default();
+    assert_eq!(
+        exited["exit"], "exit code 0",
+        "{exited}\nconsole: {console}\nvmm log: {log}"
+    );
+    let text = h.client.call("GET", "/v1/vms/rm1/console", None)?.1;
+    assert_eq!(text.as_str().unwrap_or_default(), console);
+    // The guest's writes grew the LV through ssvd; the volume is free again.
+    let v = h.client.get(&format!("/v1/volumes/{id}"))?;
+    assert_eq!(v["state"], "closed", "{v}");
+    assert!(v["allocated_end"].as_u64().unwrap_or(0) > 8 * MIB, "{v}");
+    let mut kinds = Vec::new();
+    while let Some(line) = events.next_line()? {
+        let e: Value = serde_json::from_str(&line)?;
+        let k = e["kind"].as_str().unwrap_or_default().to_string();
+        let done = k == "vm.exited";
+        kinds.push(k);
+        if done {
+            break;
+        }
+    }
+    for k in [
+        "vm.started",
+        "volume.attached",
+        "vm.disk.grown",
+        "vm.shutdown",
+        "vm.exited",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
+    h.client.delete("/v1/vms/rm1")?;
+    assert_eq!(h.client.get("/v1/vms")?, json!([]));
+    Ok(())
+}

@@ -569,6 +569,31 @@ impl DiskControl for SsvdDisk {
     }
 }
 
+/// Opens every ssvd disk, each as a virtio-blk device appended to `blocks`
+/// whose space events go to `space`; all share one lockd registration.
+pub fn open_all(
+    specs: &[SsvdDiskSpec],
+    hub: &Arc<EventHub>,
+    space: &Arc<crate::api::vm::SpaceEvents>,
+    blocks: &mut Vec<crate::devices::virtio::block::Block>,
+) -> Result<Vec<Arc<SsvdDisk>>, DiskOpenError> {
+    let mut leases = None;
+    let mut disks = Vec::new();
+    for spec in specs {
+        let d = SsvdDisk::open(spec, &mut leases, hub.clone())?;
+        let mut opts = crate::devices::virtio::block::BlockOptions::new(d.id());
+        opts.events = space.clone();
+        let block = crate::devices::virtio::block::Block::new(d.clone(), opts, d.fence().clone())
+            .map_err(|e| DiskOpenError::Open {
+            volume: d.id().to_string(),
+            what: e.to_string(),
+        })?;
+        blocks.push(block);
+        disks.push(d);
+    }
+    Ok(disks)
+}
+
 /// A path segment percent-encoded (volume names may hold any character).
 fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -17,6 +17,7 @@
 pub mod events;
 pub mod protocol;
 pub mod server;
+pub mod vm;
 
 pub use events::{kind, EventHub};
 pub use server::ApiServer;
@@ -204,6 +205,27 @@ impl Controller {
         );
         Ok(snap)
     }
+}
+
+/// Serves the control API of a running VM and its ssvd disks on `path`;
+/// from now on the disks' space events pause and resume the VM.
+pub fn serve_vm(
+    path: &std::path::Path,
+    running: &Arc<crate::vm::RunningVm>,
+    vcpus: u8,
+    memory: u64,
+    disks: &[Arc<crate::disks::SsvdDisk>],
+    hub: &Arc<EventHub>,
+    space: &vm::SpaceEvents,
+) -> std::io::Result<ApiServer> {
+    let control = vm::RunningVmControl::new(running.clone(), u32::from(vcpus), memory);
+    let disks = disks
+        .iter()
+        .map(|d| d.clone() as Arc<dyn DiskControl>)
+        .collect();
+    let ctl = Arc::new(Controller::new(Arc::new(control), disks, hub.clone()));
+    space.bind(ctl.clone());
+    ApiServer::start(path, ctl)
 }
 
 #[cfg(test)]

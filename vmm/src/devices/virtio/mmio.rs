@@ -176,6 +176,8 @@ impl MmioTransport {
             0x034 => q.map_or(0, |q| u32::from(q.max_size())),
             0x044 => q.map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt.status(),
+            // A reset still under way reads as not done.
+            0x070 if !self.device.reset_done() => status::ACKNOWLEDGE,
             0x070 => self.status,
             // No shared memory regions: their lengths read as all ones.
             0x0b0..=0x0bc => u32::MAX,

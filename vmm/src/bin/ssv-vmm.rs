@@ -50,6 +50,12 @@ struct Args {
     /// Where the serial console goes: a file, or stdout.
     #[arg(long, default_value = "stdout")]
     serial: SerialOutput,
+    /// A disk opened through ssvd: `ssvd=SOCKET,volume=ID[,readonly]` (repeatable).
+    #[arg(long)]
+    ssvd_disk: Vec<vmm::disks::SsvdDiskSpec>,
+    /// Serve the control API on this Unix socket.
+    #[arg(long)]
+    api: Option<PathBuf>,
 }
 
 impl Args {
@@ -127,7 +133,11 @@ fn irqfd(vm: &Vm, gsi: u32) -> Result<EventFd> {
     Ok(fd)
 }
 
-fn run(cfg: VmConfig) -> Result<VmExit> {
+fn run(
+    cfg: VmConfig,
+    ssvd_specs: &[vmm::disks::SsvdDiskSpec],
+    api: Option<&std::path::Path>,
+) -> Result<VmExit> {
     let bytes = cfg
         .memory_mib
         .checked_mul(MIB)
@@ -154,8 +164,16 @@ fn run(cfg: VmConfig) -> Result<VmExit> {
 
     let mut volumes = Vec::new();
     let mut windows = Vec::new();
-    for (i, spec) in cfg.disks.iter().enumerate() {
+    let mut blocks = Vec::new();
+    for spec in &cfg.disks {
         let disk = open_disk(spec)?;
+        volumes.push(disk.volume);
+        blocks.push(disk.block);
+    }
+    let hub = Arc::new(vmm::api::EventHub::default());
+    let space = Arc::new(vmm::api::vm::SpaceEvents::new(hub.clone()));
+    let ssvd_disks = vmm::disks::open_all(ssvd_specs, &hub, &space, &mut blocks)?;
+    for (i, block) in blocks.into_iter().enumerate() {
         let addr = cfg.virtio_mmio_base + i as u64 * WINDOW_SIZE;
         let gsi = layout::VIRTIO_MMIO_FIRST_GSI + i as u32;
         if gsi >= layout::IOAPIC_PINS {
@@ -164,11 +182,8 @@ fn run(cfg: VmConfig) -> Result<VmExit> {
                 layout::VIRTIO_MMIO_MAX_DEVICES
             );
         }
-        let transport = MmioTransport::new(
-            Box::new(disk.block),
-            vm.memory().clone(),
-            Some(irqfd(&vm, gsi)?),
-        )?;
+        let transport =
+            MmioTransport::new(Box::new(block), vm.memory().clone(), Some(irqfd(&vm, gsi)?))?;
         for (q, fd) in transport.notify_fds().iter().enumerate() {
             vm.fd()
                 .register_ioevent(
@@ -185,11 +200,10 @@ fn run(cfg: VmConfig) -> Result<VmExit> {
             size: WINDOW_SIZE,
             gsi,
         });
-        volumes.push(disk.volume);
     }
 
     let vcpus = cfg.vcpus;
-    let mut running = match &cfg.boot {
+    let running = match &cfg.boot {
         Boot::RealMode { image } => {
             let bytes =
                 std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
@@ -230,19 +244,38 @@ fn run(cfg: VmConfig) -> Result<VmExit> {
             })?
         }
     };
+    let running = Arc::new(running);
+    let server = api
+        .map(|p| vmm::api::serve_vm(p, &running, vcpus, bytes, &ssvd_disks, &hub, &space))
+        .transpose()?;
     let why = running.wait();
-    running.stop();
-    drop(running);
+    hub.emit(
+        vmm::api::kind::SHUTDOWN,
+        serde_json::json!({"exit": format!("{why:?}")}),
+    );
+    drop(server);
+    match Arc::try_unwrap(running) {
+        Ok(mut r) => drop(r.stop()),
+        // An API connection still holds the VM: its threads end with it.
+        Err(r) => r.control().request_exit(VmExit::Stopped),
+    }
     for v in &volumes {
         v.flush().context("flushing a disk at exit")?;
+    }
+    for d in &ssvd_disks {
+        d.close()
+            .map_err(|e| anyhow!("closing disk {}: {e}", d.id()))?;
     }
     Ok(why)
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cfg = Args::parse().config();
-    match run(cfg) {
+    let mut args = Args::parse();
+    let ssvd_disks = std::mem::take(&mut args.ssvd_disk);
+    let api = args.api.take();
+    let cfg = args.config();
+    match run(cfg, &ssvd_disks, api.as_deref()) {
         Ok(VmExit::Guest(code)) => std::process::exit(i32::from(code)),
         Ok(VmExit::Shutdown | VmExit::Stopped) => std::process::exit(0),
         Ok(why) => {

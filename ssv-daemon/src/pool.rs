@@ -45,11 +45,12 @@ const DEFER_MAX: Duration = Duration::from_millis(150);
 /// A holder keeps the pool lease this long after its last growth commit,
 /// serving the requests that follow without a ballot each (the ballot is
 /// the largest part of an extension), checking the mailbox every
-/// [`LINGER_POLL`]; and at most [`MAX_HOLD`] in one go, so other hosts'
-/// other changes get their turn.
+/// [`LINGER_POLL`]. It releases at once when a host says in the mailbox
+/// that it waits for the lease for another change, and after [`MAX_HOLD`]
+/// in one go in any case.
 const LINGER: Duration = Duration::from_millis(1000);
 const LINGER_POLL: Duration = Duration::from_millis(10);
-const MAX_HOLD: Duration = Duration::from_secs(3);
+const MAX_HOLD: Duration = Duration::from_secs(30);
 /// After a VG change by another host (a holder, likely lingering), how long
 /// a waiting extension only watches for its LV to be served before it tries
 /// the lease itself: a try of a held lease costs lockd I/O, during which the
@@ -323,7 +324,20 @@ impl Pool {
         let t1 = std::time::Instant::now();
         let spec = match lock(&self.parked).take() {
             Some(p) => p.spec,
-            None => self.locks.pool_lease(vg.vg())?.keep(),
+            None => match self.locks.try_pool_lease(vg.vg())? {
+                Some(l) => l.keep(),
+                None => {
+                    // Held, maybe kept for growth: ask for it in the mailbox.
+                    if let Err(e) = self.mailbox.want_lease(true) {
+                        log::warn!("asking for the pool lease in the growth mailbox: {e}");
+                    }
+                    let r = self.locks.pool_lease(vg.vg());
+                    if let Err(e) = self.mailbox.want_lease(false) {
+                        log::warn!("clearing the lease wish in the growth mailbox: {e}");
+                    }
+                    r?.keep()
+                }
+            },
         };
         let t2 = std::time::Instant::now();
         let r = vg
@@ -587,13 +601,24 @@ impl Pool {
                     return;
                 }
             }
-            let others = match self.mailbox.read_others() {
-                Ok(o) => o,
+            let board = match self.mailbox.read_board() {
+                Ok(b) => b,
                 Err(e) => {
                     log::debug!("reading the growth mailbox: {e}");
                     continue;
                 }
             };
+            if !board.wanting_lease.is_empty() {
+                if let Some(p) = lock(&self.parked).take() {
+                    log::info!(
+                        "pool lease kept for growth released: hosts {:?} wait for it",
+                        board.wanting_lease
+                    );
+                    self.locks.release(&p.spec);
+                }
+                return;
+            }
+            let others = board.requests;
             if others.is_empty() {
                 continue;
             }

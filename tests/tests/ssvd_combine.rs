@@ -183,7 +183,7 @@ fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
     }
     let scratch = Scratch::new(None)?;
     let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
-    let mut hosts = start_hosts(scratch.path(), 2, &[lun.clone()], 1)?;
+    let mut hosts = start_hosts(scratch.path(), 2, std::slice::from_ref(&lun), 1)?;
     // 4 MiB chunks: the writer's LV grows many times a second, so host 1
     // keeps the lease from one extension to the next.
     hosts[0].client.post(

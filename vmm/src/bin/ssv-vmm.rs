@@ -6,14 +6,15 @@
 //! ```
 //! A disk SPEC is `dir=DIR,top=NAME[,readonly]` or
 //! `vg=VG,lv=TOP,pv=PATH[,pv=PATH...][,readonly]`, with `threshold=PCT` and
-//! `chunk=SIZE` to set the growth policy. The exit status is the code the
+//! `chunk=SIZE` to set the growth policy and `queues=N` (default: one per
+//! vCPU). The exit status is the code the
 //! guest wrote to the exit port, 0 when it shut down, 1 on a VMM error.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use vmm::arch::x86_64::{layout, linux, machine, realmode, regs};
+use vmm::arch::x86_64::{acpi_pm, layout, linux, machine, realmode, regs};
 use vmm::config::{Boot, DiskSpec, DiskStore, SerialOutput, VmConfig, MIB};
 use vmm::devices::exit_port::{ExitPort, EXIT_PORT};
 use vmm::devices::serial::{Serial, COM1_BASE, COM1_IRQ, COM1_LEN};
@@ -82,7 +83,7 @@ struct OpenDisk {
     block: Block,
 }
 
-fn open_disk(spec: &DiskSpec) -> Result<OpenDisk> {
+fn open_disk(spec: &DiskSpec, vcpus: u8) -> Result<OpenDisk> {
     let store: Arc<dyn thin::LvStore> = match &spec.store {
         DiskStore::Dir(dir) => Arc::new(thin::DirStore::new(dir, 4 * MIB)),
         DiskStore::Vg { vg, pvs } => {
@@ -115,7 +116,11 @@ fn open_disk(spec: &DiskSpec) -> Result<OpenDisk> {
     );
     let disk = Arc::new(ThinDisk::new(volume.clone(), spec.readonly));
     let fence = Fence::new().context("creating the disk's fence")?;
-    let block = Block::new(disk, BlockOptions::new(&spec.top), fence)?;
+    let mut block_opts = BlockOptions::new(&spec.top);
+    block_opts.num_queues = spec
+        .queues
+        .unwrap_or(u16::from(vcpus.max(1)).min(vmm::devices::virtio::block::MAX_QUEUES));
+    let block = Block::new(disk, block_opts, fence)?;
     Ok(OpenDisk { volume, block })
 }
 
@@ -151,11 +156,18 @@ fn run(cfg: VmConfig) -> Result<VmExit> {
     let exit = ExitPort::new(vm.control().clone());
     vm.pio_bus()
         .insert(EXIT_PORT, 1, Arc::new(Mutex::new(exit)))?;
+    // ACPI power-off: what a Linux guest's `poweroff` writes.
+    let sleep = acpi_pm::SleepRegisters::new(vm.control().clone());
+    vm.pio_bus().insert(
+        u64::from(acpi_pm::SLEEP_CONTROL_PORT),
+        acpi_pm::PORTS,
+        Arc::new(Mutex::new(sleep)),
+    )?;
 
     let mut volumes = Vec::new();
     let mut windows = Vec::new();
     for (i, spec) in cfg.disks.iter().enumerate() {
-        let disk = open_disk(spec)?;
+        let disk = open_disk(spec, cfg.vcpus)?;
         let addr = cfg.virtio_mmio_base + i as u64 * WINDOW_SIZE;
         let gsi = layout::VIRTIO_MMIO_FIRST_GSI + i as u32;
         if gsi >= layout::IOAPIC_PINS {

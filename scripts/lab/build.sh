@@ -14,7 +14,7 @@ lab_arch "$ARCH"
 OUT=$LAB_DIR/$ARCH
 lab_lock
 
-lab_apt_install cpio e2fsprogs gzip binutils "$QEMU_PKG"
+lab_apt_install cpio e2fsprogs gzip binutils
 [ "$DEB_ARCH" = arm64 ] && lab_enable_arm64
 
 KPKG=$(lab_kernel_pkg)

@@ -111,6 +111,45 @@ lab_kernel_pkg() {
         awk '/Depends: linux-image-/ {sub(/:.*/, "", $2); print $2; exit}'
 }
 
+# The host's QEMU for ARCH's lab VM, as an argv prefix in QEMU_CMD: Debian's
+# installed qemu-system package if there is one, else that package unpacked
+# under $LAB_DIR/host-qemu with the libraries the host lacks. Installing it
+# would remove a newer qemu-utils the machine may have (the two conflict),
+# which other tests use. SSV_LAB_HOST_QEMU=unpacked forces the unpacked one.
+lab_host_qemu() {
+    if [ "${SSV_LAB_HOST_QEMU:-}" != unpacked ] && command -v "$QEMU_BIN" >/dev/null; then
+        QEMU_CMD=("$QEMU_BIN")
+        return 0
+    fi
+    local root=$LAB_DIR/host-qemu/$QEMU_PKG ver p pkgs=()
+    ver=$(apt-cache policy "$QEMU_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    if ! [ -f "$root/.stamp" ] || [ "$(cat "$root/.stamp")" != "$ver" ]; then
+        lab_log "unpacking $QEMU_PKG $ver and the libraries this host lacks into $root"
+        rm -rf "$root"
+        mkdir -p "$root"
+        for p in $(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+            --no-breaks --no-replaces --no-enhances "$QEMU_PKG" 2>/dev/null |
+            grep -E '^[a-z0-9][^ <:]*$' | sort -u); do
+            case $p in
+            # The machine's qemu-utils may be newer than the candidate.
+            qemu-utils) continue ;;
+            # QEMU itself and its firmware, even where installed (it is
+            # looked for here).
+            qemu-* | seabios | ipxe-qemu) ;;
+            *) ! dpkg -s "$p" >/dev/null 2>&1 || continue ;;
+            esac
+            pkgs+=("$p")
+        done
+        for deb in $(DEB_ARCH=amd64 lab_fetch "${pkgs[@]}"); do
+            dpkg-deb -x "$deb" "$root"
+        done
+        echo "$ver" >"$root/.stamp"
+    fi
+    QEMU_CMD=(env "LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu"
+        "$root/usr/bin/$QEMU_BIN" -L "$root/usr/share/qemu" -L "$root/usr/share/seabios")
+    QEMU_ROOT=$root
+}
+
 # Unpacks Debian's arm64 QEMU (qemu-system-arm:arm64) and the arm64 libraries
 # it depends on into $LAB_DIR/aarch64/sysroot; prints that path.
 lab_arm64_qemu_sysroot() {

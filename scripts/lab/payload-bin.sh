@@ -24,10 +24,20 @@ command -v readelf >/dev/null || lab_apt_install binutils
 
 declare -A done_libs=()
 
-# Copies $SYSROOT$1 (dereferenced) to $DEST$2.
+# Where $1 is: under $SYSROOT, else (for a binary of the host's own
+# architecture, whose sysroot holds only what the host lacks) on the host.
+src_of() {
+    if [ -e "$SYSROOT$1" ]; then
+        echo "$SYSROOT$1"
+    elif [ -n "$SYSROOT" ] && [ "$2" = "$(uname -m)-linux-gnu" ] && [ -e "$1" ]; then
+        echo "$1"
+    fi
+}
+
+# Copies $1 (dereferenced) to $DEST$2.
 put() {
     mkdir -p "$(dirname "$DEST$2")"
-    cp -L "$SYSROOT$1" "$DEST$2"
+    cp -L "$1" "$DEST$2"
 }
 
 triplet_of() {
@@ -46,14 +56,12 @@ put_needed() {
         done_libs[$lib]=1
         found=
         for dir in "/lib/$triplet" "/usr/lib/$triplet" /lib /usr/lib /lib64 /usr/lib64; do
-            if [ -e "$SYSROOT$dir/$lib" ]; then
-                put "$dir/$lib" "/usr/lib/$triplet/$lib"
-                found=$dir/$lib
-                break
-            fi
+            found=$(src_of "$dir/$lib" "$triplet")
+            [ -n "$found" ] && break
         done
         [ -n "$found" ] || lab_die "$elf needs $lib, not found under ${SYSROOT:-/}"
-        put_needed "$SYSROOT$found" "$triplet"
+        put "$found" "/usr/lib/$triplet/$lib"
+        put_needed "$found" "$triplet"
     done
 }
 
@@ -73,7 +81,11 @@ for bin in "$@"; do
     triplet=$(triplet_of "$bin")
     interp=$(readelf -l "$bin" | sed -n 's/.*Requesting program interpreter: \(.*\)\]/\1/p')
     # The loader must be at the exact path the binary names.
-    [ -n "$interp" ] && put "$interp" "$interp"
+    if [ -n "$interp" ]; then
+        src=$(src_of "$interp" "$triplet")
+        [ -n "$src" ] || lab_die "$bin needs its loader $interp, not found under ${SYSROOT:-/}"
+        put "$src" "$interp"
+    fi
     put_needed "$bin" "$triplet"
     echo "$inside"
 done

@@ -6,7 +6,7 @@
 # under KVM with the flags that work nested:
 #   sh /payload/qemu-boot.sh KERNEL INITRD [APPEND [EXTRA_QEMU_ARGS...]]
 # Usage: scripts/lab/payload-qemu.sh ARCH PAYLOAD_DIR
-# x86_64 takes the host's qemu-system-x86 (installed if missing); aarch64
+# x86_64 takes the host's QEMU (lab_host_qemu: installed or unpacked); aarch64
 # unpacks qemu-system-arm:arm64 and its arm64 libraries.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -19,11 +19,19 @@ mkdir -p "$PAYLOAD"
 
 case "$ARCH" in
 x86_64)
-    lab_apt_install qemu-system-x86
-    "$LAB_SCRIPTS/payload-bin.sh" "$PAYLOAD" /usr/bin/qemu-system-x86_64 >/dev/null
+    lab_host_qemu
+    if [ -n "${QEMU_ROOT:-}" ]; then
+        # The unpacked package, with the host's own libraries for the rest.
+        LD_LIBRARY_PATH=$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu \
+            "$LAB_SCRIPTS/payload-bin.sh" --sysroot "$QEMU_ROOT" "$PAYLOAD" "$QEMU_ROOT/usr/bin/qemu-system-x86_64" >/dev/null
+        share=$QEMU_ROOT/usr/share
+    else
+        "$LAB_SCRIPTS/payload-bin.sh" "$PAYLOAD" /usr/bin/qemu-system-x86_64 >/dev/null
+        share=/usr/share
+    fi
     # Debian's QEMU looks for firmware in both (--firmwarepath).
     mkdir -p "$PAYLOAD/sysroot/usr/share"
-    cp -rL /usr/share/qemu /usr/share/seabios "$PAYLOAD/sysroot/usr/share/"
+    cp -rL "$share/qemu" "$share/seabios" "$PAYLOAD/sysroot/usr/share/"
     ;;
 aarch64)
     root=$(lab_arm64_qemu_sysroot)

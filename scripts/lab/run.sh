@@ -27,6 +27,7 @@ lab_arch "$ARCH"
 [ -f "$PAYLOAD/run.sh" ] || lab_die "$PAYLOAD has no run.sh"
 
 BUILT=$("$LAB_SCRIPTS/build.sh" "$ARCH") || exit $?
+lab_host_qemu
 mkdir -p "$LAB_DIR/runs"
 LOG=${SSV_LAB_LOG:-$LAB_DIR/runs/$ARCH-$(date +%Y%m%d-%H%M%S)-$$.log}
 RESULTS=${SSV_LAB_RESULTS:-$PAYLOAD/out}
@@ -57,7 +58,7 @@ lab_log "booting $ARCH lab VM with payload $PAYLOAD (timeout ${TIMEOUT}s, log $L
 : >"$LOG"
 start=$EPOCHREALTIME
 set +e
-timeout -k 5 "$TIMEOUT" "$QEMU_BIN" "${args[@]}" </dev/null 2>&1 |
+timeout -k 5 "$TIMEOUT" "${QEMU_CMD[@]}" "${args[@]}" </dev/null 2>&1 |
     while IFS= read -r line; do
         line=${line%$'\r'}
         us=$((${EPOCHREALTIME/./} - ${start/./}))

@@ -236,7 +236,11 @@ fn a_reset_does_not_wait_for_a_write_waiting_to_grow() {
     // The driver's reset comes on a vCPU thread, which must not wait.
     let t0 = Instant::now();
     h.dev.reset();
-    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(!h.dev.reset_done(), "the write is still in the worker");
     wait_for("the reset", || h.dev.reset_done());
 }

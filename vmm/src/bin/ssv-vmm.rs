@@ -303,8 +303,16 @@ mod platform {
         Ok(())
     }
 
+    /// Nothing to hold: the in-kernel irqchip lives with the VM fd.
+    pub struct IrqChip;
+
     /// Loads what `boot` names and creates the vCPUs at its entry.
-    pub fn create_vcpus(vm: &mut Vm, boot: &Boot, vcpus: u8, windows: &[Window]) -> Result<()> {
+    pub fn create_vcpus(
+        vm: &mut Vm,
+        boot: &Boot,
+        vcpus: u8,
+        windows: &[Window],
+    ) -> Result<IrqChip> {
         match boot {
             Boot::RealMode { image } => {
                 let bytes =
@@ -348,7 +356,7 @@ mod platform {
                 })?;
             }
         }
-        Ok(())
+        Ok(IrqChip)
     }
 }
 

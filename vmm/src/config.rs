@@ -59,7 +59,8 @@ pub enum DiskStore {
 /// One virtio-blk disk: `dir=DIR,top=NAME[,readonly]` or
 /// `vg=VG,lv=TOP,pv=PATH[,pv=PATH...][,readonly]`, and on either
 /// `threshold=PERCENT` and `chunk=BYTES` (K, M, G suffixes) to override the
-/// growth policy.
+/// growth policy, and `queues=N` for the number of virtio queues (default:
+/// one per vCPU, so each vCPU submits on its own queue).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
     pub store: DiskStore,
@@ -67,6 +68,7 @@ pub struct DiskSpec {
     pub readonly: bool,
     pub threshold_percent: Option<u8>,
     pub chunk: Option<u64>,
+    pub queues: Option<u16>,
 }
 
 fn parse_size(v: &str) -> Result<u64, String> {
@@ -88,6 +90,7 @@ impl FromStr for DiskSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let (mut dir, mut vg, mut top, mut pvs) = (None, None, None, Vec::new());
         let (mut readonly, mut threshold_percent, mut chunk) = (false, None, None);
+        let mut queues = None;
         for item in s.split(',') {
             let (k, v) = item.split_once('=').unwrap_or((item, ""));
             let once = |slot: &mut Option<String>| -> Result<(), String> {
@@ -110,6 +113,13 @@ impl FromStr for DiskSpec {
                     threshold_percent = Some(p);
                 }
                 "chunk" => chunk = Some(parse_size(v)?),
+                "queues" => {
+                    let n: u16 = v.parse().map_err(|_| format!("bad queue count {v:?}"))?;
+                    if n == 0 {
+                        return Err("queues=0: a disk needs at least one queue".into());
+                    }
+                    queues = Some(n);
+                }
                 _ => return Err(format!("unknown disk option {item:?} in {s:?}")),
             }
         }
@@ -126,6 +136,7 @@ impl FromStr for DiskSpec {
             readonly,
             threshold_percent,
             chunk,
+            queues,
         })
     }
 }
@@ -144,9 +155,10 @@ mod tests {
                 readonly: true,
                 threshold_percent: None,
                 chunk: None,
+                queues: None,
             }
         );
-        let d: DiskSpec = "vg=pool,lv=v1,pv=/a,pv=/b,threshold=25,chunk=4M"
+        let d: DiskSpec = "vg=pool,lv=v1,pv=/a,pv=/b,threshold=25,chunk=4M,queues=4"
             .parse()
             .unwrap();
         assert_eq!(
@@ -158,6 +170,7 @@ mod tests {
         );
         assert_eq!((d.top.as_str(), d.readonly), ("v1", false));
         assert_eq!((d.threshold_percent, d.chunk), (Some(25), Some(4 * MIB)));
+        assert_eq!(d.queues, Some(4));
     }
 
     #[test]
@@ -175,6 +188,8 @@ mod tests {
             "dir=/d,top=a,chunk=0",
             "dir=/d,top=a,chunk=99999999999G",
             "dir=/d,top=a,readonly=no",
+            "dir=/d,top=a,queues=0",
+            "dir=/d,top=a,queues=many",
             "dir=/d,top=a,colour=blue",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad:?} accepted");

@@ -174,6 +174,8 @@ pub struct Vm {
     mmio: Bus,
     pio: Bus,
     control: Arc<Control>,
+    /// Created, set up, not yet running.
+    vcpus: Vec<VcpuFd>,
 }
 
 impl Vm {
@@ -205,6 +207,7 @@ impl Vm {
             mmio: Bus::new(),
             pio: Bus::new(),
             control: Arc::new(Control::new()),
+            vcpus: Vec::new(),
         })
     }
 
@@ -231,19 +234,41 @@ impl Vm {
     /// Creates `count` vCPUs, lets `setup` set each one's registers
     /// (architecture and boot code), and runs each on its own thread.
     pub fn start(
-        self,
+        mut self,
         count: u8,
         setup: &dyn Fn(&Kvm, &VcpuFd, u8) -> Result<(), String>,
     ) -> Result<RunningVm, VmError> {
-        let mut vcpus = Vec::with_capacity(count as usize);
-        for id in 0..count {
+        self.create_vcpus(count, setup)?;
+        self.run()
+    }
+
+    /// Creates `count` more vCPUs and lets `setup` set each one up, without
+    /// running them: what must follow the vCPUs' creation and precede their
+    /// first run (the aarch64 GIC, then the irqfds that need it) goes
+    /// between this and [`Vm::run`].
+    pub fn create_vcpus(
+        &mut self,
+        count: u8,
+        setup: &dyn Fn(&Kvm, &VcpuFd, u8) -> Result<(), String>,
+    ) -> Result<(), VmError> {
+        for _ in 0..count {
+            let id = u8::try_from(self.vcpus.len()).map_err(|_| VmError::CreateVcpu {
+                id: u8::MAX,
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            })?;
             let fd = self
                 .fd
                 .create_vcpu(u64::from(id))
                 .map_err(|source| VmError::CreateVcpu { id, source })?;
             setup(&self.kvm, &fd, id).map_err(|reason| VmError::SetupVcpu { id, reason })?;
-            vcpus.push(fd);
+            self.vcpus.push(fd);
         }
+        Ok(())
+    }
+
+    /// Runs each vCPU made by [`Vm::create_vcpus`] on its own thread.
+    pub fn run(self) -> Result<RunningVm, VmError> {
+        let vcpus = self.vcpus;
         vcpu::install_kick_handler().map_err(VmError::Thread)?;
         let buses = Arc::new(vcpu::Buses {
             mmio: self.mmio,

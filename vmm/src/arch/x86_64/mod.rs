@@ -12,6 +12,7 @@
 //! 1 MiB). [`machine::setup_vm`] makes the irqchip and PIT either way.
 
 pub mod acpi;
+pub mod acpi_pm;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;

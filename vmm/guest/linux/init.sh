@@ -21,8 +21,11 @@ export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
 
+# The console's last lines may still wait in the tty for the UART's
+# interrupts: give them a moment before the power goes.
 stop() {
     sync
+    sleep 0.5
     poweroff -f
 }
 fail() {

@@ -32,25 +32,35 @@ truncate -s 2G $pv
 /usr/bin/qemu-img convert -f raw -O qcow2 /tmp/content.raw /tmp/content.qcow2 || exit 12
 rm -f /tmp/content.raw
 
+# No boot may hang the run: each VMM gets LIMIT seconds.
+LIMIT=300
 ours() {
-    /payload/ssv-io stamp "$marker" /usr/local/bin/ssv-vmm --memory 512 --vcpus 2 \
+    /payload/ssv-io stamp -t $LIMIT "$marker" /usr/local/bin/ssv-vmm --memory 512 --vcpus 2 \
         --kernel guest/bzImage --initrd guest/vmm-initramfs.cpio.gz \
         --cmdline "console=ttyS0 pci=off panic=-1 $append ssv.mode=$1" \
         --disk "vg=vg0,lv=disk,pv=$pv"
 }
 qemu() {
-    /payload/ssv-io stamp "$marker" sh /payload/qemu-boot.sh guest/bzImage guest/vmm-initramfs.cpio.gz \
+    /payload/ssv-io stamp -t $LIMIT "$marker" sh /payload/qemu-boot.sh guest/bzImage guest/vmm-initramfs.cpio.gz \
         "$append ssv.mode=$1" -smp 2 -m 512M \
         -drive file=/tmp/content.qcow2,format=qcow2,if=virtio
 }
-# Runs "$1 $2" (ours|qemu, mode), its console in out/$1-$2-$3.log; fails
-# unless the guest reached its init and powered off cleanly.
+# Runs "$1 $2" (ours|qemu, mode), its console in out/$1-$2-$3.log, until
+# the guest reached its init and powered off cleanly; a failed boot is shown
+# (LAB: ... failed) and tried once more, a second failure ends the run.
 boot() {
     log=$out/$1-$2-$3.log
-    $1 "$2" >"$log" 2>&1
-    status=$?
-    grep -q "SSV-IO: stamp $marker [0-9]" "$log" && ! grep -q "SSV-GUEST: FAIL" "$log" &&
-        [ "$status" = 0 ] || { echo "LAB: $1 $2 round $3 failed ($status)"; tail -n 30 "$log"; exit 20; }
+    for try in 1 2; do
+        $1 "$2" >"$log" 2>&1
+        status=$?
+        grep -q "SSV-IO: stamp $marker [0-9]" "$log" && ! grep -q "SSV-GUEST: FAIL" "$log" &&
+            { [ "$2" != randread ] || grep -q "SSV-IO: randread" "$log"; } &&
+            [ "$status" = 0 ] && return 0
+        echo "LAB: $1 $2 round $3 try $try failed (status $status); its console's end:"
+        tail -n 30 "$log"
+        cp "$log" "$log.failed$try"
+    done
+    exit 20
 }
 
 i=1

@@ -9,11 +9,12 @@
  *       processes (default 1) for SECONDS. Prints
  *       "SSV-IO: randread jobs=J ios=N secs=S iops=I".
  *
- *   ssv-io stamp MARKER CMD [ARGS...]
+ *   ssv-io stamp [-t SECONDS] MARKER CMD [ARGS...]
  *       Runs CMD with its stdout and stderr through a pipe, copies every
  *       line to stdout, and prints "SSV-IO: stamp MARKER S" with the
  *       seconds from just before CMD started to the first line containing
- *       MARKER. Exits with CMD's status (128+signal if killed).
+ *       MARKER. With -t, CMD is killed (SIGKILL) after SECONDS. Exits with
+ *       CMD's status (128+signal if killed).
  *
  * The same binary serves both sides of the benchmark, so both are measured
  * the same way.
@@ -135,10 +136,28 @@ static int randread(int argc, char **argv)
     return 0;
 }
 
+static volatile pid_t stamped_child;
+
+static void kill_child(int sig)
+{
+    (void)sig;
+    if (stamped_child > 0)
+        kill(stamped_child, SIGKILL);
+}
+
 static int stamp(int argc, char **argv)
 {
+    unsigned limit = 0;
+    if (argc >= 3 && strcmp(argv[2], "-t") == 0) {
+        if (argc < 4)
+            argc = 0;
+        else
+            limit = (unsigned)strtoul(argv[3], NULL, 10);
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 4) {
-        fprintf(stderr, "usage: ssv-io stamp MARKER CMD [ARGS...]\n");
+        fprintf(stderr, "usage: ssv-io stamp [-t SECONDS] MARKER CMD [ARGS...]\n");
         return 2;
     }
     const char *marker = argv[2];
@@ -159,6 +178,15 @@ static int stamp(int argc, char **argv)
         _exit(127);
     }
     close(p[1]);
+    if (limit > 0) {
+        /* No SA_RESTART: the read below ends when the child is killed. */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = kill_child;
+        stamped_child = pid;
+        sigaction(SIGALRM, &sa, NULL);
+        alarm(limit);
+    }
     FILE *in = fdopen(p[0], "r");
     if (!in)
         die("fdopen");
@@ -175,8 +203,10 @@ static int stamp(int argc, char **argv)
         fflush(stdout);
     }
     int status;
-    if (waitpid(pid, &status, 0) < 0)
-        die("waitpid");
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            die("waitpid");
+    alarm(0);
     if (!seen)
         printf("SSV-IO: stamp %s never seen\n", marker);
     if (WIFSIGNALED(status))
@@ -191,6 +221,6 @@ int main(int argc, char **argv)
         return randread(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "stamp") == 0)
         return stamp(argc, argv);
-    fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS] | stamp MARKER CMD [ARGS...]\n");
+    fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS] | stamp [-t SECONDS] MARKER CMD [ARGS...]\n");
     return 2;
 }

@@ -2,22 +2,30 @@
 //! once. Callers on any thread queue their command (with immediate and
 //! unsolicited data) in CmdSN order inside the target's window; whoever
 //! finds the socket idle writes everything queued, so commands issued
-//! together leave in one write. One reader thread parses the target's
-//! PDUs, places Data-In straight into the waiting caller's buffer, notes
-//! the end of each command in its task and wakes its caller. R2Ts are
-//! answered by the waiting caller from its own buffer, so no write data is
-//! kept elsewhere. The reader also answers the target's NOP-In pings and
-//! pings an idle connection. When the connection fails, every waiting
-//! command fails with the reason and the session stays down: reconnecting
-//! (same ISID) is the multipath layer's decision.
+//! together leave in one write.
+//!
+//! Reading is done by a waiting caller, whichever first finds nobody
+//! reading (it leads): it parses the target's PDUs, places Data-In straight
+//! into the waiting callers' buffers, notes the end of each command in its
+//! task and wakes its caller; once its own command has news it hands the
+//! reading on to another waiting caller. A lone command thus costs one
+//! wakeup (the socket's), not two (a reader thread's, then its caller's).
+//! A keeper thread reads while nobody waits: it answers the target's NOP-In
+//! pings, notices a closed connection, and pings an idle one (keepalive).
+//!
+//! R2Ts are answered by the waiting caller from its own buffer, so no write
+//! data is kept elsewhere. When the connection fails, every waiting command
+//! fails with the reason and the session stays down: reconnecting (same
+//! ISID) is the multipath layer's decision.
 
 use super::login::Connection;
 use super::pdu::{self, Digests, Opcode, Pdu, PduError};
 use super::text::Params;
 use super::IscsiError;
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufReader, IoSlice, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, Thread};
@@ -46,6 +54,9 @@ const YIELDS_BEFORE_SLEEP: usize = 4;
 const COPY_MAX: usize = 16 << 10;
 /// Initial capacity of the send queue (it grows when it must).
 const QUEUE_CAPACITY: usize = 64 << 10;
+/// The longest the keeper sleeps between looks at an idle connection, and
+/// a reader between looks at its command's deadline is half this.
+const MAX_TICK: Duration = Duration::from_secs(1);
 /// How long a command may wait for its completion before the path is
 /// declared failed (the multipath layer retries elsewhere).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -217,6 +228,9 @@ impl State {
 
 struct Inner {
     state: Mutex<State>,
+    /// Someone reads (holds `rx`): see the module comment.
+    leader: AtomicBool,
+    rx: Mutex<Rx>,
     /// Signalled (when someone waits) as the window moves, the socket frees
     /// up, or the connection goes down.
     changed: Condvar,
@@ -226,12 +240,28 @@ struct Inner {
     params: Params,
     addr: SocketAddr,
     timeout: Duration,
+    nop_interval: Option<Duration>,
+    nop_timeout: Duration,
+    /// The socket's read timeout: how often a blocked reader looks at its
+    /// deadline, and the keeper at an idle connection.
+    tick: Duration,
+    /// How long a PDU may stall halfway before the connection is failed.
+    patience: Duration,
+}
+
+/// The read side of the connection, held by whichever thread leads.
+struct Rx {
+    reader: BufReader<TcpStream>,
+    /// When the last PDU came.
+    last: Instant,
+    /// Our unanswered keepalive ping, since when.
+    ping: Option<Instant>,
 }
 
 /// One connection shared by any number of threads.
 pub struct Session {
     inner: Arc<Inner>,
-    reader: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl Session {
@@ -265,7 +295,26 @@ impl Session {
         let unsent = unsent.unwrap_or_else(|e| e.into_inner());
         let mut queue = Vec::with_capacity(QUEUE_CAPACITY.max(unsent.len()));
         queue.extend_from_slice(&unsent);
+        let tick = [
+            opts.nop_interval.unwrap_or(MAX_TICK),
+            opts.nop_timeout,
+            opts.command_timeout,
+            MAX_TICK,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(MAX_TICK)
+            / 2;
+        let tick = tick.max(Duration::from_millis(10));
+        // A zero read timeout would mean none.
+        reader.get_ref().set_read_timeout(Some(tick)).ok();
         let inner = Arc::new(Inner {
+            leader: AtomicBool::new(false),
+            rx: Mutex::new(Rx {
+                reader,
+                last: Instant::now(),
+                ping: None,
+            }),
             state: Mutex::new(State {
                 cmd_sn,
                 next_itt: 1,
@@ -284,22 +333,23 @@ impl Session {
             params,
             addr,
             timeout: opts.command_timeout,
+            nop_interval: opts.nop_interval,
+            nop_timeout: opts.nop_timeout,
+            tick,
+            patience: opts.nop_interval.unwrap_or(opts.command_timeout).max(tick),
         });
-        // The reader wakes when idle to ping (keepalive); command timeouts
-        // are kept by the callers.
-        reader.get_ref().set_read_timeout(opts.nop_interval).ok();
         let i = inner.clone();
         let h = std::thread::Builder::new()
-            .name(format!("iscsi-rx {addr}"))
-            .spawn(move || read_loop(&i, reader, opts.nop_timeout));
-        let reader = match h {
+            .name(format!("iscsi-keep {addr}"))
+            .spawn(move || keep(&i));
+        let keeper = match h {
             Ok(h) => Some(h),
             Err(e) => {
-                inner.fail(format!("cannot start the reader thread: {e}"));
+                inner.fail(format!("cannot start the keeper thread: {e}"));
                 None
             }
         };
-        Session { inner, reader }
+        Session { inner, keeper }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -424,11 +474,12 @@ impl Session {
         }
     }
 
-    /// What the reader has for `task`: a few yields first (see
-    /// [`YIELDS_BEFORE_SLEEP`]), then a sleep bounded by the command
-    /// timeout, after which the path is failed.
+    /// What the reader has for `task`. Reads itself when nobody does;
+    /// else a few yields (see [`YIELDS_BEFORE_SLEEP`]), then a sleep, all
+    /// bounded by the command timeout, after which the path is failed.
     fn next_event(&self, task: &Task) -> Result<Event, IscsiError> {
-        let deadline = Instant::now() + self.inner.timeout;
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.timeout;
         let mut yields = 0;
         loop {
             if task.ready.swap(false, Ordering::Acquire) {
@@ -445,21 +496,30 @@ impl Session {
                 }
                 continue;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = format!(
+                    "no answer to a command in {:.0} s",
+                    inner.timeout.as_secs_f64()
+                );
+                inner.fail(why.clone());
+                return Err(inner.down_error(&why));
+            }
+            if inner.try_lead() {
+                let r = inner.lead(task, deadline);
+                if let Err(why) = r {
+                    // Our task ends with the others: next turn.
+                    inner.fail(why);
+                }
+                inner.release_lead();
+                continue;
+            }
             if yields < YIELDS_BEFORE_SLEEP {
                 yields += 1;
                 std::thread::yield_now();
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let why = format!(
-                    "no answer to a command in {:.0} s",
-                    self.inner.timeout.as_secs_f64()
-                );
-                self.inner.fail(why.clone());
-                return Err(self.inner.down_error(&why));
-            }
-            // Spurious returns only cost another look at `ready`.
+            // Spurious returns only cost another look.
             std::thread::park_timeout(left);
         }
     }
@@ -607,7 +667,8 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.inner.fail("session closed".into());
-        if let Some(h) = self.reader.take() {
+        if let Some(h) = self.keeper.take() {
+            h.thread().unpark();
             h.join().ok();
         }
     }
@@ -639,6 +700,103 @@ impl Drop for TaskGuard<'_> {
 impl Inner {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_rx(&self) -> MutexGuard<'_, Rx> {
+        self.rx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the read side if nobody has it.
+    fn try_lead(&self) -> bool {
+        self.leader
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Gives the read side up and, while commands still wait, wakes one of
+    /// their callers (not ours) to take it: a command's answer must not
+    /// wait for nobody.
+    fn release_lead(&self) {
+        self.leader.store(false, Ordering::Release);
+        let me = std::thread::current().id();
+        let st = self.lock_state();
+        if let Some(t) = st.tasks.values().find(|t| t.caller.id() != me) {
+            t.caller.unpark();
+        }
+    }
+
+    /// Leading: reads PDUs for everyone until `task` has news (and what
+    /// was already received is dealt with) or its deadline passes. An error
+    /// is the connection's end.
+    fn lead(&self, task: &Task, deadline: Instant) -> Result<(), String> {
+        let mut rx = self.lock_rx();
+        while !task.ready.load(Ordering::Acquire) || !rx.reader.buffer().is_empty() {
+            if !self.read_one(&mut rx)? && Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and acts on one PDU; `false` when the read timed out between
+    /// PDUs (then keepalive is looked after).
+    fn read_one(&self, rx: &mut Rx) -> Result<bool, String> {
+        let mut r = PduReader {
+            r: &mut rx.reader,
+            started: false,
+            patience: self.patience,
+            until: None,
+        };
+        let max = self.params.max_recv_data_segment_length;
+        match Pdu::read_head(&mut r, self.digests, max) {
+            Ok((p, len)) => {
+                take_pdu(self, &mut r, p, len)?;
+                // Anything from the target shows the connection lives.
+                rx.ping = None;
+                rx.last = Instant::now();
+                Ok(true)
+            }
+            Err(PduError::Timeout) => {
+                self.idle_check(rx)?;
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Keepalive: pings a connection quiet for the NOP interval, and gives
+    /// it up when the ping goes unanswered for the NOP timeout.
+    fn idle_check(&self, rx: &mut Rx) -> Result<(), String> {
+        match rx.ping {
+            Some(sent) if sent.elapsed() >= self.nop_timeout => Err(format!(
+                "no answer to a NOP-Out ping in {:.0} s",
+                self.nop_timeout.as_secs_f64()
+            )),
+            Some(_) => Ok(()),
+            None => match self.nop_interval {
+                Some(i) if rx.last.elapsed() >= i => {
+                    self.ping().map_err(|e| format!("sending a ping: {e}"))?;
+                    rx.ping = Some(Instant::now());
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Whether the socket has something to read (or has ended), waiting
+    /// at most `timeout`.
+    fn socket_readable(&self, timeout: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call; the socket
+        // stays open as long as `self`.
+        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        n > 0
     }
 
     /// Waits (at most a command timeout) for `changed`; true if it timed out.
@@ -818,49 +976,88 @@ fn write_all_vectored(mut w: &TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::R
     Ok(())
 }
 
-fn read_loop(inner: &Inner, mut reader: BufReader<TcpStream>, nop_timeout: Duration) {
-    let max = inner.params.max_recv_data_segment_length;
-    // Our outstanding keepalive ping, since when.
-    let mut ping: Option<Instant> = None;
-    let why = loop {
-        let (p, len) = match Pdu::read_head(&mut reader, inner.digests, max) {
-            Ok(h) => h,
-            // Idle for a NOP interval: ping, or give up on an unanswered ping.
-            Err(PduError::Timeout) => match ping {
-                Some(sent) if sent.elapsed() >= nop_timeout => {
-                    break format!(
-                        "no answer to a NOP-Out ping in {:.0} s",
-                        nop_timeout.as_secs_f64()
-                    )
-                }
-                Some(_) => continue,
-                None => match inner.ping() {
-                    Ok(()) => {
-                        ping = Some(Instant::now());
-                        continue;
-                    }
-                    Err(e) => break format!("sending a ping: {e}"),
-                },
-            },
-            Err(e) => break e.to_string(),
+/// The keeper: reads while no command waits (NOP-In pings, a closed
+/// connection, the target's async messages) and keeps an idle connection
+/// alive; while commands wait, their callers read and it only looks in
+/// every tick.
+fn keep(inner: &Inner) {
+    loop {
+        let idle = {
+            let st = inner.lock_state();
+            if st.down.is_some() {
+                return;
+            }
+            st.tasks.is_empty()
         };
-        // Anything from the target shows the connection lives.
-        ping = None;
-        if let Err(why) = take_pdu(inner, &mut reader, p, len) {
-            break why;
+        if idle && !inner.leader.load(Ordering::Acquire) {
+            // Wakes as soon as anything comes (or the socket is shut down).
+            inner.socket_readable(inner.tick);
+        } else {
+            std::thread::park_timeout(inner.tick);
         }
-    };
-    inner.fail(why);
+        if inner.lock_state().down.is_some() {
+            return;
+        }
+        if !inner.try_lead() {
+            continue;
+        }
+        let r = (|| {
+            let mut rx = inner.lock_rx();
+            while !rx.reader.buffer().is_empty() || inner.socket_readable(Duration::ZERO) {
+                inner.read_one(&mut rx)?;
+            }
+            inner.idle_check(&mut rx)
+        })();
+        if let Err(why) = r {
+            inner.fail(why);
+        }
+        inner.release_lead();
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The reads of one PDU: a read timeout before its first byte means idle
+/// and is passed on; inside the PDU, reads go on through timeouts for the
+/// session's patience (a segment stalled by a lost packet is not a dead
+/// connection).
+struct PduReader<'a> {
+    r: &'a mut BufReader<TcpStream>,
+    started: bool,
+    patience: Duration,
+    until: Option<Instant>,
+}
+
+impl Read for PduReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.r.read(buf) {
+                Ok(n) => {
+                    self.started |= n > 0;
+                    return Ok(n);
+                }
+                Err(e) if self.started && is_timeout(&e) => {
+                    let until = *self
+                        .until
+                        .get_or_insert_with(|| Instant::now() + self.patience);
+                    if Instant::now() >= until {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Acts on one PDU from the target whose header was read; reads its data
 /// segment. An error ends the connection.
-fn take_pdu(
-    inner: &Inner,
-    reader: &mut BufReader<TcpStream>,
-    mut p: Pdu,
-    len: usize,
-) -> Result<(), String> {
+fn take_pdu(inner: &Inner, reader: &mut impl Read, mut p: Pdu, len: usize) -> Result<(), String> {
     if p.opcode() == Some(Opcode::DataIn) {
         return data_in(inner, reader, &p, len);
     }
@@ -949,12 +1146,7 @@ fn take_pdu(
 
 /// A Data-In: its data goes from the socket straight into the waiting
 /// caller's buffer; with the status bit it ends the command.
-fn data_in(
-    inner: &Inner,
-    reader: &mut BufReader<TcpStream>,
-    p: &Pdu,
-    len: usize,
-) -> Result<(), String> {
+fn data_in<R: Read>(inner: &Inner, reader: &mut R, p: &Pdu, len: usize) -> Result<(), String> {
     let last = p.flags() & pdu::DATA_IN_STATUS != 0;
     let task = {
         let mut st = inner.lock_state();
@@ -965,7 +1157,7 @@ fn data_in(
             st.tasks.get(&p.itt()).cloned()
         }
     };
-    let skip = |reader: &mut BufReader<TcpStream>| {
+    let skip = |reader: &mut R| {
         pdu::read_segment_vec(reader, inner.digests, len)
             .map(drop)
             .map_err(|e| e.to_string())
@@ -1031,5 +1223,115 @@ fn residual(p: &Pdu) -> i64 {
         -r
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::{login, login::isid, IscsiLun, LoginOptions};
+    use crate::target::{LunConfig, TargetConfig, TargetServer};
+    use crate::{BlockDev, FileDev, OpenOptions};
+
+    const IQN: &str = "iqn.2026-11.org.ssv.test:session";
+    const SIZE: u64 = 64 << 20;
+
+    fn target(dir: &std::path::Path) -> TargetServer {
+        let dev =
+            FileDev::open(dir.join("lun"), &OpenOptions::new().create_size(Some(SIZE))).unwrap();
+        TargetServer::start(TargetConfig::new(
+            IQN,
+            vec!["127.0.0.1:0".parse().unwrap()],
+            vec![LunConfig::new(1, Arc::new(dev))],
+        ))
+        .unwrap()
+    }
+
+    fn connect(server: &TargetServer, n: u16) -> Connection {
+        let o = LoginOptions::new("iqn.2026-11.org.ssv.host:session", isid(7, n));
+        login(server.portals()[0], Some(IQN), &o).unwrap()
+    }
+
+    /// Threads sharing one session, each writing and reading back its own
+    /// region in sizes that take every path (queued and directly written
+    /// data, one and several Data-In PDUs per read), get their own bytes:
+    /// whoever reads the socket places every answer in the right buffer.
+    #[test]
+    fn threads_sharing_a_session_get_their_own_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = target(dir.path());
+        let lun = IscsiLun::open(Session::new(connect(&server, 1)), 1).unwrap();
+        let sizes = [512usize, 4096, 20 << 10, 64 << 10, 1 << 20];
+        std::thread::scope(|s| {
+            for t in 0..12u64 {
+                let lun = &lun;
+                s.spawn(move || {
+                    let base = t * (SIZE / 12) / 4096 * 4096;
+                    for round in 0..6u64 {
+                        let len = sizes[((t + round) % sizes.len() as u64) as usize];
+                        let data: Vec<u8> = (0..len)
+                            .map(|i| (i as u64 * 31 + t * 7 + round) as u8)
+                            .collect();
+                        let off = base + round * 4096;
+                        lun.write_at(&data, off).unwrap();
+                        let mut back = vec![0u8; len];
+                        lun.read_at(&mut back, off).unwrap();
+                        assert!(back == data, "thread {t} round {round}: {len} bytes differ");
+                    }
+                });
+            }
+        });
+        drop(lun);
+        server.stop();
+    }
+
+    /// A command whose caller is blocked reading the socket (nobody else
+    /// waits) still ends at its timeout, and fails the path with why.
+    #[test]
+    fn a_reading_caller_keeps_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = target(dir.path());
+        let opts = SessionOptions {
+            command_timeout: Duration::from_millis(600),
+            ..SessionOptions::default()
+        };
+        let s = Session::with_options(connect(&server, 2), opts);
+        server.faults().blackhole(0, true);
+        let t = Instant::now();
+        let mut buf = [0u8; 36];
+        let r = s.execute(
+            pdu::encode_lun(1),
+            &[0x12, 0, 0, 0, 36, 0],
+            DataPhase::In(&mut buf),
+        );
+        assert!(
+            matches!(&r, Err(IscsiError::PathDown { why, .. }) if why.contains("no answer")),
+            "{:?}",
+            r.err()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        server.faults().blackhole(0, false);
+        server.stop();
+    }
+
+    /// With no command waiting, the keeper still reads: a connection the
+    /// target drops is noticed without any I/O.
+    #[test]
+    fn an_idle_session_notices_a_dropped_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = target(dir.path());
+        let s = Session::new(connect(&server, 3));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(s.down(), None);
+        server.faults().drop_connections(0);
+        let t = Instant::now();
+        while s.down().is_none() {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "a dropped connection went unnoticed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.stop();
     }
 }

@@ -30,6 +30,8 @@ pub struct Config {
     pub iscsi: IscsiConfig,
     #[serde(default)]
     pub export: ExportConfig,
+    #[serde(default)]
+    pub vm: VmsConfig,
     /// Where the pools' LUNs are.
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunSource>,
@@ -89,6 +91,19 @@ pub struct NbdConfig {
     /// And on this TCP address.
     #[serde(default)]
     pub tcp: Option<String>,
+}
+
+/// `[vm]`: the VMs ssvd runs (`POST /v1/vms`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmsConfig {
+    /// The `ssv-vmm` binary (default: next to ssvd's own).
+    #[serde(default)]
+    pub vmm: Option<PathBuf>,
+    /// Seconds a stopping VM gets to shut down before it is killed
+    /// (default 10).
+    #[serde(default)]
+    pub stop_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

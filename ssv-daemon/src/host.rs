@@ -52,7 +52,8 @@ pub struct VolumeDetail {
     pub cluster_size: u64,
     /// Highest allocated byte of the top layer (what growth follows).
     pub allocated_end: u64,
-    /// Open for writing on this host (`session`), or not here (`closed`).
+    /// Open for writing on this host (`session`), attached to a VMM here
+    /// (`attached`), or not here (`closed`).
     pub state: String,
     /// NBD URI while open here.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +155,10 @@ pub struct Host {
     pub(crate) exporters: Mutex<Vec<Arc<dyn Exporter>>>,
     /// Open volume id → its URI per transport.
     pub(crate) exports: Mutex<HashMap<String, HashMap<Transport, String>>>,
+    /// Volume id → the external writer (VMM) it is attached to.
+    pub(crate) attachments: Mutex<HashMap<String, crate::vms::Attached>>,
+    /// VMs this ssvd started, by name.
+    pub(crate) vms: Mutex<HashMap<String, Arc<crate::vms::VmProc>>>,
     /// One scan for pools at a time (a pool is joined once).
     attaching: Mutex<()>,
 }
@@ -180,6 +185,8 @@ impl Host {
             jobs: Mutex::default(),
             exporters: Mutex::default(),
             exports: Mutex::default(),
+            attachments: Mutex::default(),
+            vms: Mutex::default(),
             attaching: Mutex::default(),
         }
     }
@@ -418,6 +425,8 @@ impl Host {
             allocated_end,
             state: if session.is_some() {
                 "session"
+            } else if self.is_attached(&rec.id) {
+                "attached"
             } else {
                 "closed"
             }

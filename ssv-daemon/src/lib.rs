@@ -8,7 +8,8 @@
 //! - `leases`: the pool's lease area and ssvd's lockd connection.
 //! - `mailbox`: hosts' pending extensions, combined into one commit.
 //! - `pool`: one VG, changed under the pool lease; the growth service.
-//! - `host`: the operations; `session`: open volumes.
+//! - `host`: the operations; `session`: open volumes; `vms`: volumes
+//!   attached to VMMs, and the VMs ssvd runs.
 //! - `api`: HTTP routes and the OpenAPI document.
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod names;
 pub mod pool;
 pub mod session;
 pub mod snapshots;
+pub mod vms;
 pub mod volumes;
 
 pub use error::{Error, Result};

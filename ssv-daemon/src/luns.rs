@@ -82,7 +82,10 @@ pub(crate) fn open_unused_lun(path: &str, pool: &str) -> Result<PvDev> {
     Ok(pv)
 }
 
-pub(crate) fn open_lun(path: &str) -> Result<PvDev> {
+/// Opens a LUN by the path (or URI) a pool records for it. Files and block
+/// devices open anywhere; an iSCSI LUN only in a process that has the
+/// host's configuration of it (ssvd).
+pub fn open_lun(path: &str) -> Result<PvDev> {
     if iscsi::is_iscsi_uri(path) {
         let dev = open_iscsi(path)?;
         return Ok(PvDev::new(dev, path));

@@ -27,6 +27,10 @@ const OFF_VERSION: usize = 4;
 const OFF_HOST: usize = 8;
 const OFF_SEQ: usize = 16;
 const OFF_COUNT: usize = 24;
+const OFF_FLAGS: usize = 28;
+/// Flag: the host waits for the pool lease for a change other than growth,
+/// so a holder keeping it for growth releases it at once.
+pub const FLAG_WANTS_LEASE: u32 = 1;
 /// Requests start here, each `REQUEST_LEN` bytes: uuid, min, want.
 pub const OFF_REQUESTS: usize = 32;
 pub const REQUEST_LEN: usize = UUID_LEN + 16;
@@ -54,6 +58,17 @@ pub struct Record {
     /// a holder read).
     pub seq: u64,
     pub requests: Vec<Request>,
+    /// [`FLAG_WANTS_LEASE`].
+    pub wants_lease: bool,
+}
+
+/// What the other hosts' records say.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// Their requests, with the host that posted each.
+    pub requests: Vec<(u64, Request)>,
+    /// Hosts waiting for the pool lease for another change.
+    pub wanting_lease: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +115,8 @@ pub fn encode(r: &Record) -> std::result::Result<[u8; RECORD_LEN], RecordError> 
     b[OFF_HOST..OFF_HOST + 8].copy_from_slice(&r.host_id.to_le_bytes());
     b[OFF_SEQ..OFF_SEQ + 8].copy_from_slice(&r.seq.to_le_bytes());
     b[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&(r.requests.len() as u32).to_le_bytes());
+    let flags = if r.wants_lease { FLAG_WANTS_LEASE } else { 0 };
+    b[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
     for (i, q) in r.requests.iter().enumerate() {
         if q.want_size < q.min_size {
             return Err(RecordError::Field(format!(
@@ -176,6 +193,8 @@ pub fn decode(b: &[u8]) -> std::result::Result<Record, RecordError> {
         host_id,
         seq: u64_at(b, OFF_SEQ),
         requests,
+        // Other bits are ignored: a later version's hints.
+        wants_lease: u32_at(b, OFF_FLAGS) & FLAG_WANTS_LEASE != 0,
     })
 }
 
@@ -220,6 +239,7 @@ struct Local {
     seq: u64,
     next_ticket: u64,
     pending: Vec<(u64, Request)>,
+    wants_lease: bool,
 }
 
 /// This host's view of the mailbox: its own record, written from the
@@ -286,6 +306,7 @@ impl Mailbox {
                 .take(MAX_REQUESTS)
                 .map(|(_, r)| *r)
                 .collect(),
+            wants_lease: l.wants_lease,
         };
         let bytes = encode(&rec).map_err(|e| Error::Invalid(format!("mailbox record: {e}")))?;
         let mut sector = vec![0u8; self.stride as usize];
@@ -329,25 +350,41 @@ impl Mailbox {
         lock(&self.local).pending.iter().map(|(_, r)| *r).collect()
     }
 
+    /// Says in our record whether this host waits for the pool lease for
+    /// a change other than growth.
+    pub fn want_lease(&self, wants: bool) -> Result<()> {
+        let mut l = lock(&self.local);
+        if l.wants_lease == wants {
+            return Ok(());
+        }
+        l.wants_lease = wants;
+        self.write(&mut l)
+    }
+
     /// Every other host's requests, in one read of the slot; records that
     /// do not decode (never written, torn, foreign) are skipped.
     pub fn read_others(&self) -> Result<Vec<(u64, Request)>> {
+        Ok(self.read_board()?.requests)
+    }
+
+    /// Every other host's record, in one read of the slot.
+    pub fn read_board(&self) -> Result<Board> {
         self.read_hosts(SLOT / self.stride)
     }
 
     /// The requests of hosts with lower ids than ours (nothing to read for
     /// host 1).
     pub fn read_lower(&self) -> Result<Vec<(u64, Request)>> {
-        self.read_hosts(self.host_id - 1)
+        Ok(self.read_hosts(self.host_id - 1)?.requests)
     }
 
-    fn read_hosts(&self, hosts: u64) -> Result<Vec<(u64, Request)>> {
+    fn read_hosts(&self, hosts: u64) -> Result<Board> {
+        let mut out = Board::default();
         if hosts == 0 {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         let mut buf = vec![0u8; (hosts * self.stride) as usize];
         self.dev.read_at(&mut buf, MAILBOX_SLOT * SLOT)?;
-        let mut out = Vec::new();
         for (i, sector) in buf.chunks_exact(self.stride as usize).enumerate() {
             let host = i as u64 + 1;
             if host == self.host_id {
@@ -355,7 +392,11 @@ impl Mailbox {
             }
             match decode(sector) {
                 Ok(r) if r.host_id == host => {
-                    out.extend(r.requests.into_iter().map(|q| (host, q)));
+                    if r.wants_lease {
+                        out.wanting_lease.push(host);
+                    }
+                    out.requests
+                        .extend(r.requests.into_iter().map(|q| (host, q)));
                 }
                 Ok(r) => log::debug!(
                     "growth mailbox: record of host {} in the place of host {host}; ignored",
@@ -391,6 +432,7 @@ mod tests {
                 min_size: 1 << 30,
                 want_size: 2 << 30,
             }],
+            wants_lease: true,
         };
         let b = encode(&r).unwrap();
         assert_eq!(&b[..4], b"SSVM");
@@ -398,6 +440,7 @@ mod tests {
         assert_eq!(u64_at(&b, 8), 3);
         assert_eq!(u64_at(&b, 16), 7);
         assert_eq!(u32_at(&b, 24), 1);
+        assert_eq!(u32_at(&b, 28), FLAG_WANTS_LEASE);
         assert_eq!(&b[32..64], b"abcdef0123456789abcdefghijklmnop");
         assert_eq!(u64_at(&b, 64), 1 << 30);
         assert_eq!(u64_at(&b, 72), 2 << 30);
@@ -418,6 +461,7 @@ mod tests {
             host_id: 1,
             seq: 1,
             requests: vec![],
+            wants_lease: false,
         };
         let mut b = encode(&r).unwrap();
         b[20] ^= 1;
@@ -498,8 +542,9 @@ mod tests {
             host_id in 1u64..,
             seq in any::<u64>(),
             requests in proptest::collection::vec(any_request(), 0..=MAX_REQUESTS),
+            wants_lease in any::<bool>(),
         ) {
-            let r = Record { host_id, seq, requests };
+            let r = Record { host_id, seq, requests, wants_lease };
             let b = encode(&r).unwrap();
             prop_assert_eq!(decode(&b), Ok(r));
         }
@@ -514,7 +559,7 @@ mod tests {
             requests in proptest::collection::vec(any_request(), 0..=MAX_REQUESTS),
             bit in 0usize..RECORD_LEN * 8,
         ) {
-            let r = Record { host_id: 5, seq: 1, requests };
+            let r = Record { host_id: 5, seq: 1, requests, wants_lease: false };
             let mut b = encode(&r).unwrap();
             b[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode(&b).is_err());

@@ -45,11 +45,17 @@ const DEFER_MAX: Duration = Duration::from_millis(150);
 /// A holder keeps the pool lease this long after its last growth commit,
 /// serving the requests that follow without a ballot each (the ballot is
 /// the largest part of an extension), checking the mailbox every
-/// [`LINGER_POLL`]; and at most [`MAX_HOLD`] in one go, so other hosts'
-/// other changes get their turn.
-const LINGER: Duration = Duration::from_millis(500);
+/// [`LINGER_POLL`]. It releases at once when a host says in the mailbox
+/// that it waits for the lease for another change, and after [`MAX_HOLD`]
+/// in one go in any case.
+const LINGER: Duration = Duration::from_millis(1000);
 const LINGER_POLL: Duration = Duration::from_millis(10);
-const MAX_HOLD: Duration = Duration::from_secs(2);
+const MAX_HOLD: Duration = Duration::from_secs(30);
+/// After a VG change by another host (a holder, likely lingering), how long
+/// a waiting extension only watches for its LV to be served before it tries
+/// the lease itself: a try of a held lease costs lockd I/O, during which the
+/// waiter does not see the commit that serves it.
+const HOLDER_GRACE: Duration = Duration::from_millis(100);
 
 /// How a new pool is laid out.
 #[derive(Clone, Debug)]
@@ -88,6 +94,8 @@ pub struct Pool {
     parked: Mutex<Option<Parked>>,
     /// A thread serves other hosts' requests under the parked lease.
     lingering: AtomicBool,
+    /// When a waiting extension last saw another host's commit.
+    foreign_change: Mutex<Option<Instant>>,
 }
 
 /// A pool lease held between commits. While it is held no other host
@@ -262,6 +270,7 @@ impl Pool {
             mailbox,
             parked: Mutex::new(None),
             lingering: AtomicBool::new(false),
+            foreign_change: Mutex::new(None),
         })
     }
 
@@ -315,7 +324,20 @@ impl Pool {
         let t1 = std::time::Instant::now();
         let spec = match lock(&self.parked).take() {
             Some(p) => p.spec,
-            None => self.locks.pool_lease(vg.vg())?.keep(),
+            None => match self.locks.try_pool_lease(vg.vg())? {
+                Some(l) => l.keep(),
+                None => {
+                    // Held, maybe kept for growth: ask for it in the mailbox.
+                    if let Err(e) = self.mailbox.want_lease(true) {
+                        log::warn!("asking for the pool lease in the growth mailbox: {e}");
+                    }
+                    let r = self.locks.pool_lease(vg.vg());
+                    if let Err(e) = self.mailbox.want_lease(false) {
+                        log::warn!("clearing the lease wish in the growth mailbox: {e}");
+                    }
+                    r?.keep()
+                }
+            },
         };
         let t2 = std::time::Instant::now();
         let r = vg
@@ -412,7 +434,11 @@ impl Pool {
         trace: &mut Trace,
     ) -> Result<Extended> {
         let until = Instant::now() + self.locks.wait();
-        let mut next_try = Instant::now();
+        // A holder that committed lately likely lingers and will serve us.
+        let mut next_try = match *lock(&self.foreign_change) {
+            Some(t) if t.elapsed() < LINGER => Instant::now() + HOLDER_GRACE,
+            _ => Instant::now(),
+        };
         let mut pause = FIRST_TRY_PAUSE;
         let mut deferring: Option<Instant> = None;
         loop {
@@ -440,18 +466,19 @@ impl Pool {
                 } else if let Some(held) = self.take_lease(&vg)? {
                     trace.mark(if held.fresh { "leased" } else { "held" });
                     let mut told = false;
-                    let r = self.serve_all(&mut vg, held.fresh, trace, &mut |vg, for_others| {
-                        (progress.for_others)(for_others);
-                        if !told {
-                            if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
-                                (progress.served)(&Extended {
-                                    dev,
-                                    own_commit: true,
-                                });
-                                told = true;
+                    let r =
+                        self.serve_all(&mut vg, held.fresh, None, trace, &mut |vg, for_others| {
+                            (progress.for_others)(for_others);
+                            if !told {
+                                if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
+                                    (progress.served)(&Extended {
+                                        dev,
+                                        own_commit: true,
+                                    });
+                                    told = true;
+                                }
                             }
-                        }
-                    });
+                        });
                     match &r {
                         Ok(_) => self.park(held),
                         Err(_) => self.locks.release(&held.spec),
@@ -480,6 +507,7 @@ impl Pool {
             if !vg.is_current()? {
                 vg.reload()?;
                 trace.mark("changed");
+                *lock(&self.foreign_change) = Some(Instant::now());
                 if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
                     return Ok(Extended {
                         dev,
@@ -488,7 +516,7 @@ impl Pool {
                 }
                 // Changed, not for us: the holder is done, try at once
                 // (or see whom to leave it to, in a fresh window).
-                next_try = Instant::now();
+                next_try = Instant::now() + HOLDER_GRACE;
                 deferring = None;
             }
         }
@@ -573,13 +601,24 @@ impl Pool {
                     return;
                 }
             }
-            let others = match self.mailbox.read_others() {
-                Ok(o) => o,
+            let board = match self.mailbox.read_board() {
+                Ok(b) => b,
                 Err(e) => {
                     log::debug!("reading the growth mailbox: {e}");
                     continue;
                 }
             };
+            if !board.wanting_lease.is_empty() {
+                if let Some(p) = lock(&self.parked).take() {
+                    log::info!(
+                        "pool lease kept for growth released: hosts {:?} wait for it",
+                        board.wanting_lease
+                    );
+                    self.locks.release(&p.spec);
+                }
+                return;
+            }
+            let others = board.requests;
             if others.is_empty() {
                 continue;
             }
@@ -595,7 +634,9 @@ impl Pool {
                 return;
             };
             let mut trace = Trace::new();
-            let r = self.serve_all(&mut vg, false, &mut trace, &mut |_, n| for_others(n));
+            let r = self.serve_all(&mut vg, false, Some(others), &mut trace, &mut |_, n| {
+                for_others(n)
+            });
             log::debug!("lingering holder served: {}", trace.steps);
             match r {
                 Ok(_) => self.park(held),
@@ -626,10 +667,12 @@ impl Pool {
     /// commit. An LV that does not fit is skipped; its requester sees the
     /// failure when it holds the lease itself.
     /// `after` hears after each commit, with the other hosts' LVs it grew.
+    /// `read`: the mailbox as the caller just read it, if it did.
     fn serve_all(
         &self,
         vg: &mut OpenVg,
         fresh: bool,
+        mut read: Option<Vec<(u64, Request)>>,
         trace: &mut Trace,
         after: &mut dyn FnMut(&OpenVg, u64),
     ) -> Result<Served> {
@@ -642,7 +685,7 @@ impl Pool {
         // the release: one more commit costs less than their own ballot.
         for _ in 0..MAX_ROUNDS {
             let before = served.for_others;
-            if self.serve_round(vg, &mut served, trace)? == 0 {
+            if self.serve_round(vg, &mut served, read.take(), trace)? == 0 {
                 break;
             }
             after(vg, served.for_others - before);
@@ -655,14 +698,18 @@ impl Pool {
         &self,
         vg: &mut OpenVg,
         served: &mut Served,
+        read: Option<Vec<(u64, Request)>>,
         trace: &mut Trace,
     ) -> Result<usize> {
         let me = self.mailbox.host_id();
-        let mut others = self.mailbox.read_others().unwrap_or_else(|e| {
-            log::warn!("reading the growth mailbox of pool {}: {e}", self.name);
-            Vec::new()
+        let mut others = read.unwrap_or_else(|| {
+            let others = self.mailbox.read_others().unwrap_or_else(|e| {
+                log::warn!("reading the growth mailbox of pool {}: {e}", self.name);
+                Vec::new()
+            });
+            trace.mark("mailbox");
+            others
         });
-        trace.mark("mailbox");
         // Hosts after us first, so no host id is always served last.
         others.sort_by_key(|(h, _)| (*h <= me, *h));
         let requests = self

@@ -129,6 +129,12 @@ impl Host {
             return self.detail(&pool, rec);
         }
         let _busy = self.mark_busy(&rec.id)?;
+        if self.is_attached(&rec.id) {
+            return Err(Error::Conflict(format!(
+                "volume {} is attached to a VMM on this host (`ssvctl vm list`); stop the VM first",
+                rec.id
+            )));
+        }
         let lease = self.volume_lease(&pool, &rec, wait)?;
         let v = self.open_volume(&pool, &rec.top)?;
         let s = Arc::new(Session::new(&rec.id, pool.name(), lease.keep(), v));
@@ -201,8 +207,10 @@ impl Host {
         v
     }
 
-    /// Closes every session (shutdown).
+    /// Stops the VMs it started and closes every session (shutdown): a VM
+    /// outliving its ssvd would have no growth service.
     pub fn close_all(&self) {
+        self.stop_all_vms();
         for id in self.sessions() {
             if let Err(e) = self.close_session(&id) {
                 log::warn!("closing volume {id}: {e}");

@@ -43,7 +43,7 @@ pub struct GrowRequest {
 }
 
 /// The LV's new mapping: where each segment lies on the pool's PVs.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LvMapping {
     pub lv: String,
     /// LV size in bytes.
@@ -53,7 +53,7 @@ pub struct LvMapping {
     pub segments: Vec<SegmentMap>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentMap {
     /// Byte offset in the LV.
     pub offset: u64,
@@ -239,6 +239,11 @@ impl Host {
         rec: &VolumeRecord,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        // An attached writer (a VMM) holds the lease and, for this change,
+        // its I/O; it reopens the volume itself afterwards.
+        if self.attached_writer_quiesced(&rec.id)? {
+            return f();
+        }
         let session = lock(&self.sessions).get(&rec.id).cloned();
         match session {
             Some(s) => s.quiesce(|old| {

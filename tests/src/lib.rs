@@ -24,6 +24,7 @@
 
 pub mod bench;
 pub mod hosts;
+pub mod lab;
 pub mod leases;
 mod loopdev;
 mod lvm2;

@@ -171,3 +171,65 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
 
     assert_stock_vgck_clean(&[&lun], "pool0")
 }
+
+/// A host that keeps the pool lease for a stream of extensions gives it up
+/// as soon as another host asks for it in the mailbox, so the other host's
+/// creates do not wait for the growth to stop.
+#[test]
+fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
+    if find_tool("qemu-img").is_none() {
+        println!("SKIPPED: qemu-img not installed (Debian package qemu-utils)");
+        return Ok(());
+    }
+    let scratch = Scratch::new(None)?;
+    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
+    let mut hosts = start_hosts(scratch.path(), 2, std::slice::from_ref(&lun), 1)?;
+    // 4 MiB chunks: the writer's LV grows many times a second, so host 1
+    // keeps the lease from one extension to the next.
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": (4 * MIB).to_string(), "initial": (8 * MIB).to_string(),
+                "chunk": (4 * MIB).to_string()}),
+    )?;
+    hosts[0].client.post(
+        "/v1/volumes",
+        &json!({"id": "w", "name": "w", "size": GIB.to_string()}),
+    )?;
+    let v = hosts[0].client.post("/v1/volumes/w/session", &json!({}))?;
+    let uri = v["nbd"].as_str().context("no NBD URI")?.to_string();
+    std::thread::scope(|s| -> Result<()> {
+        let writer = s.spawn(|| {
+            run(Command::new("qemu-img")
+                .args(["bench", "-w", "-f", "raw", "-s", "1M", "-d", "8"])
+                .args(["--pattern", "165", "-c", "768"])
+                .arg(&uri))
+        });
+        // Let the writer's extensions start, then create on host 2.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for i in 0..5 {
+            hosts[1].client.post(
+                "/v1/volumes",
+                &json!({"id": format!("c{i}"), "name": format!("c{i}"), "size": GIB.to_string()}),
+            )?;
+        }
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(())
+    })?;
+    let g = hosts[0].client.get("/v1/volumes/w")?["growth"].clone();
+    ensure!(g["failed_extensions"] == 0, "{g}");
+    ensure!(g["extensions"].as_u64().unwrap_or(0) >= 20, "{g}");
+    let log = hosts[0].ssvd_log();
+    ensure!(
+        log.contains("released: hosts [2] wait for it"),
+        "host 1 never gave the lease kept for growth to host 2:\n{log}"
+    );
+    hosts[0].client.delete("/v1/volumes/w/session")?;
+    for h in &mut hosts {
+        h.stop();
+    }
+    assert_no_extent_twice(&[&lun], "pool0")?;
+    Ok(())
+}

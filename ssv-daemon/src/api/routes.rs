@@ -8,6 +8,9 @@ use crate::luns::LunInfo;
 use crate::model::{SnapshotInfo, VolumeRecord};
 use crate::pool::{PoolLun, PoolStatus};
 use crate::snapshots::CreateSnapshot;
+use crate::vms::{
+    AttachRequest, AttachedPv, AttachedSnapshot, Attachment, CreateVm, LeaseSpec, VmInfo,
+};
 use crate::volumes::{CreateVolume, GrowRequest, LvMapping, SegmentMap};
 use axum::body::Body;
 use axum::extract::{Path, State as S};
@@ -38,6 +41,16 @@ use utoipa::OpenApi;
         delete_volume,
         resize_volume,
         grow_lv,
+        attach_volume,
+        detach_volume,
+        attached_snapshot,
+        list_vms,
+        start_vm,
+        show_vm,
+        delete_vm,
+        stop_vm,
+        snapshot_vm,
+        vm_console,
         open_session,
         close_session,
         list_snapshots,
@@ -65,6 +78,15 @@ use utoipa::OpenApi;
         GrowRequest,
         LvMapping,
         SegmentMap,
+        AttachRequest,
+        Attachment,
+        AttachedPv,
+        LeaseSpec,
+        AttachedSnapshot,
+        WriterSnapshot,
+        CreateVm,
+        VmInfo,
+        VmSnapshot,
         Resize,
         SnapshotInfo,
         CreateSnapshot,
@@ -89,6 +111,16 @@ pub fn router(state: State) -> Router {
         .route("/v1/volumes/{id}", get(show_volume).delete(delete_volume))
         .route("/v1/volumes/{id}/resize", post(resize_volume))
         .route("/v1/volumes/{id}/grow", post(grow_lv))
+        .route(
+            "/v1/volumes/{id}/attach",
+            post(attach_volume).delete(detach_volume),
+        )
+        .route("/v1/volumes/{id}/attach/snapshot", post(attached_snapshot))
+        .route("/v1/vms", get(list_vms).post(start_vm))
+        .route("/v1/vms/{name}", get(show_vm).delete(delete_vm))
+        .route("/v1/vms/{name}/stop", post(stop_vm))
+        .route("/v1/vms/{name}/snapshot", post(snapshot_vm))
+        .route("/v1/vms/{name}/console", get(vm_console))
         .route(
             "/v1/volumes/{id}/session",
             post(open_session).delete(close_session),
@@ -253,6 +285,181 @@ async fn grow_lv(
     blocking(&h, "volume_grow", move |h| h.grow_lv(&id, &req))
         .await
         .map(Json)
+}
+
+/// For writers outside ssvd (VMMs): what they need to open the volume
+/// in-process. Refused while it has a session or another attachment here.
+#[utoipa::path(post, path = "/v1/volumes/{id}/attach", request_body = AttachRequest,
+    responses((status = 200, body = Attachment), (status = 409, body = ErrorBody)))]
+async fn attach_volume(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    Json(req): Json<AttachRequest>,
+) -> R<Json<Attachment>> {
+    blocking(&h, "volume_attach", move |h| h.attach(&id, &req))
+        .await
+        .map(Json)
+}
+
+#[utoipa::path(delete, path = "/v1/volumes/{id}/attach", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn detach_volume(S(h): S<State>, Path(id): Path<String>) -> R<StatusCode> {
+    blocking(&h, "volume_detach", move |h| h.detach(&id))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+/// The attached writer's online snapshot request.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct WriterSnapshot {
+    /// The writer's pid (the attachment's).
+    pub pid: u32,
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// For the attached writer, which has flushed and holds its I/O: make the
+/// new top layer; the writer reopens the volume on it.
+#[utoipa::path(post, path = "/v1/volumes/{id}/attach/snapshot", request_body = WriterSnapshot,
+    responses((status = 201, body = AttachedSnapshot), (status = 409, body = ErrorBody)))]
+async fn attached_snapshot(
+    S(h): S<State>,
+    Path(id): Path<String>,
+    Json(req): Json<WriterSnapshot>,
+) -> R<(StatusCode, Json<AttachedSnapshot>)> {
+    blocking(&h, "snapshot_create", move |h| {
+        let snap = CreateSnapshot {
+            id: req.id,
+            name: req.name,
+        };
+        h.attached_snapshot(&id, req.pid, &snap)
+    })
+    .await
+    .map(|s| (StatusCode::CREATED, Json(s)))
+}
+
+#[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = [VmInfo])))]
+async fn list_vms(S(h): S<State>) -> R<Json<Vec<VmInfo>>> {
+    blocking(&h, "vm_list", |h| Ok(h.vms())).await.map(Json)
+}
+
+/// Starts an `ssv-vmm` process with the volumes as its disks.
+#[utoipa::path(post, path = "/v1/vms", request_body = CreateVm,
+    responses((status = 201, body = VmInfo), (status = 409, body = ErrorBody)))]
+async fn start_vm(S(h): S<State>, Json(req): Json<CreateVm>) -> R<(StatusCode, Json<VmInfo>)> {
+    blocking(&h, "vm_start", move |h| h.start_vm(&req))
+        .await
+        .map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+/// The VM, with the VMM's status (state, disks' allocation) while it runs.
+#[utoipa::path(get, path = "/v1/vms/{name}", responses((status = 200, body = VmInfo), (status = 404, body = ErrorBody)))]
+async fn show_vm(S(h): S<State>, Path(name): Path<String>) -> R<Json<VmInfo>> {
+    blocking(&h, "vm_show", move |h| h.show_vm(&name))
+        .await
+        .map(Json)
+}
+
+/// Forgets an exited VM.
+#[utoipa::path(delete, path = "/v1/vms/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_vm(S(h): S<State>, Path(name): Path<String>) -> R<StatusCode> {
+    blocking(&h, "vm_delete", move |h| h.remove_vm(&name))
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+}
+
+/// Shuts the VM down through its API; killed after `[vm] stop_timeout_secs`.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", responses((status = 200, body = VmInfo)))]
+async fn stop_vm(S(h): S<State>, Path(name): Path<String>) -> R<Json<VmInfo>> {
+    blocking(&h, "vm_stop", move |h| h.stop_vm(&name))
+        .await
+        .map(Json)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct VmSnapshot {
+    pub name: String,
+    /// The disk's volume (id or name); may be left out when the VM has one.
+    #[serde(default)]
+    pub disk: Option<String>,
+}
+
+/// An online snapshot of one of the VM's disks.
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshot", request_body = VmSnapshot,
+    responses((status = 201, body = SnapshotInfo), (status = 409, body = ErrorBody)))]
+async fn snapshot_vm(
+    S(h): S<State>,
+    Path(name): Path<String>,
+    Json(req): Json<VmSnapshot>,
+) -> R<(StatusCode, Json<serde_json::Value>)> {
+    blocking(&h, "vm_snapshot", move |h| {
+        h.snapshot_vm(&name, req.disk.as_deref(), &req.name)
+    })
+    .await
+    .map(|s| (StatusCode::CREATED, Json(s)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ConsoleQuery {
+    /// Keep streaming what the guest writes.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The serial console's log; with `follow`, streamed as it grows.
+#[utoipa::path(get, path = "/v1/vms/{name}/console", params(ConsoleQuery),
+    responses((status = 200, content_type = "text/plain", body = String)))]
+async fn vm_console(
+    S(h): S<State>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ConsoleQuery>,
+) -> R<Response> {
+    let path = blocking(&h, "vm_console", move |h| h.vm_console(&name)).await?;
+    let text = |b: Vec<u8>| ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b);
+    if !q.follow {
+        let b = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap_or_default())
+            .await
+            .unwrap_or_default();
+        return Ok(text(b).into_response());
+    }
+    // Polls the log: what was written since the last look, every 200 ms.
+    let stream = futures_util::stream::unfold(0u64, move |at| {
+        let path = path.clone();
+        async move {
+            loop {
+                let chunk = read_from(&path, at).await;
+                if !chunk.is_empty() {
+                    let next = at + chunk.len() as u64;
+                    return Some((Ok::<_, std::convert::Infallible>(chunk), next));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// The file's bytes from `at` on (at most 64 KiB), none if it is shorter.
+async fn read_from(path: &std::path::Path, at: u64) -> Vec<u8> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut buf = vec![0u8; 64 << 10];
+        let n = std::fs::File::open(&path)
+            .and_then(|mut f| {
+                f.seek(std::io::SeekFrom::Start(at))?;
+                f.read(&mut buf)
+            })
+            .unwrap_or(0);
+        buf.truncate(n);
+        buf
+    })
+    .await
+    .unwrap_or_default()
 }
 
 #[utoipa::path(post, path = "/v1/volumes/{id}/session", params(OpenQuery),

@@ -1,3 +1,5 @@
 //! Devices the guest sees.
 
+pub mod exit_port;
+pub mod serial;
 pub mod virtio;

@@ -36,6 +36,7 @@ mod job;
 mod output;
 mod pool;
 mod snapshot;
+mod vm;
 mod volume;
 
 const EXIT_CODES: &str = "\
@@ -104,6 +105,9 @@ enum Cmd {
     /// Background jobs (full clones).
     #[command(subcommand)]
     Job(job::JobCmd),
+    /// VMs on this host: start, stop, list, show, snapshot, console.
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
     /// Follow ssvd's events, one line each, until interrupted.
     Events,
     /// Print a shell completion script.
@@ -318,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Volume(c) => volume::run(&ctx, c),
         Cmd::Snapshot(c) => snapshot::run(&ctx, c),
         Cmd::Job(c) => job::run(&ctx, c),
+        Cmd::Vm(c) => vm::run(&ctx, c),
         Cmd::Events => job::events(&ctx),
         Cmd::Completions { .. } => Ok(()),
     }

@@ -5,13 +5,22 @@
 //! MP-table parsing nor command-line virtio-mmio devices.
 //!
 //! The platform is declared hardware-reduced: no PM timer, SCI or legacy
-//! PIC to emulate; interrupts go through the IOAPIC.
+//! PIC to emulate; interrupts go through the IOAPIC. Without a legacy PIC
+//! the kernel maps no ISA interrupt by itself, so COM1 is described too
+//! (`PNP0501` with its ports and GSI 4), or the console would have no
+//! interrupt and user space output would never leave. Power-off goes
+//! through the hardware-reduced sleep registers ([`super::acpi_pm`]) and
+//! the `_S5_` object, so a guest's `poweroff` ends the VM.
 
-use super::layout::{MmioDevice, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS};
+use super::acpi_pm::{SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_TYP_S5};
+use super::layout::{
+    MmioDevice, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS, SERIAL_GSI, SERIAL_PORT,
+};
 use super::Error;
 use crate::memory::GuestMemory;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
@@ -54,15 +63,39 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT: one device per virtio-mmio window, with its MMIO range and its
-/// edge-triggered GSI.
+/// The ACPI id of a 16550-compatible UART.
+pub const UART_16550_HID: &str = "PNP0501";
+
+/// COM1: its eight ports and its edge-triggered GSI.
+fn com1() -> Encoded {
+    let io = aml::IO::new(SERIAL_PORT, SERIAL_PORT, 1, 8);
+    let irq = aml::Interrupt::new(true, true, false, false, SERIAL_GSI);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new(UART_16550_HID));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let device = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs_name]);
+    Encoded(to_bytes(&device))
+}
+
+/// `_S5_`: the soft-off state's SLP_TYP, which the kernel writes to the
+/// sleep control register to power off.
+fn s5() -> Encoded {
+    let typ = aml::Package::new(vec![&SLP_TYP_S5, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
+    Encoded(to_bytes(&aml::Name::new("_S5_".into(), &typ)))
+}
+
+/// The DSDT: COM1, `_S5_`, and one device per virtio-mmio window, with its
+/// MMIO range and its edge-triggered GSI.
 pub fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
+    s5().to_aml_bytes(&mut body);
     let mut names = Vec::with_capacity(devices.len());
     for (i, _) in devices.iter().enumerate() {
         names.push(format!("V{i:03X}"));
     }
-    let mut device_aml: Vec<Encoded> = Vec::with_capacity(devices.len());
+    let mut device_aml: Vec<Encoded> = Vec::with_capacity(devices.len() + 1);
+    device_aml.push(com1());
     for (dev, name) in devices.iter().zip(&names) {
         let base = u32::try_from(dev.addr).map_err(|_| Error::Layout("virtio-mmio above 4 GiB"))?;
         let size = u32::try_from(dev.size).map_err(|_| Error::Layout("virtio-mmio window size"))?;
@@ -70,7 +103,7 @@ pub fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, Error> {
         let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
         let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
         let hid = aml::Name::new("_HID".into(), &VIRTIO_MMIO_HID);
-        let uid_value = device_aml.len();
+        let uid_value = device_aml.len() - 1;
         let uid = aml::Name::new("_UID".into(), &uid_value);
         let crs_name = aml::Name::new("_CRS".into(), &crs);
         let device = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs_name]);
@@ -132,6 +165,17 @@ pub fn write(mem: &GuestMemory, vcpus: usize, devices: &[MmioDevice]) -> Result<
         .flag(Flags::SlpButton)
         .dsdt_64(dsdt_addr);
     fadt.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    let port = |addr: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            addr.into(),
+        )
+    };
+    fadt.sleep_control_reg = port(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = port(SLEEP_STATUS_PORT);
     let fadt = to_bytes(&fadt.finalize());
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -215,6 +259,12 @@ mod tests {
         assert_ne!(u32_at(fadt, 112) & (1 << 20), 0, "HW_REDUCED_ACPI");
         let dsdt = table(&mem, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
+        // Sleep control and status: byte-wide system I/O registers at the
+        // ports the power-off device serves.
+        for (off, port) in [(244, SLEEP_CONTROL_PORT), (256, SLEEP_STATUS_PORT)] {
+            assert_eq!(&fadt[off..off + 4], &[1, 8, 0, 1], "GAS at {off}");
+            assert_eq!(u64_at(fadt, off + 4), u64::from(port));
+        }
 
         let madt = &pointed[1];
         assert_eq!(u32_at(madt, 36), LAPIC_ADDR as u32);
@@ -236,6 +286,15 @@ mod tests {
         // Each device's id, window and GSI are encoded in the DSDT.
         let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
         assert_eq!(count(VIRTIO_MMIO_HID.as_bytes()), 3);
+        // COM1: PNP0501 as an EISA id, its ports (IO descriptor: decode16,
+        // min, max, alignment 1, 8 ports) and GSI 4, edge-triggered.
+        assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1, "_HID PNP0501");
+        assert_eq!(count(&[0x47, 1, 0xf8, 0x03, 0xf8, 0x03, 1, 8]), 1);
+        assert_eq!(count(&[0x89, 6, 0, 0b11, 1, 4, 0, 0, 0]), 1, "COM1's irq");
+        // _S5_ is a package whose first element is SLP_TYP 5.
+        let s5 = dsdt.windows(4).position(|w| w == b"_S5_").expect("_S5_");
+        assert_eq!(dsdt[s5 + 4], 0x12, "a package");
+        assert_eq!(&dsdt[s5 + 7..s5 + 9], &[0x0a, SLP_TYP_S5]);
         for dev in &devices {
             // Memory32Fixed: tag 0x86, length 9, rw, base, length.
             let mut m = vec![0x86, 9, 0, 1];

@@ -7,15 +7,20 @@
 //!    `create_pit2` and after the vCPU is created: CPUID, MSRs, FPU, LAPIC,
 //!    and for vCPU 0 the long-mode registers at the kernel's entry.
 //!
-//! Guest RAM must be laid out by [`layout::ram_ranges`].
+//! Guest RAM must be laid out by [`layout::ram_ranges`] (by
+//! [`realmode::ram_ranges`] for a real-mode guest, whose devices sit below
+//! 1 MiB). [`machine::setup_vm`] makes the irqchip and PIT either way.
 
 pub mod acpi;
+pub mod acpi_pm;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;
 pub mod layout;
 pub mod linux;
+pub mod machine;
 pub mod paging;
+pub mod realmode;
 pub mod regs;
 
 /// Why a boot could not be set up.

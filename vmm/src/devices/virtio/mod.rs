@@ -63,8 +63,15 @@ pub trait VirtioDevice: Send {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError>;
-    /// The driver reset the device: stop serving and drop the queues.
+    /// The driver reset the device: stop serving and drop the queues. It
+    /// runs on a vCPU thread, so it only starts the stop when that can wait
+    /// (a write parked for growth); [`Self::reset_done`] tells when it ended.
     fn reset(&mut self);
+    /// Whether the last reset has finished; until then the device's status
+    /// reads non-zero, which tells the driver to wait (virtio 1.2 §2.4).
+    fn reset_done(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

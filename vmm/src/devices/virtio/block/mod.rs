@@ -117,9 +117,17 @@ struct Running {
 
 impl Running {
     fn stop(self) {
+        self.signal();
+        self.join();
+    }
+
+    fn signal(&self) {
         if let Err(e) = self.stop.write(1) {
             log::error!("stopping a disk's queue threads: {e}");
         }
+    }
+
+    fn join(self) {
         for t in self.threads {
             if t.join().is_err() {
                 log::error!("a disk's queue thread panicked");
@@ -137,6 +145,8 @@ pub struct Block {
     acked: u64,
     space: Arc<SpaceWatch>,
     running: Option<Running>,
+    /// The thread joining the workers after a reset.
+    stopping: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Block {
@@ -178,6 +188,7 @@ impl Block {
             offered,
             acked: 0,
             running: None,
+            stopping: None,
         })
     }
 
@@ -285,6 +296,10 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn reset_done(&self) -> bool {
+        self.stopping.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }
@@ -317,6 +332,11 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
         self.reset();
+        // A driver that did not wait for its reset waits here: the old
+        // workers must not touch the new queues' memory.
+        if let Some(t) = self.stopping.take() {
+            let _ = t.join();
+        }
         self.check_queues(&mem, &queues)?;
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Thread)?);
         let mut running = Running {
@@ -343,7 +363,20 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         if let Some(r) = self.running.take() {
-            r.stop();
+            // Joined off the vCPU thread: a worker may be in a write that
+            // waits for the LV to grow.
+            r.signal();
+            let stopping = std::thread::Builder::new()
+                .name(format!("vblk-{}-reset", self.opts.id))
+                .spawn(move || r.join());
+            match stopping {
+                Ok(t) => {
+                    if let Some(old) = self.stopping.replace(t) {
+                        let _ = old.join();
+                    }
+                }
+                Err(e) => log::error!("stopping disk {} off the vCPU: {e}", self.opts.id),
+            }
         }
         // Requests held for space are dropped with the queues.
         self.space = Arc::new(SpaceWatch::new(&self.opts.id, self.opts.events.clone()));
@@ -354,6 +387,9 @@ impl Drop for Block {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
             r.stop();
+        }
+        if let Some(t) = self.stopping.take() {
+            let _ = t.join();
         }
     }
 }

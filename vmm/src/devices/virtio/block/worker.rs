@@ -227,6 +227,7 @@ const FENCE: u64 = 2;
 
 /// The thread body: serves `server` until `stop` becomes readable.
 pub fn run(mut server: QueueServer, notify: EventFd, stop: Arc<EventFd>) {
+    crate::seccomp::install_or_log(crate::seccomp::ThreadKind::BlockIo);
     let fence_fd = server.exec.fence().wake_fd();
     let setup = || -> std::io::Result<Epoll> {
         let ep = Epoll::new()?;

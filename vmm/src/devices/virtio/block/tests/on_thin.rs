@@ -20,11 +20,14 @@ struct Pool {
     inner: StoreExtender,
     full: AtomicBool,
     calls: AtomicU64,
+    /// Each extension takes this long (a slow pool lease).
+    delay_ms: AtomicU64,
 }
 
 impl ::thin::Extender for Pool {
     fn extend(&self, req: &GrowthRequest) -> Result<Arc<dyn san::BlockDev>, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
         if self.full.load(Ordering::SeqCst) {
             return Err("pool is full: no free extents".into());
         }
@@ -45,6 +48,7 @@ fn pool(full: bool) -> Thin {
         inner: StoreExtender(store.clone()),
         full: AtomicBool::new(full),
         calls: AtomicU64::new(0),
+        delay_ms: AtomicU64::new(0),
     });
     Thin {
         _dir: dir,
@@ -216,6 +220,29 @@ fn a_tripped_fence_fails_held_requests_and_stops_the_disk() {
     let mut first = vec![0u8; 512];
     v.read(&mut first, 0).unwrap();
     assert_eq!(first, vec![0u8; 512]);
+}
+
+#[test]
+fn a_reset_does_not_wait_for_a_write_waiting_to_grow() {
+    let t = pool(false);
+    t.create("vol", 64 * MIB);
+    let v = t.open("vol");
+    t.pool.delay_ms.store(1500, Ordering::SeqCst);
+    let mut h = start(Arc::new(ThinDisk::new(v, false)), BlockOptions::new("vda"));
+    let d = &mut h.drivers[0];
+    d.submit(T_OUT, 4096, &pattern(3, 2 * MIB as usize), 0);
+    d.kick();
+    wait_for("the extension", || t.pool.calls.load(Ordering::SeqCst) > 0);
+    // The driver's reset comes on a vCPU thread, which must not wait.
+    let t0 = Instant::now();
+    h.dev.reset();
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(!h.dev.reset_done(), "the write is still in the worker");
+    wait_for("the reset", || h.dev.reset_done());
 }
 
 #[test]

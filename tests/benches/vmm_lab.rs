@@ -1,0 +1,147 @@
+//! ssv-vmm against QEMU/KVM inside the same x86_64 lab VM, in the same run,
+//! with the same kernel, initramfs, vCPUs, memory and disk content
+//! (`vmm/guest/linux/lab-bench.sh` says exactly how):
+//! - boot to init: from the VMM process's start to the guest init's first
+//!   console line (`ssv-io stamp`), median of the rounds; speedup =
+//!   QEMU's time / ours;
+//! - virtio-blk 4 KiB random reads, O_DIRECT in the guest (`ssv-io
+//!   randread`): ours a thin volume (qcow2 in an LV), QEMU a qcow2 file of
+//!   the same raw data; speedup = our IOPS / QEMU's.
+//!
+//! The lab VM is QEMU's software emulation: absolute figures are slow, the
+//! ratio is what counts.
+//!
+//! Run: `cargo bench -p ssv-tests --bench vmm_lab` (root the first time, to
+//! build the lab; needs qemu-img). Under `cargo test --all-targets` it runs
+//! one short round whose figures mean nothing.
+
+#[path = "../tests/lab_vmm_support/mod.rs"]
+mod lab_vmm_support;
+
+use anyhow::{bail, ensure, Context, Result};
+use lab_vmm_support::vmm_payload;
+use ssv_tests::bench::ratio;
+use ssv_tests::lab::{Arch, Lab};
+use std::path::Path;
+use std::time::Duration;
+
+struct Sizes {
+    rounds: u32,
+    secs: u32,
+    span_mib: u32,
+    jobs: u32,
+}
+
+/// `side value` lines of a result file, by side.
+fn values(path: &Path, side: &str) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix(side)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse::<f64>()
+                .with_context(|| format!("{v:?} in {}", path.display()))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sz = if full {
+        Sizes {
+            rounds: 5,
+            secs: 20,
+            span_mib: 256,
+            jobs: 2,
+        }
+    } else {
+        Sizes {
+            rounds: 1,
+            secs: 2,
+            span_mib: 64,
+            jobs: 2,
+        }
+    };
+    if !Path::new("/usr/bin/qemu-img").is_file() {
+        println!("SKIPPED: qemu-img not installed (Debian package qemu-utils)");
+        return Ok(());
+    }
+    let Some(lab) = Lab::get(Arch::X86_64)? else {
+        return Ok(());
+    };
+    let p = match vmm_payload(&lab)? {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED (lab VMM): {}", why.0);
+            return Ok(());
+        }
+    };
+    ensure!(
+        p.qemu_img.is_some(),
+        "qemu-img was not added to the payload"
+    );
+    p.payload.add_qemu(Arch::X86_64)?;
+    // The stamper runs in the lab VM: the guest's tool, same architecture.
+    lab_vmm_support::build_guest_tool(Arch::X86_64, &p.payload.dir().join("ssv-io"))?
+        .map_err(|u| anyhow::anyhow!(u.0))?;
+    std::fs::copy(
+        lab_vmm_support::guest_dir().join("lab-bench.sh"),
+        p.payload.dir().join("lab-bench.sh"),
+    )?;
+    p.payload.set_run_script(&format!(
+        "ROUNDS={} SECS={} SPAN={} JOBS={}\n. ./lab-bench.sh\n",
+        sz.rounds, sz.secs, sz.span_mib, sz.jobs
+    ))?;
+    let timeout = Duration::from_secs(600 + u64::from(sz.rounds) * 120);
+    let run = lab.run(&p.payload, timeout)?;
+    if run.status != 0 {
+        bail!(
+            "the lab benchmark failed (status {}):\n{}",
+            run.status,
+            run.console
+        );
+    }
+    for line in run.console.lines().filter(|l| l.contains("LAB: ")) {
+        eprintln!("{line}");
+    }
+
+    let boot = run.results.join("boot.txt");
+    let (ours_boot, qemu_boot) = (
+        median(values(&boot, "ours")?),
+        median(values(&boot, "qemu")?),
+    );
+    let iops = run.results.join("iops.txt");
+    let (ours_iops, qemu_iops) = (
+        median(values(&iops, "ours")?),
+        median(values(&iops, "qemu")?),
+    );
+    ensure!(ours_iops > 0.0 && qemu_iops > 0.0, "no reads measured");
+
+    println!(
+        "vmm_lab: {} boot rounds each, randread {} s x {} jobs over {} MiB{}",
+        sz.rounds,
+        sz.secs,
+        sz.jobs,
+        sz.span_mib,
+        if full {
+            ""
+        } else {
+            " (smoke round: figures mean nothing)"
+        }
+    );
+    ratio(
+        "vmm_boot_to_init_vs_qemu",
+        Duration::from_secs_f64(ours_boot),
+        Duration::from_secs_f64(qemu_boot),
+    );
+    println!(
+        "RATIO vmm_virtio_blk_4k_randread_vs_qemu ours={ours_iops:.0}iops baseline={qemu_iops:.0}iops speedup={:.2}",
+        ours_iops / qemu_iops
+    );
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The lab VM harness itself: a payload's exit status and its /payload/out
+//! files come back, and a host binary copied in with its libraries runs
+//! inside the lab VM (which has only busybox of its own). Run with:
+//!   cargo test -p ssv-tests --test lab_payload
+
+use ssv_tests::lab::{Arch, Payload};
+use ssv_tests::lab_or_skip;
+use std::time::Duration;
+
+#[test]
+fn status_results_and_host_binaries_come_through() {
+    let lab = lab_or_skip!(Arch::X86_64);
+    let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref())).unwrap();
+    // Coreutils' sha256sum, dynamically linked, where busybox has an
+    // applet of the same name: the copied one must win.
+    let sha = payload.add_binary("/usr/bin/sha256sum".as_ref()).unwrap();
+    assert_eq!(sha, std::path::Path::new("/usr/bin/sha256sum"));
+    payload
+        .add_file("data/input.txt", b"lab payload data\n")
+        .unwrap();
+    payload
+        .set_run_script(&format!(
+            "{0} /payload/data/input.txt > /payload/out/sum.txt || exit 40\n\
+             {0} --version | head -n1\n\
+             /bin/busybox true || exit 41\n\
+             echo payload done\n\
+             exit 37\n",
+            sha.display()
+        ))
+        .unwrap();
+
+    let run = lab.run(&payload, Duration::from_secs(300)).unwrap();
+    assert_eq!(run.status, 37, "{}", run.console);
+    assert!(run.console.contains("payload done"), "{}", run.console);
+    assert!(run.console.contains("(GNU coreutils)"), "{}", run.console);
+    let sum = std::fs::read_to_string(run.results.join("sum.txt")).unwrap();
+    let host = std::process::Command::new("sha256sum")
+        .arg(payload.dir().join("data/input.txt"))
+        .output()
+        .unwrap();
+    let host = String::from_utf8(host.stdout).unwrap();
+    assert_eq!(
+        sum.split_whitespace().next(),
+        host.split_whitespace().next(),
+        "in-VM sha256sum differs from the host's"
+    );
+}
+
+#[test]
+fn a_payload_that_hangs_is_stopped_at_the_timeout() {
+    let lab = lab_or_skip!(Arch::X86_64);
+    let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref())).unwrap();
+    payload
+        .set_run_script("echo hanging; sleep 1000\n")
+        .unwrap();
+    let run = lab.run(&payload, Duration::from_secs(20)).unwrap();
+    assert_eq!(run.status, 124, "{}", run.console);
+    assert!(run.console.contains("hanging"), "{}", run.console);
+    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
+}

@@ -1,0 +1,73 @@
+#!/bin/sh
+# Runs in the x86_64 lab VM (sourced by the benchmark's run.sh, which sets
+# ROUNDS, SECS, SPAN, JOBS): ssv-vmm against QEMU/KVM (qemu-boot.sh), same
+# kernel, same initramfs (init.sh), two vCPUs and 512 MiB each, one
+# virtio-blk disk with the same SPAN MiB of random data: for ssv-vmm a thin
+# volume (qcow2 in an LV of a VG on a sparse file, filled with `ssvadm
+# volume write`), for QEMU a qcow2 file converted from the same raw data
+# (`qemu-img convert`, default 64 KiB clusters as the thin volume's). All
+# files are on the lab VM's tmpfs, which neither opens with O_DIRECT: both
+# VMMs read through the lab VM's page cache.
+#   boot: ROUNDS boots each, alternating, ssv.mode=none; `ssv-io stamp`
+#         times process start to the init's first line
+#         -> out/boot.txt "ours|qemu SECONDS"
+#   iops: one boot each with ssv.mode=randread (ssv-io randread, 4 KiB,
+#         O_DIRECT, JOBS jobs, SECS seconds over the SPAN MiB)
+#         -> out/iops.txt "ours|qemu IOPS"
+cd /payload || exit 2
+out=/payload/out
+pv=/tmp/pv.img
+ssvadm=/usr/local/bin/ssvadm
+marker="SSV-GUEST: init reached"
+append="loglevel=4 ssv.span=$SPAN ssv.secs=$SECS ssv.jobs=$JOBS"
+
+dd if=/dev/urandom of=/tmp/content.raw bs=1M count="$SPAN" 2>/dev/null || exit 10
+truncate -s 2G $pv
+{
+    $ssvadm pv format $pv &&
+        $ssvadm vg create vg0 $pv --extent-size 4m &&
+        $ssvadm volume create vg0/disk --size "${SPAN}m" --initial 32m $pv &&
+        $ssvadm volume write vg0/disk --from /tmp/content.raw $pv
+} >$out/ssvadm.log 2>&1 || { cat $out/ssvadm.log; exit 11; }
+/usr/bin/qemu-img convert -f raw -O qcow2 /tmp/content.raw /tmp/content.qcow2 || exit 12
+rm -f /tmp/content.raw
+
+ours() {
+    /payload/ssv-io stamp "$marker" /usr/local/bin/ssv-vmm --memory 512 --vcpus 2 \
+        --kernel guest/bzImage --initrd guest/vmm-initramfs.cpio.gz \
+        --cmdline "console=ttyS0 pci=off panic=-1 $append ssv.mode=$1" \
+        --disk "vg=vg0,lv=disk,pv=$pv"
+}
+qemu() {
+    /payload/ssv-io stamp "$marker" sh /payload/qemu-boot.sh guest/bzImage guest/vmm-initramfs.cpio.gz \
+        "$append ssv.mode=$1" -smp 2 -m 512M \
+        -drive file=/tmp/content.qcow2,format=qcow2,if=virtio
+}
+# Runs "$1 $2" (ours|qemu, mode), its console in out/$1-$2-$3.log; fails
+# unless the guest reached its init and powered off cleanly.
+boot() {
+    log=$out/$1-$2-$3.log
+    $1 "$2" >"$log" 2>&1
+    status=$?
+    grep -q "SSV-IO: stamp $marker [0-9]" "$log" && ! grep -q "SSV-GUEST: FAIL" "$log" &&
+        [ "$status" = 0 ] || { echo "LAB: $1 $2 round $3 failed ($status)"; tail -n 30 "$log"; exit 20; }
+}
+
+i=1
+while [ "$i" -le "$ROUNDS" ]; do
+    for side in ours qemu; do
+        boot $side none "$i"
+        t=$(sed -n "s/^SSV-IO: stamp $marker \([0-9.]*\)$/\1/p" $out/$side-none-$i.log)
+        echo "$side $t" >>$out/boot.txt
+        echo "LAB: boot $side round $i: $t s to init"
+    done
+    i=$((i + 1))
+done
+for side in ours qemu; do
+    boot $side randread 1
+    line=$(grep -a 'SSV-IO: randread' $out/$side-randread-1.log)
+    echo "LAB: $side $line"
+    echo "$side ${line##*iops=}" | tr -d '\r' >>$out/iops.txt
+done
+grep -a 'SSV-GUEST: vda' $out/ours-randread-1.log $out/qemu-randread-1.log
+exit 0

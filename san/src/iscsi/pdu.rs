@@ -271,29 +271,75 @@ impl Pdu {
     /// not used), without copying `data` into it: Data-Out and immediate
     /// data go from the caller's buffer to the socket.
     pub fn write_with_data(&self, w: &mut impl Write, d: Digests, data: &[u8]) -> io::Result<()> {
+        let f = self.frame(d, data)?;
+        w.write_all(&f.head)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        w.write_all(data)?;
+        w.write_all(f.tail())
+    }
+
+    /// Appends this PDU with `data` as its data segment to `out`: the
+    /// bytes [`Pdu::write_with_data`] writes.
+    pub fn encode_with_data_into(
+        &self,
+        d: Digests,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let f = self.frame(d, data)?;
+        out.extend_from_slice(&f.head);
+        out.extend_from_slice(data);
+        out.extend_from_slice(f.tail());
+        Ok(())
+    }
+
+    /// What goes around `data` on the wire, for a vectored write of a
+    /// borrowed data segment: head, then `data`, then the tail.
+    pub fn frame(&self, d: Digests, data: &[u8]) -> io::Result<Frame> {
         if data.len() > MAX_DATA_SEGMENT as usize {
             return Err(io::Error::other("data segment over 16 MiB"));
         }
         let mut head = Vec::with_capacity(BHS_LEN + self.ahs.len() + 8);
         self.encode_header(d, data.len(), &mut head);
-        w.write_all(&head)?;
-        if data.is_empty() {
-            return Ok(());
+        // Padding to 4 bytes, then the data digest (over data and padding).
+        let pad = pad4(data.len()) - data.len();
+        let mut tail = [0u8; 7];
+        let mut tail_len = 0;
+        if !data.is_empty() {
+            tail_len = pad;
+            if d.data {
+                let c = crc32c::crc32c_append(crc32c::crc32c(data), &tail[..pad]);
+                tail[pad..pad + 4].copy_from_slice(&c.to_le_bytes());
+                tail_len += 4;
+            }
         }
-        let pad = &[0u8; 3][..pad4(data.len()) - data.len()];
-        w.write_all(data)?;
-        w.write_all(pad)?;
-        if d.data {
-            let c = crc32c::crc32c_append(crc32c::crc32c(data), pad);
-            w.write_all(&c.to_le_bytes())?;
-        }
-        Ok(())
+        Ok(Frame {
+            head,
+            tail,
+            tail_len,
+        })
     }
 
     /// Reads one PDU. `max_data` is what we declared as our
     /// MaxRecvDataSegmentLength: a longer segment is refused before any of
     /// it is read, so a hostile peer cannot make us allocate 16 MiB.
     pub fn read_from(r: &mut impl Read, d: Digests, max_data: u32) -> Result<Pdu, PduError> {
+        let (mut p, len) = Pdu::read_head(r, d, max_data)?;
+        p.data = read_segment_vec(r, d, len)?;
+        Ok(p)
+    }
+
+    /// Reads a PDU's header (BHS, AHS, header digest) and returns it with
+    /// an empty `data` and the length of the data segment that follows,
+    /// which the caller reads with [`read_segment`] (into where it
+    /// belongs) or [`read_segment_vec`]. `max_data` as in [`Pdu::read_from`].
+    pub fn read_head(
+        r: &mut impl Read,
+        d: Digests,
+        max_data: u32,
+    ) -> Result<(Pdu, usize), PduError> {
         let mut bhs = [0u8; BHS_LEN];
         read_exact_or_closed(r, &mut bhs)?;
         let op = bhs[OFF_OPCODE];
@@ -318,20 +364,57 @@ impl Pdu {
                 return Err(PduError::HeaderDigest { got, want: h });
             }
         }
-        let mut data = vec![0u8; pad4(data_len as usize)];
-        if !data.is_empty() {
-            r.read_exact(&mut data)?;
-            if d.data {
-                let got = read_u32_le(r)?;
-                let want = crc32c::crc32c(&data);
-                if got != want {
-                    return Err(PduError::DataDigest { got, want });
-                }
-            }
-            data.truncate(data_len as usize);
-        }
-        Ok(Pdu { bhs, ahs, data })
+        Ok((
+            Pdu {
+                bhs,
+                ahs,
+                data: Vec::new(),
+            },
+            data_len as usize,
+        ))
     }
+}
+
+/// The bytes around a borrowed data segment (see [`Pdu::frame`]).
+pub struct Frame {
+    /// BHS, AHS and header digest.
+    pub head: Vec<u8>,
+    tail: [u8; 7],
+    tail_len: usize,
+}
+
+impl Frame {
+    /// Padding and data digest.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..self.tail_len]
+    }
+}
+
+/// Reads a data segment of `dst.len()` bytes (the length [`Pdu::read_head`]
+/// gave) into `dst`, with its padding and data digest.
+pub fn read_segment(r: &mut impl Read, d: Digests, dst: &mut [u8]) -> Result<(), PduError> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    r.read_exact(dst)?;
+    let mut pad = [0u8; 3];
+    let pad = &mut pad[..pad4(dst.len()) - dst.len()];
+    r.read_exact(pad)?;
+    if d.data {
+        let got = read_u32_le(r)?;
+        let want = crc32c::crc32c_append(crc32c::crc32c(dst), pad);
+        if got != want {
+            return Err(PduError::DataDigest { got, want });
+        }
+    }
+    Ok(())
+}
+
+/// [`read_segment`] into a new vector of `len` bytes.
+pub fn read_segment_vec(r: &mut impl Read, d: Digests, len: usize) -> Result<Vec<u8>, PduError> {
+    let mut data = vec![0u8; len];
+    read_segment(r, d, &mut data)?;
+    Ok(data)
 }
 
 pub fn data_segment_len(bhs: &[u8; BHS_LEN]) -> u32 {

@@ -10,6 +10,8 @@
 //! VMM exited, and stock `qemu-img check` finds the image (copied out of
 //! the LV) clean. And the guest's own check can fail: on a read-only disk
 //! it reports the failed write. Skips when /dev/kvm is absent.
+// Real mode is x86; the guest and its setup exist for x86_64 only.
+#![cfg(target_arch = "x86_64")]
 
 use lvm::{format_pv, OpenVg, PvDev, PvFormat};
 use san::{BlockDev, FileDev, OpenOptions};

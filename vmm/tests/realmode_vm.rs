@@ -2,6 +2,8 @@
 //! pause (the guest's counter stands still), resume (it moves again) and
 //! stop (threads joined); the exit port ends the VM with the guest's code.
 //! Skips when /dev/kvm is absent.
+// Real mode is x86; the guest and its setup exist for x86_64 only.
+#![cfg(target_arch = "x86_64")]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -13,6 +13,7 @@ pub mod iscsi;
 pub mod nbd;
 pub mod scsi;
 pub mod target;
+mod vectored;
 mod window;
 
 pub use align::AlignedBuf;

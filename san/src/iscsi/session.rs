@@ -22,6 +22,7 @@ use super::login::Connection;
 use super::pdu::{self, Digests, Opcode, Pdu, PduError};
 use super::text::Params;
 use super::IscsiError;
+use crate::vectored::write_all_vectored;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -867,7 +868,7 @@ impl Inner {
             drop(st);
             let r = match extra.take() {
                 Some([a, b, c]) => write_all_vectored(
-                    &self.socket,
+                    &mut &self.socket,
                     &mut [
                         IoSlice::new(&batch),
                         IoSlice::new(a),
@@ -960,20 +961,6 @@ impl Inner {
         out.encode_into(self.digests, &mut st.queue);
         self.push(st)
     }
-}
-
-/// `write_all` for a list of slices (`Write::write_all_vectored` is unstable).
-fn write_all_vectored(mut w: &TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut parts, 0);
-    while !parts.is_empty() {
-        match w.write_vectored(parts) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The keeper: reads while no command waits (NOP-In pings, a closed

@@ -9,6 +9,7 @@ use super::faults::Faults;
 use super::registry::ConnCtl;
 use super::{ConnError, TICK};
 use crate::iscsi::pdu::{self, Digests, Pdu, PduError, BHS_LEN, MAX_DATA_SEGMENT};
+use crate::vectored::write_all_vectored;
 use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -264,20 +265,6 @@ impl WireTx {
 fn check_open(ctl: &ConnCtl) -> Result<(), ConnError> {
     if ctl.closing() {
         return Err(ConnError::Closed("connection closed on request"));
-    }
-    Ok(())
-}
-
-/// `write_all` for a list of slices (`Write::write_all_vectored` is unstable).
-fn write_all_vectored(w: &mut impl Write, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut parts, 0);
-    while !parts.is_empty() {
-        match w.write_vectored(parts) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut parts, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }

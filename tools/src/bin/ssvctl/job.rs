@@ -6,8 +6,6 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use ssvd::client::ClientError;
-use std::io::Read;
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -143,18 +141,7 @@ pub fn event_line(e: &Value) -> String {
 
 /// Follows `/v1/events` until ssvd ends the stream or ssvctl is stopped.
 pub fn events(ctx: &Ctx) -> Result<()> {
-    let mut r = ctx.client.send("GET", "/v1/events", None)?;
-    if r.status >= 400 {
-        let mut text = String::new();
-        r.read_to_string(&mut text)?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Err(ClientError::Api {
-            status: r.status,
-            kind: v["error"].as_str().unwrap_or("error").into(),
-            message: v["message"].as_str().unwrap_or(text.trim()).into(),
-        }
-        .into());
-    }
+    let mut r = ctx.stream("/v1/events")?;
     while let Some(line) = r.next_line()? {
         let line = line.trim_end();
         if line.is_empty() {

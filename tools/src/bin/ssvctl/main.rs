@@ -152,6 +152,25 @@ impl Ctx {
         Ok(self.client.get(path)?)
     }
 
+    /// A GET whose answer is read as it comes (events, a console); an
+    /// error answer becomes ssvd's error.
+    pub fn stream(&self, path: &str) -> Result<ssvd::client::Response> {
+        use std::io::Read;
+        let mut r = self.client.send("GET", path, None)?;
+        if r.status >= 400 {
+            let mut text = String::new();
+            r.read_to_string(&mut text)?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(ssvd::client::ClientError::Api {
+                status: r.status,
+                kind: v["error"].as_str().unwrap_or("error").into(),
+                message: v["message"].as_str().unwrap_or(text.trim()).into(),
+            }
+            .into());
+        }
+        Ok(r)
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         Ok(self.client.post(path, body)?)
     }

@@ -5,7 +5,6 @@ use crate::{seg, Ctx};
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::{json, Value};
-use ssvd::client::ClientError;
 use std::io::Read;
 
 #[derive(Subcommand)]
@@ -198,20 +197,7 @@ pub fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
         }
         VmCmd::Console { name, follow } => {
             let q = if follow { "?follow=true" } else { "" };
-            let mut r = ctx
-                .client
-                .send("GET", &format!("{}/console{q}", path(&name)), None)?;
-            if r.status >= 400 {
-                let mut text = String::new();
-                r.read_to_string(&mut text)?;
-                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                return Err(ClientError::Api {
-                    status: r.status,
-                    kind: v["error"].as_str().unwrap_or("error").into(),
-                    message: v["message"].as_str().unwrap_or(text.trim()).into(),
-                }
-                .into());
-            }
+            let mut r = ctx.stream(&format!("{}/console{q}", path(&name)))?;
             let mut buf = [0u8; 8192];
             loop {
                 let k = r.read(&mut buf)?;

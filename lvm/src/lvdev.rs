@@ -181,6 +181,15 @@ impl BlockDev for LvDev {
         Ok(())
     }
 
+    /// Cheap only if every PV under the LV zeroes cheaply.
+    fn zeroes_cheaply(&self) -> bool {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.segs
+            .iter()
+            .flat_map(|s| &s.stripes)
+            .all(|(dev, _)| dev.zeroes_cheaply())
+    }
+
     fn flush(&self) -> san::Result<()> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut done: Vec<&DevId> = Vec::new();

@@ -242,6 +242,35 @@ impl BlockDev for FaultDev {
         }
     }
 
+    /// One write index like any write, zeroed through the inner device's
+    /// own primitive; a tear keeps whole sectors of it.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(self.logical_sector_size(), self.size(), offset, len)?;
+        let (action, delay) = self.decide_write(offset, len as usize);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        match action {
+            Action::Apply => self.inner.write_zeroes(offset, len),
+            Action::Fail(msg) => Err(Error::Injected(msg)),
+            Action::Tear(keep) => {
+                let sector = self.inner.logical_sector_size() as usize;
+                let full = (keep - keep % sector) as u64;
+                if full > 0 {
+                    self.inner.write_zeroes(offset, full)?;
+                }
+                Err(Error::Injected(format!(
+                    "write zeroes of {len} bytes at {offset} on {}: crashed after {full} bytes",
+                    self.inner.identity()
+                )))
+            }
+        }
+    }
+
+    fn zeroes_cheaply(&self) -> bool {
+        self.inner.zeroes_cheaply()
+    }
+
     fn flush(&self) -> Result<()> {
         if self.ctl.crashed() {
             return Err(Error::Injected(format!(

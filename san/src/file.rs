@@ -30,6 +30,19 @@ const BLKPBSZGET: libc::Ioctl = 0x12 << 8 | 123;
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
 const BLKZEROOUT: libc::Ioctl = 0x12 << 8 | 127;
 
+/// Whether the block device's queue takes WRITE ZEROES requests
+/// (`write_zeroes_max_bytes` > 0), so BLKZEROOUT sends no zero pages. A
+/// partition has no queue of its own; its disk's is one directory up.
+fn queue_zeroes_offloaded(major: u32, minor: u32) -> bool {
+    let dev = format!("/sys/dev/block/{major}:{minor}");
+    ["queue", "../queue"].iter().any(|q| {
+        std::fs::read_to_string(format!("{dev}/{q}/write_zeroes_max_bytes"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
 /// How to open a [`FileDev`].
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -91,6 +104,9 @@ pub struct FileDev {
     logical: u32,
     physical: u32,
     is_block: bool,
+    /// See [`BlockDev::zeroes_cheaply`]: fallocate on files, the queue's
+    /// WRITE ZEROES support on block devices.
+    cheap_zeroes: bool,
     direct: bool,
     read_only: bool,
 }
@@ -121,8 +137,10 @@ impl FileDev {
         };
         let meta = file.metadata().map_err(open_err)?;
         let is_block = meta.file_type().is_block_device();
+        let mut cheap_zeroes = !is_block;
         let (id, size, logical, physical) = if is_block {
             let dev = meta.rdev();
+            cheap_zeroes = queue_zeroes_offloaded(libc::major(dev), libc::minor(dev));
             let id = DevId(format!("blk:{}:{}", libc::major(dev), libc::minor(dev)));
             let size = block_size(&file).map_err(open_err)?;
             let logical = ioctl_u32(&file, BLKSSZGET).map_err(open_err)?;
@@ -162,6 +180,7 @@ impl FileDev {
             logical,
             physical,
             is_block,
+            cheap_zeroes,
             direct,
             read_only: opts.read_only,
         })
@@ -337,6 +356,10 @@ impl BlockDev for FileDev {
             }
             _ => Err(self.io_err("write zeroes", offset, len as usize, e)),
         }
+    }
+
+    fn zeroes_cheaply(&self) -> bool {
+        self.cheap_zeroes
     }
 
     fn flush(&self) -> Result<()> {

@@ -41,9 +41,16 @@ pub trait BlockDev: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// Makes `len` bytes at `offset` read as zeroes; alignment and range as
     /// for writes. Devices with a cheap primitive (fallocate, BLKZEROOUT,
-    /// later WRITE SAME) override this; the default writes zero buffers.
+    /// WRITE SAME) override this; the default writes zero buffers.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         write_zero_buffers(self, offset, len)
+    }
+    /// Whether [`BlockDev::write_zeroes`] moves no zero buffers to the
+    /// device (fallocate, an offloaded BLKZEROOUT, WRITE SAME), so zeroing a
+    /// range ahead of writing it costs little. Callers choose between
+    /// zero-then-write and other orderings on this.
+    fn zeroes_cheaply(&self) -> bool {
+        false
     }
     /// Says the range's data is no longer needed, so the device may free
     /// its space. Advisory: afterwards the range reads either as before or
@@ -88,6 +95,9 @@ impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         (**self).discard(offset, len)
+    }
+    fn zeroes_cheaply(&self) -> bool {
+        (**self).zeroes_cheaply()
     }
     fn size(&self) -> u64 {
         (**self).size()

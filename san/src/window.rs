@@ -65,6 +65,10 @@ impl BlockDev for WindowDev {
         self.inner.write_zeroes(self.offset + offset, len)
     }
 
+    fn zeroes_cheaply(&self) -> bool {
+        self.inner.zeroes_cheaply()
+    }
+
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }

@@ -156,6 +156,35 @@ fn torn_write_keeps_whole_sectors() {
     assert!(a.snapshot()[..S].iter().all(|&x| x == 9));
 }
 
+/// Zeroing is one write index: applied before the crash point, torn at
+/// it (whole sectors kept), refused after; the fault device zeroes cheaply
+/// exactly when the device under it does.
+#[test]
+fn write_zeroes_is_one_write_index() {
+    let ctl = FaultControl::new();
+    let (a, _b, fa, _fb) = two_devs(&ctl);
+    assert_eq!(fa.zeroes_cheaply(), a.zeroes_cheaply());
+    fa.write_at(&[7u8; 8 * S], 0).unwrap();
+    ctl.set(Fault::TearWriteSectors {
+        index: 2,
+        keep_sectors: 2,
+    });
+    fa.write_zeroes(0, S as u64).unwrap();
+    assert!(matches!(
+        fa.write_zeroes(2 * S as u64, 4 * S as u64),
+        Err(Error::Injected(_))
+    ));
+    let snap = a.snapshot();
+    assert!(snap[..S].iter().all(|&x| x == 0), "before the crash point");
+    assert!(snap[S..2 * S].iter().all(|&x| x == 7));
+    assert!(
+        snap[2 * S..4 * S].iter().all(|&x| x == 0),
+        "torn: 2 sectors"
+    );
+    assert!(snap[4 * S..8 * S].iter().all(|&x| x == 7));
+    assert!(fa.write_zeroes(4 * S as u64, S as u64).is_err());
+}
+
 #[test]
 fn failing_ranges_do_not_crash() {
     let ctl = FaultControl::new();

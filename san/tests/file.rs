@@ -454,6 +454,18 @@ fn loop_block_device() {
         .identity()
         .clone();
     assert_ne!(dev.identity(), &file_id);
+    // A loop device over a file takes WRITE ZEROES (the file's fallocate),
+    // as the queue says; a regular file always zeroes cheaply.
+    let queue = format!(
+        "/sys/dev/block/{}:{}/queue/write_zeroes_max_bytes",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    let offloaded = std::fs::read_to_string(&queue).unwrap().trim() != "0";
+    assert_eq!(dev.zeroes_cheaply(), offloaded, "{queue}");
+    assert!(FileDev::open(&img, &OpenOptions::new().read_only(true))
+        .unwrap()
+        .zeroes_cheaply());
 
     // Unaligned memory through O_DIRECT on a real block device.
     let data = pattern(4096 + 512, 5);

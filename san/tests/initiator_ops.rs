@@ -5,7 +5,7 @@
 //! supports it and a clear error where not, BUSY retried until it clears.
 
 use san::iscsi::{login, login::isid, IscsiLun, LoginOptions, Session};
-use san::scsi::Status;
+use san::scsi::{cdb, Sense, Status};
 use san::target::{Injection, LunConfig, TargetConfig, TargetServer};
 use san::{BlockDev, FileDev, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -147,5 +147,67 @@ fn keepalive_finds_a_silent_target() {
     let why = s.down().unwrap_or_default();
     assert!(why.contains("NOP-Out"), "{why}");
     server.faults().blackhole(0, false);
+    server.stop();
+}
+
+/// Write-zeroes through a multipath map: WRITE SAME on whichever path is up
+/// where the LU takes it, so the map says it zeroes cheaply (thin volumes
+/// then zero clusters before mapping them); the range reads as zeroes.
+#[test]
+fn multipath_zeroes_with_write_same() {
+    use san::iscsi::{Multipath, MultipathOptions, PathConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Arc::new(
+        FileDev::open(
+            dir.path().join("lun"),
+            &OpenOptions::new().create_size(Some(SIZE)),
+        )
+        .unwrap(),
+    );
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.2:0".parse().unwrap(),
+        ],
+        vec![LunConfig::new(1, dev).thin(true)],
+    ))
+    .unwrap();
+    let paths = server
+        .portals()
+        .iter()
+        .enumerate()
+        .map(|(i, &portal)| PathConfig {
+            portal,
+            target: IQN.into(),
+            lun: 1,
+            login: LoginOptions::new("iqn.2026-11.org.ssv.host:ops", isid(9, i as u16)),
+        })
+        .collect();
+    let mp = Multipath::open(paths, MultipathOptions::default()).unwrap();
+    assert!(mp.zeroes_cheaply());
+    let ones = vec![0xffu8; 1 << 20];
+    mp.write_at(&ones, 1 << 20).unwrap();
+    mp.write_zeroes((1 << 20) + 8192, 256 << 10).unwrap();
+    let mut b = vec![1u8; 1 << 20];
+    mp.read_at(&mut b, 1 << 20).unwrap();
+    let (head, rest) = b.split_at(8192);
+    let (zeroed, tail) = rest.split_at(256 << 10);
+    assert!(head.iter().chain(tail).all(|&x| x == 0xff));
+    assert!(zeroed.iter().all(|&x| x == 0));
+    assert!(mp.zeroes_cheaply(), "the LU took WRITE SAME");
+
+    // An LU that refuses WRITE SAME: zeroed with writes, and the map no
+    // longer says it zeroes cheaply.
+    server
+        .faults()
+        .inject(Injection::sense(Sense::INVALID_COMMAND_OPCODE, 1).only(cdb::OP_WRITE_SAME_16));
+    mp.write_at(&ones, 1 << 20).unwrap();
+    mp.write_zeroes((1 << 20) + 8192, 256 << 10).unwrap();
+    let mut again = vec![1u8; 1 << 20];
+    mp.read_at(&mut again, 1 << 20).unwrap();
+    assert_eq!(again, b, "zeroed with writes");
+    assert!(!mp.zeroes_cheaply());
+    drop(mp);
     server.stop();
 }

@@ -86,6 +86,14 @@ fn paths_fail_over_queue_and_fail_cleanly() {
     mp.subscribe(tx);
     assert!(mp.status().iter().all(|p| p.up), "{:?}", mp.status());
 
+    // Zeroing through the map (tgtd takes WRITE SAME without UNMAP).
+    mp.write_at(&vec![0xffu8; 64 << 10], 0).unwrap();
+    mp.write_zeroes(4096, 32 << 10).unwrap();
+    let mut b = vec![1u8; 64 << 10];
+    mp.read_at(&mut b, 0).unwrap();
+    assert!(b[..4096].iter().chain(&b[36 << 10..]).all(|&x| x == 0xff));
+    assert!(b[4096..36 << 10].iter().all(|&x| x == 0));
+
     // A writer that writes a block, reads it back, and counts errors.
     let stop = AtomicBool::new(false);
     let written = AtomicU64::new(0);

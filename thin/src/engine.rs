@@ -48,6 +48,8 @@ pub(crate) struct ImagoEngine {
     access: RwLock<Access>,
     has_backing: bool,
     cluster_size: u64,
+    /// Allocating writes of whole clusters zero first too (see `write`).
+    zero_first: bool,
     name: String,
 }
 
@@ -67,7 +69,7 @@ impl ImagoEngine {
         writable: bool,
         backing: Option<Arc<Access>>,
     ) -> Result<ImagoEngine> {
-        let cluster_size = storage.0.cluster_size;
+        let (cluster_size, zero_first) = (storage.0.cluster_size, storage.0.cheap_zeroes);
         let mut q: Qcow2<LayerStorage, Arc<Access>> = Qcow2::open_image(storage, writable)
             .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
         let has_backing = backing.is_some();
@@ -76,6 +78,7 @@ impl ImagoEngine {
             access: RwLock::new(FormatAccess::new(q)),
             has_backing,
             cluster_size,
+            zero_first,
             name: name.to_string(),
         })
     }
@@ -125,19 +128,18 @@ impl Engine for ImagoEngine {
             .map_err(|e| engine_err(&self.name, "read", e))
     }
 
-    /// Parts of clusters that read as zeroes are allocated zero-first: imago
-    /// maps zeroed clusters (a short metadata step under its L2-table lock,
-    /// the zeroing mostly done ahead by `LayerStorage`) and the data is
-    /// written after the lock is released. imago's own write holds that lock
-    /// across the data write, which runs every allocating write in one L2
-    /// table's range (512 MiB at 64 KiB clusters) one at a time; QEMU
-    /// serialises only writes to the same cluster, and so do we for small
-    /// writes. Until the data lands the range reads zeroes, as it did
-    /// before, so a crash in between shows the old contents. Rewrites of
-    /// mapped clusters go straight to the LV. Whole clusters and
-    /// copy-on-write from a backing layer are imago's write:
-    /// zeroing a cluster that is about to be overwritten whole costs more
-    /// than the lock (measured in `thin_ops`).
+    /// Clusters that read as zeroes are allocated zero-first: imago maps
+    /// zeroed clusters (a short metadata step under its L2-table lock, the
+    /// zeroing mostly done ahead by `LayerStorage`) and the data is written
+    /// after the lock is released. imago's own write holds that lock across
+    /// the data write, which runs every allocating write in one L2 table's
+    /// range (512 MiB at 64 KiB clusters) one at a time; QEMU serialises
+    /// only writes to the same cluster, and so do we. Until the data lands
+    /// the range reads zeroes, as it did before, so a crash in between
+    /// shows the old contents. Rewrites of mapped clusters go straight to
+    /// the LV. Copy-on-write from a backing layer is imago's write, and so
+    /// are whole clusters where zeroing moves zero buffers to the device
+    /// (`zero_first` false): there the zeroing would double the data sent.
     fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let a = self.read_lock();
@@ -149,8 +151,16 @@ impl Engine for ImagoEngine {
             if n == 0 {
                 return Err(Error::Io(format!("{}: no mapping at {at}", self.name)));
             }
+            let n = n.min(rest.len() as u64);
             let to_boundary = self.cluster_size - at % self.cluster_size;
             let partial = to_boundary < self.cluster_size || n < self.cluster_size;
+            // Allocations go a cluster at a time where one is written in
+            // part, else in whole clusters (the rest comes next round).
+            let piece = if partial {
+                n.min(to_boundary)
+            } else {
+                n - n % self.cluster_size
+            } as usize;
             match m {
                 // Mapped in place: straight to the LV, as imago's own fast
                 // path would, without looking the mapping up a second time.
@@ -160,29 +170,22 @@ impl Engine for ImagoEngine {
                     writable: true,
                     ..
                 } => {
-                    let n = (n as usize).min(rest.len());
-                    storage.write(&rest[..n], host).map_err(err)?;
-                    done += n;
+                    storage.write(&rest[..n as usize], host).map_err(err)?;
+                    done += n as usize;
                 }
-                ShallowMapping::Zero { .. } if partial => {
+                ShallowMapping::Zero { .. } if partial || self.zero_first => {
                     let mapping = a
-                        .prepare_data_mapping(at, n.min(to_boundary), false)
+                        .prepare_data_mapping(at, piece as u64, false)
                         .map_err(err)?;
                     let (storage, host) = (mapping.storage().clone(), mapping.offset());
-                    let n = (mapping.length() as usize).min(rest.len());
+                    let n = (mapping.length() as usize).min(piece);
                     a.commit_data_mapping(mapping).map_err(err)?;
                     storage.write(&rest[..n], host).map_err(err)?;
                     done += n;
                 }
                 _ => {
-                    let whole = if partial {
-                        n
-                    } else {
-                        n - n % self.cluster_size
-                    };
-                    let n = (whole as usize).min(rest.len());
-                    a.write(&rest[..n], at).map_err(err)?;
-                    done += n;
+                    a.write(&rest[..piece], at).map_err(err)?;
+                    done += piece;
                 }
             }
         }

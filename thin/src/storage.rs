@@ -15,8 +15,13 @@ use std::sync::{Arc, Mutex};
 /// Memory alignment asked of the engine's buffers (O_DIRECT needs at most a page).
 const MEM_ALIGN: usize = 4096;
 
-/// Bytes zeroed at once ahead of allocation (see [`ZeroAhead`]).
+/// Bytes zeroed at once ahead of allocation (see [`ZeroAhead`]), where the
+/// device zeroes by writing zero buffers.
 pub(crate) const ZERO_AHEAD: u64 = 1 << 20;
+/// The same where zeroing is cheap ([`san::BlockDev::zeroes_cheaply`]): a
+/// file's fallocate waits for every write in flight to the file, and each
+/// zeroing holds the engine's L2-table lock, so fewer and larger is better.
+pub(crate) const ZERO_AHEAD_CHEAP: u64 = 64 << 20;
 
 pub(crate) struct Backend {
     pub name: String,
@@ -28,6 +33,8 @@ pub(crate) struct Backend {
     /// The LV's logical sector size (a VG's PVs share one), asked on every
     /// request, so kept here rather than fetched from the device.
     sector: usize,
+    /// The LV's PVs zero without moving zero buffers (see `ImagoEngine::write`).
+    pub cheap_zeroes: bool,
     zero_ahead: ZeroAhead,
     helper: CommonStorageHelper,
 }
@@ -65,9 +72,11 @@ impl Backend {
         cluster_size: u64,
     ) -> Arc<Backend> {
         let sector = map.dev().logical_sector_size() as usize;
+        let cheap_zeroes = map.dev().zeroes_cheaply();
         Arc::new(Backend {
             name: name.to_string(),
             sector,
+            cheap_zeroes,
             map,
             grower,
             end: AtomicU64::new(end),
@@ -127,7 +136,12 @@ impl LayerStorage {
             return dev.write_zeroes(offset, end - offset).map_err(io_err);
         }
         if end > k.zeroed_end {
-            let to = offset.saturating_add(ZERO_AHEAD).min(dev.size()).max(end);
+            let ahead = if self.0.cheap_zeroes {
+                ZERO_AHEAD_CHEAP
+            } else {
+                ZERO_AHEAD
+            };
+            let to = offset.saturating_add(ahead).min(dev.size()).max(end);
             // The lock is held across the I/O: see `ZeroAhead`.
             dev.write_zeroes(offset, to - offset).map_err(io_err)?;
             k.zeroed_end = to;

@@ -536,14 +536,17 @@ const W0: W = W::new(100 * KIB, 40 * KIB, 0);
 
 /// Fresh clusters, partial clusters, a write across two clusters whose L2
 /// entries (63, 64) lie in different sectors of the L2 table, one whose L2
-/// entry (12) straddles byte 100 of the table, and a rewrite inside W0.
-const ALLOC_WRITES: [W; 6] = [
+/// entry (12) straddles byte 100 of the table, a rewrite inside W0, and
+/// three whole clusters.
+const ALLOC_WRITES: [W; 7] = [
     W::new(MIB + 4 * KIB, 8 * KIB, 0),
     W::new(63 * CLUSTER + 32 * KIB, 64 * KIB, 0),
     W::new(12 * CLUSTER + 100 * 512, 3 * 512, 0),
     W::new(8 * MIB + 512, 1536, 1),
     W::new(12 * MIB - 16 * KIB, 48 * KIB, 1),
     W::new(100 * KIB + 512, 1024, 1),
+    // Whole clusters, zeroed before they are mapped (files zero cheaply).
+    W::new(4 * MIB, 3 * CLUSTER, 1),
 ];
 
 #[test]

@@ -362,7 +362,7 @@ impl IscsiLun {
 
     /// Zeroes with WRITE SAME(16) of one zero block, deallocating where the
     /// LU guarantees deallocated blocks read as zeroes (LBPWS and LBPRZ).
-    fn write_same_zeroes(&self, offset: u64, len: u64) -> Result<(), IscsiError> {
+    pub(crate) fn write_same_zeroes(&self, offset: u64, len: u64) -> Result<(), IscsiError> {
         let unmap = self.provisioning.is_some_and(|p| p.lbpws && p.lbprz);
         let block = u64::from(self.block);
         let step = match self.limits.max_write_same_len {
@@ -392,6 +392,13 @@ impl IscsiLun {
     }
 }
 
+/// The LU does not take WRITE SAME (or not the form we send): zero with
+/// writes instead.
+pub(crate) fn refuses_write_same(e: &IscsiError) -> bool {
+    matches!(e, IscsiError::Scsi { sense: Some(s), .. }
+        if s.is(Sense::INVALID_COMMAND_OPCODE) || s.is(Sense::INVALID_FIELD_IN_CDB))
+}
+
 impl BlockDev for IscsiLun {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
@@ -417,11 +424,9 @@ impl BlockDev for IscsiLun {
         if !self.no_write_same.load(Ordering::Relaxed) {
             match self.write_same_zeroes(offset, len) {
                 Ok(()) => return Ok(()),
-                Err(IscsiError::Scsi { sense: Some(s), .. })
-                    if s.is(Sense::INVALID_COMMAND_OPCODE) || s.is(Sense::INVALID_FIELD_IN_CDB) =>
-                {
+                Err(e) if refuses_write_same(&e) => {
                     log::info!(
-                        "{}: WRITE SAME refused ({s}); zeroing with writes",
+                        "{}: WRITE SAME refused ({e}); zeroing with writes",
                         self.name
                     );
                     self.no_write_same.store(true, Ordering::Relaxed);
@@ -430,6 +435,10 @@ impl BlockDev for IscsiLun {
             }
         }
         crate::write_zero_buffers(self, offset, len)
+    }
+
+    fn zeroes_cheaply(&self) -> bool {
+        !self.no_write_same.load(Ordering::Relaxed)
     }
 
     fn size(&self) -> u64 {

@@ -7,7 +7,7 @@
 //! lease timeouts), after which I/O fails with a clear error until a path
 //! returns. RESERVATION CONFLICT and target errors are never path errors.
 
-use super::lun::IscsiLun;
+use super::lun::{refuses_write_same, IscsiLun};
 use super::session::{Session, SessionOptions};
 use super::{login, IscsiError, LoginOptions};
 use crate::scsi::{Action, PrType, Status};
@@ -150,6 +150,8 @@ struct Inner {
     /// Our persistent-reservation key, once registered.
     pr_key: Mutex<Option<u64>>,
     fenced: AtomicBool,
+    /// The LU refused WRITE SAME: zero with writes from then on.
+    no_write_same: AtomicBool,
 }
 
 /// One LU reached over several paths, as a [`BlockDev`].
@@ -230,6 +232,7 @@ impl Multipath {
             listeners: Mutex::new(Vec::new()),
             pr_key: Mutex::new(None),
             fenced: AtomicBool::new(false),
+            no_write_same: AtomicBool::new(false),
         });
         let i = inner.clone();
         let checker = std::thread::Builder::new()
@@ -604,6 +607,30 @@ impl BlockDev for Multipath {
     fn flush(&self) -> Result<()> {
         self.run(&|l| l.sync())
             .map_err(|e| self.io_err("flush", 0, 0, e))
+    }
+
+    /// WRITE SAME on whichever path is up, as the LUN's own
+    /// `write_zeroes` does; zero buffers once the LU has refused it.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        crate::check_range(self.inner.id.block, self.inner.id.size, offset, len)?;
+        if self.zeroes_cheaply() {
+            match self.run(&|l| l.write_same_zeroes(offset, len)) {
+                Ok(()) => return Ok(()),
+                Err(e) if refuses_write_same(&e) => {
+                    log::info!(
+                        "multipath {}: WRITE SAME refused ({e}); zeroing with writes",
+                        self.inner.id.wwid
+                    );
+                    self.inner.no_write_same.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(self.io_err("write zeroes", offset, len as usize, e)),
+            }
+        }
+        crate::write_zero_buffers(self, offset, len)
+    }
+
+    fn zeroes_cheaply(&self) -> bool {
+        !self.inner.no_write_same.load(Ordering::Relaxed)
     }
 
     fn size(&self) -> u64 {

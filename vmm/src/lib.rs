@@ -11,7 +11,8 @@
 //! - [`config`]: what a VM is made of, as the command line gives it.
 //! - [`api`]: the control socket (status, pause, snapshot, events);
 //!   [`disks`]: thin volumes opened through ssvd; [`leases`]: their lockd
-//!   leases, held by this process; [`seccomp`]: per-thread filters.
+//!   leases, held by this process; [`seccomp`]: per-thread filters;
+//!   [`threads`]: threads a vCPU causes, started without its filter.
 
 pub mod api;
 pub mod arch;
@@ -21,4 +22,5 @@ pub mod disks;
 pub mod leases;
 pub mod memory;
 pub mod seccomp;
+pub mod threads;
 pub mod vm;

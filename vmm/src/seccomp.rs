@@ -5,7 +5,9 @@
 //!
 //! A filter is inherited by threads its thread starts: a block worker's
 //! growth threads (which ask ssvd over its socket) run under the block
-//! worker's list, an API connection under the API's.
+//! worker's list, an API connection under the API's. The block workers
+//! themselves start on a vCPU, so they are started through
+//! [`crate::threads`] and inherit nothing.
 //!
 //! A syscall outside the list kills the process (`SIGSYS`): a VMM doing
 //! what it never does has been subverted. `SSV_VMM_SECCOMP=log` makes the

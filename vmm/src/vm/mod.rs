@@ -270,6 +270,8 @@ impl Vm {
     pub fn run(self) -> Result<RunningVm, VmError> {
         let vcpus = self.vcpus;
         vcpu::install_kick_handler().map_err(VmError::Thread)?;
+        // Before any vCPU runs under its filter (see `threads`).
+        crate::threads::start_spawner().map_err(VmError::Thread)?;
         let buses = Arc::new(vcpu::Buses {
             mmio: self.mmio,
             pio: self.pio,

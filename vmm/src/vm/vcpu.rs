@@ -62,6 +62,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            crate::seccomp::install_or_log(crate::seccomp::ThreadKind::Vcpu);
             run(id, fd, &buses, &control);
             control.thread_done();
         })

@@ -346,9 +346,9 @@ impl VirtioDevice for Block {
         for q in queues {
             let (server, notify) = self.server(&mem, &interrupt, q);
             let stop = stop.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("vblk-{}-q{}", self.opts.id, server.index))
-                .spawn(move || worker::run(server, notify, stop));
+            // Through the spawner: this runs on a vCPU (DRIVER_OK).
+            let name = format!("vblk-{}-q{}", self.opts.id, server.index);
+            let spawned = crate::threads::spawn(name, move || worker::run(server, notify, stop));
             match spawned {
                 Ok(t) => running.threads.push(t),
                 Err(e) => {
@@ -366,9 +366,8 @@ impl VirtioDevice for Block {
             // Joined off the vCPU thread: a worker may be in a write that
             // waits for the LV to grow.
             r.signal();
-            let stopping = std::thread::Builder::new()
-                .name(format!("vblk-{}-reset", self.opts.id))
-                .spawn(move || r.join());
+            let name = format!("vblk-{}-reset", self.opts.id);
+            let stopping = crate::threads::spawn(name, move || r.join());
             match stopping {
                 Ok(t) => {
                     if let Some(old) = self.stopping.replace(t) {

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 use lvm::names::{Uuid, UUID_LEN};
 use san::BlockDev;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Bytes of a record (the rest of a larger sector is zero).
 pub const RECORD_LEN: usize = 512;
@@ -38,6 +39,10 @@ pub const REQUEST_LEN: usize = UUID_LEN + 16;
 pub const CHECKSUM_AT: usize = RECORD_LEN - 4;
 /// Requests one record holds: 9.
 pub const MAX_REQUESTS: usize = (CHECKSUM_AT - OFF_REQUESTS) / REQUEST_LEN;
+/// [`Mailbox::read_board`] reads the whole slot this often and, between,
+/// only the records up to the highest host id seen in the last such read:
+/// a lingering holder reads the board every 10 ms, and the slot is 1 MiB.
+pub const RESCAN: Duration = Duration::from_secs(1);
 
 /// One extension a host waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +74,8 @@ pub struct Board {
     pub requests: Vec<(u64, Request)>,
     /// Hosts waiting for the pool lease for another change.
     pub wanting_lease: Vec<u64>,
+    /// The highest host id whose record was read (0: none).
+    pub last_host: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +258,14 @@ pub struct Mailbox {
     stride: u64,
     host_id: u64,
     local: Mutex<Local>,
+    /// Records worth reading: hosts `1..=span`, as of the whole-slot read
+    /// at `scanned` (see [`RESCAN`]).
+    seen: Mutex<Seen>,
+}
+
+struct Seen {
+    span: u64,
+    scanned: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -281,6 +296,10 @@ impl Mailbox {
             stride,
             host_id,
             local: Mutex::new(Local::default()),
+            seen: Mutex::new(Seen {
+                span: 0,
+                scanned: None,
+            }),
         };
         mb.write(&mut lock(&mb.local))?;
         Ok(mb)
@@ -367,9 +386,26 @@ impl Mailbox {
         Ok(self.read_board()?.requests)
     }
 
-    /// Every other host's record, in one read of the slot.
+    /// Every other host's record, in one read: of the whole slot at most
+    /// every [`RESCAN`], else of the hosts seen in the last such read (a
+    /// host's first record shows within [`RESCAN`]; records are hints).
     pub fn read_board(&self) -> Result<Board> {
-        self.read_hosts(SLOT / self.stride)
+        let span = {
+            let s = lock(&self.seen);
+            match s.scanned {
+                Some(t) if t.elapsed() < RESCAN => Some(s.span),
+                _ => None,
+            }
+        };
+        if let Some(span) = span {
+            return self.read_hosts(span);
+        }
+        let board = self.read_hosts(SLOT / self.stride)?;
+        *lock(&self.seen) = Seen {
+            span: board.last_host.max(self.host_id),
+            scanned: Some(Instant::now()),
+        };
+        Ok(board)
     }
 
     /// The requests of hosts with lower ids than ours (nothing to read for
@@ -392,6 +428,7 @@ impl Mailbox {
             }
             match decode(sector) {
                 Ok(r) if r.host_id == host => {
+                    out.last_host = host;
                     if r.wants_lease {
                         out.wanting_lease.push(host);
                     }
@@ -489,6 +526,38 @@ mod tests {
             ..r
         })
         .is_err());
+    }
+
+    /// Between whole-slot reads the board covers the hosts seen: a host
+    /// that joins past them shows at the next whole read, within RESCAN.
+    #[test]
+    fn the_board_reads_the_hosts_seen_and_rescans_for_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(4 * SLOT)
+            .unwrap();
+        let dev: Arc<dyn BlockDev> =
+            Arc::new(san::FileDev::open(&path, &san::OpenOptions::new()).unwrap());
+        Mailbox::init(&*dev).unwrap();
+        let q = |min| Request {
+            lv: uuid("abcdef0123456789abcdefghijklmnop"),
+            min_size: min,
+            want_size: min,
+        };
+        let low = Mailbox::open(dev.clone(), 2).unwrap();
+        let holder = Mailbox::open(dev.clone(), 5).unwrap();
+        assert_eq!(holder.read_board().unwrap().last_host, 2);
+        let _t = low.post(q(1)).unwrap();
+        let late = Mailbox::open(dev.clone(), 900).unwrap();
+        let _u = late.post(q(2)).unwrap();
+        let board = holder.read_board().unwrap();
+        assert_eq!(board.requests, vec![(2, q(1))], "hosts 1..=5 only");
+        std::thread::sleep(RESCAN);
+        let board = holder.read_board().unwrap();
+        assert_eq!(board.requests, vec![(2, q(1)), (900, q(2))]);
+        assert_eq!(board.last_host, 900);
     }
 
     #[test]

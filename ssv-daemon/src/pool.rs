@@ -48,7 +48,7 @@ const DEFER_MAX: Duration = Duration::from_millis(150);
 /// [`LINGER_POLL`]. It releases at once when a host says in the mailbox
 /// that it waits for the lease for another change, and after [`MAX_HOLD`]
 /// in one go in any case.
-const LINGER: Duration = Duration::from_millis(1000);
+const LINGER: Duration = Duration::from_secs(5);
 const LINGER_POLL: Duration = Duration::from_millis(10);
 const MAX_HOLD: Duration = Duration::from_secs(30);
 /// After a VG change by another host (a holder, likely lingering), how long
@@ -56,6 +56,18 @@ const MAX_HOLD: Duration = Duration::from_secs(30);
 /// the lease itself: a try of a held lease costs lockd I/O, during which the
 /// waiter does not see the commit that serves it.
 const HOLDER_GRACE: Duration = Duration::from_millis(100);
+
+/// Whether one of `requests` names an LV of `vg` smaller than it asks; an
+/// LV not in `vg` counts as short if `unknown`.
+fn short_of(vg: &OpenVg, requests: &[(u64, Request)], unknown: bool) -> bool {
+    let ext = vg.vg().extent_bytes();
+    requests
+        .iter()
+        .any(|(_, q)| match vg.vg().lvs.iter().find(|l| l.id == q.lv) {
+            Some(l) => l.extent_count() * ext < q.min_size,
+            None => unknown,
+        })
+}
 
 /// How a new pool is laid out.
 #[derive(Clone, Debug)]
@@ -532,31 +544,30 @@ impl Pool {
                 return false;
             }
         };
-        let ext = vg.vg().extent_bytes();
-        lower.iter().any(|(_, q)| {
-            vg.vg()
-                .lvs
-                .iter()
-                .find(|l| l.id == q.lv)
-                .is_none_or(|l| l.extent_count() * ext < q.min_size)
-        })
+        // An LV we do not know yet was likely made since we read the VG.
+        short_of(vg, &lower, true)
     }
 
     /// The pool lease for a growth commit: the parked one, else a new one
     /// if it is free now. Call with the VG locked.
     fn take_lease(&self, vg: &OpenVg) -> Result<Option<Held>> {
-        if let Some(p) = lock(&self.parked).take() {
-            return Ok(Some(Held {
-                spec: p.spec,
-                since: p.since,
-                fresh: false,
-            }));
+        if let Some(held) = self.take_parked() {
+            return Ok(Some(held));
         }
         Ok(self.locks.try_pool_lease(vg.vg())?.map(|l| Held {
             spec: l.keep(),
             since: Instant::now(),
             fresh: true,
         }))
+    }
+
+    /// The parked lease, for another commit.
+    fn take_parked(&self) -> Option<Held> {
+        lock(&self.parked).take().map(|p| Held {
+            spec: p.spec,
+            since: p.since,
+            fresh: false,
+        })
     }
 
     /// Keeps the lease after a growth commit for the requests that follow,
@@ -623,14 +634,10 @@ impl Pool {
                 continue;
             }
             let mut vg = lock(&self.vg);
-            if !self.unserved(&vg, &others) {
+            if !short_of(&vg, &others, false) {
                 continue;
             }
-            let Some(held) = lock(&self.parked).take().map(|p| Held {
-                spec: p.spec,
-                since: p.since,
-                fresh: false,
-            }) else {
+            let Some(held) = self.take_parked() else {
                 return;
             };
             let mut trace = Trace::new();
@@ -647,18 +654,6 @@ impl Pool {
                 }
             }
         }
-    }
-
-    /// Whether one of `requests` names an LV of `vg` smaller than it asks.
-    fn unserved(&self, vg: &OpenVg, requests: &[(u64, Request)]) -> bool {
-        let ext = vg.vg().extent_bytes();
-        requests.iter().any(|(_, q)| {
-            vg.vg()
-                .lvs
-                .iter()
-                .find(|l| l.id == q.lv)
-                .is_some_and(|l| l.extent_count() * ext < q.min_size)
-        })
     }
 
     /// Under the pool lease: re-reads the VG if needed, then grows every

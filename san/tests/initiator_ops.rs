@@ -24,6 +24,12 @@ fn open(server: &TargetServer, lun: u16) -> IscsiLun {
     IscsiLun::open(Session::new(c), lun).unwrap()
 }
 
+/// A sparse file of `SIZE` bytes in `dir`, for a LUN.
+fn lun_file(dir: &std::path::Path) -> Arc<FileDev> {
+    let opts = OpenOptions::new().create_size(Some(SIZE));
+    Arc::new(FileDev::open(dir.join("lun"), &opts).unwrap())
+}
+
 #[test]
 fn compare_and_write_zeroes_unmap_and_busy() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,13 +114,7 @@ fn keepalive_finds_a_silent_target() {
     use san::iscsi::SessionOptions;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let dev = Arc::new(
-        FileDev::open(
-            dir.path().join("lun"),
-            &OpenOptions::new().create_size(Some(SIZE)),
-        )
-        .unwrap(),
-    );
+    let dev = lun_file(dir.path());
     let server = TargetServer::start(TargetConfig::new(
         IQN,
         vec!["127.0.0.1:0".parse().unwrap()],
@@ -157,13 +157,7 @@ fn keepalive_finds_a_silent_target() {
 fn multipath_zeroes_with_write_same() {
     use san::iscsi::{Multipath, MultipathOptions, PathConfig};
     let dir = tempfile::tempdir().unwrap();
-    let dev = Arc::new(
-        FileDev::open(
-            dir.path().join("lun"),
-            &OpenOptions::new().create_size(Some(SIZE)),
-        )
-        .unwrap(),
-    );
+    let dev = lun_file(dir.path());
     let server = TargetServer::start(TargetConfig::new(
         IQN,
         vec![

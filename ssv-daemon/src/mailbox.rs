@@ -528,10 +528,8 @@ mod tests {
         .is_err());
     }
 
-    /// Between whole-slot reads the board covers the hosts seen: a host
-    /// that joins past them shows at the next whole read, within RESCAN.
-    #[test]
-    fn the_board_reads_the_hosts_seen_and_rescans_for_new_ones() {
+    /// A leases LV of 4 slots, its mailbox initialised.
+    fn leases_dev() -> (tempfile::TempDir, Arc<dyn BlockDev>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leases");
         std::fs::File::create(&path)
@@ -541,6 +539,14 @@ mod tests {
         let dev: Arc<dyn BlockDev> =
             Arc::new(san::FileDev::open(&path, &san::OpenOptions::new()).unwrap());
         Mailbox::init(&*dev).unwrap();
+        (dir, dev)
+    }
+
+    /// Between whole-slot reads the board covers the hosts seen: a host
+    /// that joins past them shows at the next whole read, within RESCAN.
+    #[test]
+    fn the_board_reads_the_hosts_seen_and_rescans_for_new_ones() {
+        let (_dir, dev) = leases_dev();
         let q = |min| Request {
             lv: uuid("abcdef0123456789abcdefghijklmnop"),
             min_size: min,
@@ -562,15 +568,7 @@ mod tests {
 
     #[test]
     fn a_mailbox_carries_requests_between_hosts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("leases");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(4 * SLOT)
-            .unwrap();
-        let dev: Arc<dyn BlockDev> =
-            Arc::new(san::FileDev::open(&path, &san::OpenOptions::new()).unwrap());
-        Mailbox::init(&*dev).unwrap();
+        let (_dir, dev) = leases_dev();
         let a = Mailbox::open(dev.clone(), 1).unwrap();
         let b = Mailbox::open(dev.clone(), 2000).unwrap();
         assert!(Mailbox::open(dev.clone(), 2049).is_err());

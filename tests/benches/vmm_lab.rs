@@ -30,6 +30,8 @@ struct Sizes {
     secs: u32,
     span_mib: u32,
     jobs: u32,
+    /// Seconds one boot may take before it is killed (and tried once more).
+    limit: u32,
 }
 
 /// `side value` lines of a result file, by side.
@@ -58,6 +60,7 @@ fn main() -> Result<()> {
             secs: 20,
             span_mib: 256,
             jobs: 2,
+            limit: 300,
         }
     } else {
         Sizes {
@@ -65,6 +68,8 @@ fn main() -> Result<()> {
             secs: 2,
             span_mib: 64,
             jobs: 2,
+            // A smoke boot takes 10-20 s; a hung one must not cost CI 5 min.
+            limit: 90,
         }
     };
     if !Path::new("/usr/bin/qemu-img").is_file() {
@@ -94,8 +99,8 @@ fn main() -> Result<()> {
         p.payload.dir().join("lab-bench.sh"),
     )?;
     p.payload.set_run_script(&format!(
-        "ROUNDS={} SECS={} SPAN={} JOBS={}\n. ./lab-bench.sh\n",
-        sz.rounds, sz.secs, sz.span_mib, sz.jobs
+        "ROUNDS={} SECS={} SPAN={} JOBS={} LIMIT={}\n. ./lab-bench.sh\n",
+        sz.rounds, sz.secs, sz.span_mib, sz.jobs, sz.limit
     ))?;
     let timeout = Duration::from_secs(600 + u64::from(sz.rounds) * 120);
     let run = lab.run(&p.payload, timeout)?;

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs in the x86_64 lab VM (sourced by the benchmark's run.sh, which sets
-# ROUNDS, SECS, SPAN, JOBS): ssv-vmm against QEMU/KVM (qemu-boot.sh), same
+# ROUNDS, SECS, SPAN, JOBS, LIMIT): ssv-vmm against QEMU/KVM (qemu-boot.sh), same
 # kernel, same initramfs (init.sh), two vCPUs and 512 MiB each, one
 # virtio-blk disk with the same SPAN MiB of random data: for ssv-vmm a thin
 # volume (qcow2 in an LV of a VG on a sparse file, filled with `ssvadm
@@ -32,8 +32,9 @@ truncate -s 2G $pv
 /usr/bin/qemu-img convert -f raw -O qcow2 /tmp/content.raw /tmp/content.qcow2 || exit 12
 rm -f /tmp/content.raw
 
-# No boot may hang the run: each VMM gets LIMIT seconds.
-LIMIT=300
+# No boot may hang the run: each VMM gets LIMIT seconds; a hung one's
+# threads are printed (ssv-io stamp) with the console's end.
+LIMIT=${LIMIT:-300}
 ours() {
     /payload/ssv-io stamp -t $LIMIT "$marker" /usr/local/bin/ssv-vmm --memory 512 --vcpus 2 \
         --kernel guest/bzImage --initrd guest/vmm-initramfs.cpio.gz \
@@ -57,7 +58,7 @@ boot() {
             { [ "$2" != randread ] || grep -q "SSV-IO: randread" "$log"; } &&
             [ "$status" = 0 ] && return 0
         echo "LAB: $1 $2 round $3 try $try failed (status $status); its console's end:"
-        tail -n 30 "$log"
+        tail -n 60 "$log" | sed "s/^/LAB: | /"
         cp "$log" "$log.failed$try"
     done
     exit 20

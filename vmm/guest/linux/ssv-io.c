@@ -13,13 +13,16 @@
  *       Runs CMD with its stdout and stderr through a pipe, copies every
  *       line to stdout, and prints "SSV-IO: stamp MARKER S" with the
  *       seconds from just before CMD started to the first line containing
- *       MARKER. With -t, CMD is killed (SIGKILL) after SECONDS. Exits with
- *       CMD's status (128+signal if killed).
+ *       MARKER. With -t, CMD is killed (SIGKILL) after SECONDS, and first
+ *       each of its threads is printed ("SSV-IO: thread TID NAME STATE
+ *       WCHAN" and its kernel stack), to see where a hung VMM waits.
+ *       Exits with CMD's status (128+signal if killed).
  *
  * The same binary serves both sides of the benchmark, so both are measured
  * the same way.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -136,13 +139,66 @@ static int randread(int argc, char **argv)
     return 0;
 }
 
-static volatile pid_t stamped_child;
+static volatile sig_atomic_t timed_out;
 
-static void kill_child(int sig)
+static void on_alarm(int sig)
 {
     (void)sig;
-    if (stamped_child > 0)
-        kill(stamped_child, SIGKILL);
+    timed_out = 1;
+}
+
+/* Prints /proc/PID/task/TID/FILE's first lines, each prefixed. */
+static void print_proc(pid_t pid, const char *tid, const char *file, int lines)
+{
+    char path[512], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/task/%s/%s", (int)pid, tid, file);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    while (lines-- > 0 && fgets(buf, sizeof buf, f))
+        printf("SSV-IO:   %s %s", file, buf);
+    fclose(f);
+}
+
+/* Each thread of PID: name, state (field 3 of stat) and wait channel. */
+static void print_threads(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[512], comm[64] = "?", state = '?', wchan[64] = "?";
+        snprintf(p, sizeof p, "%s/%s/comm", path, e->d_name);
+        FILE *f = fopen(p, "r");
+        if (f) {
+            if (fgets(comm, sizeof comm, f))
+                comm[strcspn(comm, "\n")] = 0;
+            fclose(f);
+        }
+        snprintf(p, sizeof p, "%s/%s/stat", path, e->d_name);
+        if ((f = fopen(p, "r"))) {
+            char buf[512];
+            char *rp = fgets(buf, sizeof buf, f) ? strrchr(buf, ')') : NULL;
+            if (rp && rp[1] == ' ')
+                state = rp[2];
+            fclose(f);
+        }
+        snprintf(p, sizeof p, "%s/%s/wchan", path, e->d_name);
+        if ((f = fopen(p, "r"))) {
+            if (!fgets(wchan, sizeof wchan, f))
+                strcpy(wchan, "?");
+            fclose(f);
+        }
+        printf("SSV-IO: thread %s %s %c %s\n", e->d_name, comm, state, wchan);
+        print_proc(pid, e->d_name, "stack", 6);
+    }
+    closedir(d);
+    fflush(stdout);
 }
 
 static int stamp(int argc, char **argv)
@@ -179,11 +235,10 @@ static int stamp(int argc, char **argv)
     }
     close(p[1]);
     if (limit > 0) {
-        /* No SA_RESTART: the read below ends when the child is killed. */
+        /* No SA_RESTART: the alarm ends the read below. */
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
-        sa.sa_handler = kill_child;
-        stamped_child = pid;
+        sa.sa_handler = on_alarm;
         sigaction(SIGALRM, &sa, NULL);
         alarm(limit);
     }
@@ -201,6 +256,11 @@ static int stamp(int argc, char **argv)
             printf("SSV-IO: stamp %s %.3f\n", marker, t);
         }
         fflush(stdout);
+    }
+    if (timed_out) {
+        printf("SSV-IO: stamp: %s still runs after %u s; its threads:\n", argv[3], limit);
+        print_threads(pid);
+        kill(pid, SIGKILL);
     }
     int status;
     while (waitpid(pid, &status, 0) < 0)

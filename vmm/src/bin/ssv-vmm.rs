@@ -467,6 +467,13 @@ fn main() {
     match run(cfg, &ssvd_disks, api.as_deref()) {
         Ok(VmExit::Guest(code)) => std::process::exit(i32::from(code)),
         Ok(VmExit::Shutdown | VmExit::Stopped) => std::process::exit(0),
+        Ok(VmExit::Reset) => {
+            eprintln!(
+                "ssv-vmm: the guest reset (an x86 triple fault, i.e. it crashed, or a reset \
+                 request); ssv-vmm does not reboot guests: start the VM again"
+            );
+            std::process::exit(1)
+        }
         Ok(why) => {
             eprintln!("ssv-vmm: the VM stopped: {why:?}");
             std::process::exit(1)

@@ -60,8 +60,12 @@ pub enum VmError {
 pub enum VmExit {
     /// The guest wrote this code to the exit port.
     Guest(u8),
-    /// The guest reset or shut down (x86 triple fault, PSCI off/reset).
+    /// The guest powered off (ACPI on x86, PSCI SYSTEM_OFF).
     Shutdown,
+    /// The guest reset: an x86 triple fault (a crashed guest) or a reset
+    /// request. ssv-vmm does not reboot guests, so the VM ends, and not as
+    /// a power-off would.
+    Reset,
     /// A vCPU halted without an in-kernel irqchip to wake it.
     Halted,
     /// The host asked the VM to stop.

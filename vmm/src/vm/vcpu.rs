@@ -116,12 +116,12 @@ fn dispatch(exit: VcpuExit<'_>, buses: &Buses) -> Option<VmExit> {
             }
         }
         VcpuExit::Hlt => return Some(VmExit::Halted),
-        VcpuExit::Shutdown => return Some(VmExit::Shutdown),
+        // KVM's "shutdown" exit is the x86 triple fault.
+        VcpuExit::Shutdown => return Some(VmExit::Reset),
         VcpuExit::SystemEvent(kind, _) => {
             return Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN | kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
-                    VmExit::Shutdown
-                }
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::Shutdown,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
                 other => VmExit::Error(format!("system event {other}")),
             })
         }

@@ -133,7 +133,17 @@ impl FaultDev {
         &self.inner
     }
 
-    fn decide_write(&self, offset: u64, len: usize) -> (Action, Duration) {
+    /// Counts a write, decides what happens to it, then waits out the
+    /// configured write delay (with the control unlocked).
+    fn decide_write(&self, offset: u64, len: usize) -> Action {
+        let (action, delay) = self.decide(offset, len);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        action
+    }
+
+    fn decide(&self, offset: u64, len: usize) -> (Action, Duration) {
         let mut st = self.ctl.lock();
         let index = st.writes;
         st.writes += 1;
@@ -224,11 +234,7 @@ impl BlockDev for FaultDev {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         check_io(self, offset, buf.len())?;
-        let (action, delay) = self.decide_write(offset, buf.len());
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        match action {
+        match self.decide_write(offset, buf.len()) {
             Action::Apply => self.inner.write_at(buf, offset),
             Action::Fail(msg) => Err(Error::Injected(msg)),
             Action::Tear(keep) => {
@@ -246,11 +252,7 @@ impl BlockDev for FaultDev {
     /// own primitive; a tear keeps whole sectors of it.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         crate::check_range(self.logical_sector_size(), self.size(), offset, len)?;
-        let (action, delay) = self.decide_write(offset, len as usize);
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        match action {
+        match self.decide_write(offset, len as usize) {
             Action::Apply => self.inner.write_zeroes(offset, len),
             Action::Fail(msg) => Err(Error::Injected(msg)),
             Action::Tear(keep) => {

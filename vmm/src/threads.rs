@@ -10,12 +10,12 @@
 
 use std::io;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-static SPAWNER: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+static SPAWNER: OnceLock<Sender<Job>> = OnceLock::new();
 
 /// Starts the process's spawner thread; later calls do nothing. Call it
 /// from a thread without a seccomp filter, before any filter is installed.
@@ -33,7 +33,7 @@ pub fn start_spawner() -> io::Result<()> {
         })?;
     // A racing caller's spawner is simply never used; its thread ends when
     // its sender drops here.
-    let _ = SPAWNER.set(Mutex::new(tx));
+    let _ = SPAWNER.set(tx);
     Ok(())
 }
 
@@ -52,11 +52,7 @@ where
         let _ = reply.send(std::thread::Builder::new().name(name).spawn(f));
     });
     let gone = || io::Error::other("the VMM's spawner thread has ended");
-    spawner
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .send(job)
-        .map_err(|_| gone())?;
+    spawner.send(job).map_err(|_| gone())?;
     handle.recv().map_err(|_| gone())?
 }
 

@@ -69,7 +69,8 @@ impl ImagoEngine {
         writable: bool,
         backing: Option<Arc<Access>>,
     ) -> Result<ImagoEngine> {
-        let (cluster_size, zero_first) = (storage.0.cluster_size, storage.0.cheap_zeroes);
+        let cluster_size = storage.0.cluster_size;
+        let zero_first = storage.0.map.dev().zeroes_cheaply();
         let mut q: Qcow2<LayerStorage, Arc<Access>> = Qcow2::open_image(storage, writable)
             .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
         let has_backing = backing.is_some();

@@ -31,8 +31,6 @@ pub(crate) struct Backend {
     /// The LV's logical sector size (a VG's PVs share one), asked on every
     /// request, so kept here rather than fetched from the device.
     sector: usize,
-    /// The LV's PVs zero without moving zero buffers (see `ImagoEngine::write`).
-    pub cheap_zeroes: bool,
     zero_ahead: ZeroAhead,
     helper: CommonStorageHelper,
 }
@@ -70,11 +68,9 @@ impl Backend {
         cluster_size: u64,
     ) -> Arc<Backend> {
         let sector = map.dev().logical_sector_size() as usize;
-        let cheap_zeroes = map.dev().zeroes_cheaply();
         Arc::new(Backend {
             name: name.to_string(),
             sector,
-            cheap_zeroes,
             map,
             grower,
             end: AtomicU64::new(end),

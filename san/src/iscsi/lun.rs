@@ -392,11 +392,32 @@ impl IscsiLun {
     }
 }
 
-/// The LU does not take WRITE SAME (or not the form we send): zero with
-/// writes instead.
-pub(crate) fn refuses_write_same(e: &IscsiError) -> bool {
-    matches!(e, IscsiError::Scsi { sense: Some(s), .. }
-        if s.is(Sense::INVALID_COMMAND_OPCODE) || s.is(Sense::INVALID_FIELD_IN_CDB))
+/// `write_zeroes` of an LU reached one way or another (one session, a
+/// multipath map): WRITE SAME through `write_same` until the LU refuses it
+/// (remembered in `refused`; `label` names the LU in the log), zero-buffer
+/// writes to `dev` from then on.
+pub(crate) fn zero_range<D: BlockDev + ?Sized>(
+    dev: &D,
+    label: &dyn std::fmt::Display,
+    refused: &AtomicBool,
+    (offset, len): (u64, u64),
+    write_same: impl FnOnce() -> Result<(), IscsiError>,
+    io_err: impl FnOnce(IscsiError) -> Error,
+) -> Result<()> {
+    if !refused.load(Ordering::Relaxed) {
+        match write_same() {
+            Ok(()) => return Ok(()),
+            // Not taken (or not in the form we send): zero with writes.
+            Err(IscsiError::Scsi { sense: Some(s), .. })
+                if s.is(Sense::INVALID_COMMAND_OPCODE) || s.is(Sense::INVALID_FIELD_IN_CDB) =>
+            {
+                log::info!("{label}: WRITE SAME refused ({s}); zeroing with writes");
+                refused.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    crate::write_zero_buffers(dev, offset, len)
 }
 
 impl BlockDev for IscsiLun {
@@ -421,20 +442,14 @@ impl BlockDev for IscsiLun {
     /// (tgtd refuses WRITE SAME on LUs that are not thin).
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         crate::check_range(self.block, self.size, offset, len)?;
-        if !self.no_write_same.load(Ordering::Relaxed) {
-            match self.write_same_zeroes(offset, len) {
-                Ok(()) => return Ok(()),
-                Err(e) if refuses_write_same(&e) => {
-                    log::info!(
-                        "{}: WRITE SAME refused ({e}); zeroing with writes",
-                        self.name
-                    );
-                    self.no_write_same.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(self.io_err("write zeroes", offset, len as usize, e)),
-            }
-        }
-        crate::write_zero_buffers(self, offset, len)
+        zero_range(
+            self,
+            &self.name,
+            &self.no_write_same,
+            (offset, len),
+            || self.write_same_zeroes(offset, len),
+            |e| self.io_err("write zeroes", offset, len as usize, e),
+        )
     }
 
     fn zeroes_cheaply(&self) -> bool {

@@ -7,7 +7,7 @@
 //! lease timeouts), after which I/O fails with a clear error until a path
 //! returns. RESERVATION CONFLICT and target errors are never path errors.
 
-use super::lun::{refuses_write_same, IscsiLun};
+use super::lun::{zero_range, IscsiLun};
 use super::session::{Session, SessionOptions};
 use super::{login, IscsiError, LoginOptions};
 use crate::scsi::{Action, PrType, Status};
@@ -613,20 +613,14 @@ impl BlockDev for Multipath {
     /// `write_zeroes` does; zero buffers once the LU has refused it.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         crate::check_range(self.inner.id.block, self.inner.id.size, offset, len)?;
-        if self.zeroes_cheaply() {
-            match self.run(&|l| l.write_same_zeroes(offset, len)) {
-                Ok(()) => return Ok(()),
-                Err(e) if refuses_write_same(&e) => {
-                    log::info!(
-                        "multipath {}: WRITE SAME refused ({e}); zeroing with writes",
-                        self.inner.id.wwid
-                    );
-                    self.inner.no_write_same.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(self.io_err("write zeroes", offset, len as usize, e)),
-            }
-        }
-        crate::write_zero_buffers(self, offset, len)
+        zero_range(
+            self,
+            &format_args!("multipath {}", self.inner.id.wwid),
+            &self.inner.no_write_same,
+            (offset, len),
+            || self.run(&|l| l.write_same_zeroes(offset, len)),
+            |e| self.io_err("write zeroes", offset, len as usize, e),
+        )
     }
 
     fn zeroes_cheaply(&self) -> bool {

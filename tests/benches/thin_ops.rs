@@ -1098,8 +1098,18 @@ fn main() -> Result<()> {
         free as f64 / GIB as f64
     );
 
-    let rows = io_rows(&sz, scratch.path(), &qemu_bin).context("I/O rows")?;
-    let loop_rows = if std::env::var_os("SSV_THIN_LOOP").is_some() {
+    // SSV_THIN_ROWS=io,clone,growth (any of them) runs only those rows.
+    let only = std::env::var("SSV_THIN_ROWS").ok();
+    let wants = |row: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|r| r.trim() == row))
+    };
+    let rows = if wants("io") {
+        io_rows(&sz, scratch.path(), &qemu_bin).context("I/O rows")?
+    } else {
+        Vec::new()
+    };
+    let loop_rows = if wants("io") && std::env::var_os("SSV_THIN_LOOP").is_some() {
         match loop_skip_reason() {
             Some(why) => {
                 println!("SKIPPED loop-device rows: {why}");
@@ -1110,10 +1120,18 @@ fn main() -> Result<()> {
     } else {
         Vec::new()
     };
-    eprintln!("thin_ops: full clone");
-    let c = clone_row(&sz, scratch.path(), &qemu).context("clone row")?;
-    eprintln!("thin_ops: growth");
-    let g = growth_row(&sz, scratch.path()).context("growth row")?;
+    let c = if wants("clone") {
+        eprintln!("thin_ops: full clone");
+        Some(clone_row(&sz, scratch.path(), &qemu).context("clone row")?)
+    } else {
+        None
+    };
+    let g = if wants("growth") {
+        eprintln!("thin_ops: growth");
+        Some(growth_row(&sz, scratch.path()).context("growth row")?)
+    } else {
+        None
+    };
 
     println!(
         "# {}; {} run; images: qcow2 v3, 64 KiB clusters, virtual size {} MiB, files on {}",
@@ -1130,75 +1148,79 @@ fn main() -> Result<()> {
         r.print();
     }
 
-    if let Some(n) = &g.note {
-        println!("# NOTE: {n}");
+    if let Some(g) = &g {
+        if let Some(n) = &g.note {
+            println!("# NOTE: {n}");
+        }
+        let park = if g.stats.park_times.is_empty() {
+            "p50 - p99 -".to_string()
+        } else {
+            let s = stats(g.stats.park_times.clone());
+            format!("p50 {} p99 {}", ms(s.p50), ms(s.p99))
+        };
+        let mbps = |t: Duration| g.bytes as f64 / 1e6 / t.as_secs_f64().max(1e-9);
+        println!(
+            "# growth: {} MiB in {} threads x sequential 1 MiB writes + flush, initial LV {} MiB, \
+             extents {} MiB, chunk {} MiB: {} ({}), final LV {} MiB; extensions {} (failed {}), \
+             parked writes {}, park time {park}, errors {}",
+            g.bytes / MIB,
+            g.threads,
+            sz.growth_initial / MIB,
+            sz.growth_extent / MIB,
+            sz.growth_chunk / MIB,
+            Unit::MBps.fmt(mbps(g.ours)),
+            ms(g.ours),
+            g.lv_size / MIB,
+            g.stats.extensions,
+            g.stats.failed_extensions,
+            g.stats.parked_writes,
+            g.errors
+        );
+        println!(
+            "# growth raw: same streams into the PV file's extent area (punched to holes first) + \
+             flush: {} ({})",
+            Unit::MBps.fmt(mbps(g.raw)),
+            ms(g.raw)
+        );
+        ratio_rate(
+            &format!("growth_seq_write_1m_{}threads_vs_raw", g.threads),
+            mbps(g.ours),
+            mbps(g.raw),
+            Unit::MBps,
+        );
+        ensure!(
+            g.errors == 0 && g.stats.failed_extensions == 0,
+            "growth row: {} write errors, {} failed extensions ({:?})",
+            g.errors,
+            g.stats.failed_extensions,
+            g.stats.last_error
+        );
     }
-    let park = if g.stats.park_times.is_empty() {
-        "p50 - p99 -".to_string()
-    } else {
-        let s = stats(g.stats.park_times.clone());
-        format!("p50 {} p99 {}", ms(s.p50), ms(s.p99))
-    };
-    let mbps = |t: Duration| g.bytes as f64 / 1e6 / t.as_secs_f64().max(1e-9);
-    println!(
-        "# growth: {} MiB in {} threads x sequential 1 MiB writes + flush, initial LV {} MiB, \
-         extents {} MiB, chunk {} MiB: {} ({}), final LV {} MiB; extensions {} (failed {}), \
-         parked writes {}, park time {park}, errors {}",
-        g.bytes / MIB,
-        g.threads,
-        sz.growth_initial / MIB,
-        sz.growth_extent / MIB,
-        sz.growth_chunk / MIB,
-        Unit::MBps.fmt(mbps(g.ours)),
-        ms(g.ours),
-        g.lv_size / MIB,
-        g.stats.extensions,
-        g.stats.failed_extensions,
-        g.stats.parked_writes,
-        g.errors
-    );
-    println!(
-        "# growth raw: same streams into the PV file's extent area (punched to holes first) + \
-         flush: {} ({})",
-        Unit::MBps.fmt(mbps(g.raw)),
-        ms(g.raw)
-    );
-    ratio_rate(
-        &format!("growth_seq_write_1m_{}threads_vs_raw", g.threads),
-        mbps(g.ours),
-        mbps(g.raw),
-        Unit::MBps,
-    );
-    ensure!(
-        g.errors == 0 && g.stats.failed_extensions == 0,
-        "growth row: {} write errors, {} failed extensions ({:?})",
-        g.errors,
-        g.stats.failed_extensions,
-        g.stats.last_error
-    );
 
-    let spread = |v: &[Duration]| {
-        let lo = v.iter().min().copied().unwrap_or_default();
-        let hi = v.iter().max().copied().unwrap_or_default();
-        format!("{} [{}..{}]", ms(stats(v.to_vec()).p50), ms(lo), ms(hi))
-    };
-    println!(
-        "# full clone: chain of 3 layers, {} MiB allocated in all; ours copied {} MiB, left out {} MiB \
-         of zeroes; output on disk: ours {} MiB, qemu {} MiB; median of {}: ours {}, qemu {}",
-        c.allocated / MIB,
-        c.report.copied / MIB,
-        c.report.zero / MIB,
-        c.ours_size / MIB,
-        c.qemu_size / MIB,
-        c.ours.len(),
-        spread(&c.ours),
-        spread(&c.qemu)
-    );
-    ratio(
-        "full_clone_vs_qemu_img_convert",
-        stats(c.ours.clone()).p50,
-        stats(c.qemu.clone()).p50,
-    );
+    if let Some(c) = &c {
+        let spread = |v: &[Duration]| {
+            let lo = v.iter().min().copied().unwrap_or_default();
+            let hi = v.iter().max().copied().unwrap_or_default();
+            format!("{} [{}..{}]", ms(stats(v.to_vec()).p50), ms(lo), ms(hi))
+        };
+        println!(
+            "# full clone: chain of 3 layers, {} MiB allocated in all; ours copied {} MiB, left out {} MiB \
+             of zeroes; output on disk: ours {} MiB, qemu {} MiB; median of {}: ours {}, qemu {}",
+            c.allocated / MIB,
+            c.report.copied / MIB,
+            c.report.zero / MIB,
+            c.ours_size / MIB,
+            c.qemu_size / MIB,
+            c.ours.len(),
+            spread(&c.ours),
+            spread(&c.qemu)
+        );
+        ratio(
+            "full_clone_vs_qemu_img_convert",
+            stats(c.ours.clone()).p50,
+            stats(c.qemu.clone()).p50,
+        );
+    }
     println!("# thin_ops took {:.1} s", began.elapsed().as_secs_f64());
     Ok(())
 }

@@ -346,3 +346,75 @@ fn zero_reads_over_old_contents(cluster: u64) {
     }
     qemu_same(dir.path(), "vol", &expect);
 }
+
+/// A [`DirStore`] whose LV "src" reads through a fault device.
+struct FailingSource {
+    dir: DirStore,
+    ctl: san::FaultControl,
+}
+
+impl LvStore for FailingSource {
+    fn open(&self, name: &str) -> thin::Result<Arc<dyn san::BlockDev>> {
+        let dev = self.dir.open(name)?;
+        Ok(match name {
+            "src" => Arc::new(san::FaultDev::new(dev, self.ctl.clone())),
+            _ => dev,
+        })
+    }
+    fn create(
+        &self,
+        name: &str,
+        size: u64,
+        tags: &[String],
+    ) -> thin::Result<Arc<dyn san::BlockDev>> {
+        self.dir.create(name, size, tags)
+    }
+    fn extend(&self, name: &str, size: u64) -> thin::Result<Arc<dyn san::BlockDev>> {
+        self.dir.extend(name, size)
+    }
+    fn remove(&self, name: &str) -> thin::Result<()> {
+        self.dir.remove(name)
+    }
+    fn exists(&self, name: &str) -> thin::Result<bool> {
+        self.dir.exists(name)
+    }
+}
+
+#[test]
+fn a_clone_that_cannot_read_its_source_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FailingSource {
+        dir: DirStore::new(dir.path(), 4 << 20),
+        ctl: san::FaultControl::new(),
+    };
+    let opts = CreateOptions {
+        size: Some(64 << 20),
+        initial_lv_size: 64 << 20,
+        ..Default::default()
+    };
+    thin::create(&store, "src", &opts).unwrap();
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    {
+        let v = Volume::open(&store, "src", &OpenOptions::default()).unwrap();
+        v.write(&data, 0).unwrap();
+        v.flush().unwrap();
+    }
+    // Data clusters sit past the image's first megabytes of metadata: the
+    // copy gets some way, then a read of its source fails.
+    store.ctl.fail_reads(Some(24 << 20..u64::MAX));
+    let mut last = None;
+    let e = thin::clone::full_clone(&store, "src", "copy", &opts, None, &mut |p| last = Some(p))
+        .unwrap_err();
+    let last = last.unwrap();
+    assert!(last.done > 0 && last.done < last.total, "{last:?}");
+    assert!(e.to_string().to_lowercase().contains("read"), "{e}");
+    assert!(
+        !store.exists("copy").unwrap(),
+        "the half-made clone was left behind"
+    );
+    store.ctl.fail_reads(None);
+    let v = Volume::open(&store, "src", &OpenOptions::read_only()).unwrap();
+    let mut back = vec![0; data.len()];
+    v.read(&mut back, 0).unwrap();
+    assert!(back == data);
+}

@@ -104,6 +104,10 @@ pub struct VmsConfig {
     /// (default 10).
     #[serde(default)]
     pub stop_timeout_secs: Option<u64>,
+    /// Stop the VMs when ssvd stops (default false: they keep running and
+    /// the next ssvd adopts them, so restarting ssvd spares the guests).
+    #[serde(default)]
+    pub stop_with_ssvd: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod pool;
+mod restart;
 pub mod session;
 pub mod snapshots;
 pub mod vms;

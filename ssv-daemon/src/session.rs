@@ -207,10 +207,17 @@ impl Host {
         v
     }
 
-    /// Stops the VMs it started and closes every session (shutdown): a VM
-    /// outliving its ssvd would have no growth service.
+    /// Closes every session (shutdown). VMs keep running, to be adopted by
+    /// the next ssvd (`restart.rs`), unless `[vm] stop_with_ssvd`.
     pub fn close_all(&self) {
-        self.stop_all_vms();
+        if self.config.vm.stop_with_ssvd {
+            self.stop_all_vms();
+        } else {
+            let running = self.vms().iter().filter(|v| v.exit.is_none()).count();
+            if running > 0 {
+                log::info!("{running} VMs keep running; the next ssvd adopts them");
+            }
+        }
         for id in self.sessions() {
             if let Err(e) = self.close_session(&id) {
                 log::warn!("closing volume {id}: {e}");

@@ -138,6 +138,7 @@ impl Host {
                     a.info.pid
                 );
                 att.remove(&rec.id);
+                self.save_attachments(&att);
             }
         }
         let vg = pool.refresh()?;
@@ -170,13 +171,17 @@ impl Host {
             threshold_percent: policy.threshold_percent,
             chunk: policy.chunk,
         };
-        lock(&self.attachments).insert(
-            rec.id.clone(),
-            Attached {
-                info: info.clone(),
-                quiesced: false,
-            },
-        );
+        {
+            let mut att = lock(&self.attachments);
+            att.insert(
+                rec.id.clone(),
+                Attached {
+                    info: info.clone(),
+                    quiesced: false,
+                },
+            );
+            self.save_attachments(&att);
+        }
         self.events.emit(
             "volume.attached",
             Some(pool.name()),
@@ -195,7 +200,13 @@ impl Host {
     /// Ends an attachment (the writer closed the volume, or exited).
     pub fn detach(&self, volume: &str) -> Result<()> {
         let (pool, rec) = self.resolve(volume)?;
-        let Some(a) = lock(&self.attachments).remove(&rec.id) else {
+        let removed = {
+            let mut att = lock(&self.attachments);
+            let a = att.remove(&rec.id);
+            self.save_attachments(&att);
+            a
+        };
+        let Some(a) = removed else {
             return Err(Error::NotFound(format!(
                 "volume {} is not attached on this host",
                 rec.id
@@ -266,8 +277,12 @@ impl Host {
         let (snapshot, _) = out?;
         let (_, rec) = self.find(&rec.id)?;
         let layers: Vec<String> = rec.layers.iter().map(|l| l.lv.clone()).collect();
-        if let Some(a) = lock(&self.attachments).get_mut(&rec.id) {
-            a.info.layers = layers.clone();
+        {
+            let mut att = lock(&self.attachments);
+            if let Some(a) = att.get_mut(&rec.id) {
+                a.info.layers = layers.clone();
+            }
+            self.save_attachments(&att);
         }
         Ok(AttachedSnapshot { snapshot, layers })
     }
@@ -319,7 +334,7 @@ pub struct CreateVm {
     pub disks: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmInfo {
     pub name: String,
     pub pid: u32,
@@ -342,6 +357,14 @@ pub struct VmInfo {
 
 pub(crate) struct VmProc {
     info: std::sync::Mutex<VmInfo>,
+}
+
+impl VmProc {
+    pub(crate) fn new(info: VmInfo) -> VmProc {
+        VmProc {
+            info: std::sync::Mutex::new(info),
+        }
+    }
 }
 
 fn check_vm_name(name: &str) -> Result<()> {
@@ -406,7 +429,7 @@ impl Host {
         Ok(exe.with_file_name("ssv-vmm"))
     }
 
-    fn vm_dir(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn vm_dir(&self, name: &str) -> std::path::PathBuf {
         self.config.state_dir.join("vms").join(name)
     }
 
@@ -477,6 +500,9 @@ impl Host {
         }
         let log = std::fs::File::create(dir.join("vmm.log"))
             .map_err(|e| Error::Storage(format!("creating the VMM's log: {e}")))?;
+        // Its own process group: a signal to ssvd's group (Ctrl-C in a
+        // terminal) does not reach the VMs, which outlive an ssvd restart.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
@@ -497,10 +523,9 @@ impl Host {
             exit: None,
             status: None,
         };
-        let vm = std::sync::Arc::new(VmProc {
-            info: std::sync::Mutex::new(info.clone()),
-        });
+        let vm = std::sync::Arc::new(VmProc::new(info.clone()));
         lock(&self.vms).insert(req.name.clone(), vm.clone());
+        self.save_vm(&info);
         self.events.emit(
             "vm.started",
             None,
@@ -512,7 +537,7 @@ impl Host {
         std::thread::Builder::new()
             .name("vm-watch".into())
             .spawn(move || {
-                host.forward_events(&name, &apip, &child);
+                host.forward_events(&name, &apip, child.id());
                 let status = child.wait();
                 host.vm_exited(&name, &vm, status);
             })
@@ -522,16 +547,14 @@ impl Host {
 
     /// Forwards the VMM's events into ssvd's (`vm.<event>`) until its API
     /// closes; returns once the stream ends or never opens.
-    fn forward_events(&self, name: &str, api: &std::path::Path, child: &std::process::Child) {
+    pub(crate) fn forward_events(&self, name: &str, api: &std::path::Path, pid: u32) {
         use std::io::{BufRead, Write};
         let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut conn = loop {
             if let Ok(c) = std::os::unix::net::UnixStream::connect(api) {
                 break c;
             }
-            // SAFETY: kill with signal 0 only checks the process exists.
-            let gone = unsafe { libc::kill(child.id() as i32, 0) } != 0
-                || std::time::Instant::now() > until;
+            let gone = !alive(pid) || std::time::Instant::now() > until;
             if gone || lock(&self.vms).get(name).is_none() {
                 return;
             }
@@ -574,15 +597,25 @@ impl Host {
             },
             Err(e) => format!("unknown ({e})"),
         };
-        let pid = {
+        self.vm_ended(name, vm, exit);
+    }
+
+    /// Records the end of a VM's process.
+    pub(crate) fn vm_ended(&self, name: &str, vm: &VmProc, exit: String) {
+        let (pid, info) = {
             let mut info = lock(&vm.info);
             info.state = "exited".into();
             info.exit = Some(exit.clone());
-            info.pid
+            (info.pid, info.clone())
         };
+        self.save_vm(&info);
         // A VMM that died did not detach: its attachments end here (its
         // lockd connection closed with it, which released the leases).
-        lock(&self.attachments).retain(|_, a| a.info.pid != pid);
+        {
+            let mut att = lock(&self.attachments);
+            att.retain(|_, a| a.info.pid != pid);
+            self.save_attachments(&att);
+        }
         self.events.emit(
             "vm.exited",
             None,
@@ -655,9 +688,9 @@ impl Host {
             while std::time::Instant::now() < until && self.vm(name)?.exit.is_none() {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            if self.vm(name)?.exit.is_none() {
-                // SAFETY: kill of the VMM we spawned; its watcher has not
-                // reaped it (no exit recorded), so the pid is still its.
+            if self.vm(name)?.exit.is_none() && crate::restart::is_vmm(v.pid, &v.api) {
+                // SAFETY: kill of a pid whose command line is this VM's
+                // VMM; no exit is recorded, so its watcher still waits.
                 unsafe { libc::kill(v.pid as i32, libc::SIGKILL) };
                 let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
                 while std::time::Instant::now() < until && self.vm(name)?.exit.is_none() {
@@ -712,7 +745,7 @@ impl Host {
         Ok(self.vm(name)?.console.into())
     }
 
-    /// Stops every VM (shutdown of ssvd).
+    /// Stops every VM (shutdown of ssvd with `[vm] stop_with_ssvd`).
     pub fn stop_all_vms(&self) {
         for v in self.vms() {
             if v.exit.is_none() {

@@ -650,15 +650,19 @@ fn io_rows(sz: &Sizes, scratch: &Path, qemu: &Path) -> Result<Vec<Row>> {
     let mut rewrite = named("rewrite_4k", p.strided);
     let mut seq = named("seq_write_1m", [p.seq; 2]);
     for round in 0..sz.rounds {
-        for (i, &d) in DEPTHS.iter().enumerate() {
+        // Depth 32 first and removed at once: three full images at most
+        // are on the disk at a time.
+        for (i, &d) in DEPTHS.iter().enumerate().rev() {
             eprintln!("thin_ops: round {round}: 1 MiB sequential writes, depth {d}");
             let img = format!("seq_qd{d}");
             seq[i].push(im.allocating(&img, d, p.seq, round)?);
+            if d != 1 {
+                im.remove(&img)?;
+            }
         }
         // Ours' depth-1 output, fully allocated, is every side's image for
         // the reads and rewrites of this round.
         let data = "seq_qd1";
-        im.remove("seq_qd32")?;
         for (i, &d) in DEPTHS.iter().enumerate() {
             eprintln!("thin_ops: round {round}: 4 KiB reads, depth {d}");
             let pat = p.strided[i];

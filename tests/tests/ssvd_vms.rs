@@ -315,3 +315,150 @@ fn ssvd_runs_a_vm_on_its_volume_and_notices_it_exit() -> Result<()> {
     assert_eq!(h.client.get("/v1/vms")?, json!([]));
     Ok(())
 }
+
+/// Whether process `pid` runs (a zombie does not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|t| !t.trim_start().starts_with('Z'))
+    })
+}
+
+/// Kills the VMM when the test ends, even when it failed: the VM does not
+/// end with ssvd.
+struct KillOnDrop(u64);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            // SAFETY: kill of the VMM this test started, still running.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A real-mode guest that spins (`jmp $`): it runs until stopped.
+const SPIN_GUEST: &[u8] = &[0xeb, 0xfe];
+
+#[test]
+fn vms_and_attached_disks_outlive_an_ssvd_restart() -> Result<()> {
+    let scratch = Scratch::new(None)?;
+    let lun = scratch.sparse_file("lun0.img", 2 << 30)?;
+    let vmm_bin = ssv_tests::leases::built_bin("vmm", "ssv-vmm");
+    let mut h = HostProc::start_with_toml(
+        scratch.path(),
+        1,
+        &[format!("file = {lun:?}")],
+        1,
+        &format!("[vm]\nvmm = {vmm_bin:?}\nstop_timeout_secs = 2\n"),
+    )?;
+    h.client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": "4m", "initial": "8m", "chunk": "8m"}),
+    )?;
+    let id = |v: Value| v["id"].as_str().unwrap_or_default().to_string();
+    let disk0 = id(h
+        .client
+        .post("/v1/volumes", &json!({"name": "disk0", "size": "256m"}))?);
+    let d1 = id(h
+        .client
+        .post("/v1/volumes", &json!({"name": "d1", "size": "16m"}))?);
+
+    // A VM on d1, paused through its own API so that it spins no CPU.
+    let image = scratch.path().join("spin.bin");
+    std::fs::write(&image, SPIN_GUEST)?;
+    let vm = h.client.post(
+        "/v1/vms",
+        &json!({"name": "spin", "memory_mib": 4, "realmode": image, "disks": ["d1"]}),
+    )?;
+    let (pid, api) = (
+        vm["pid"].as_u64().unwrap_or(0),
+        PathBuf::from(vm["api"].as_str().unwrap_or("")),
+    );
+    let _vmm = KillOnDrop(pid);
+    let until = Instant::now() + Duration::from_secs(30);
+    while ssvd::vms::vmm_call(
+        &api,
+        json!({"id": 1, "op": "pause"}),
+        Duration::from_secs(5),
+    )
+    .is_err()
+    {
+        assert!(Instant::now() < until, "the VMM's API never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A writer in this process (the VMM's disk code) on disk0.
+    let hub = Arc::new(EventHub::default());
+    let mut leases = None;
+    let disk = open_disk(&h, &disk0, &mut leases, &hub)?;
+    write_all(&disk, 0, 4 * MIB, 1);
+    disk.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // growth at the threshold
+    let st = disk.status();
+    let free = (st.lv_size - st.allocated_end) / MIB * MIB;
+
+    // ssvd goes away. New data beyond the LV's free space waits for it and
+    // is written once the next ssvd grows the LV; the VM keeps running.
+    h.stop_ssvd();
+    let end = 4 * MIB + free + 4 * MIB;
+    let writer = {
+        let disk = disk.clone();
+        std::thread::spawn(move || write_all(&disk, 4 * MIB, end, 1))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !writer.is_finished(),
+        "{} MiB went into {} MiB of free LV space without ssvd",
+        (end - 4 * MIB) / MIB,
+        free / MIB
+    );
+    assert!(alive(pid), "the VM ended with ssvd");
+    h.start_ssvd()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the waiting writer failed"))?;
+    assert!(disk.status().lv_size > st.lv_size);
+    check_all(&disk, 0, end, 1);
+    assert_eq!(disk.status().growth.map(|g| g.failed_extensions), Some(0));
+
+    // The new ssvd knows both attachments and the VM.
+    let v = h.client.get(&format!("/v1/volumes/{disk0}"))?;
+    assert_eq!(v["state"], "attached", "{v}");
+    let e = h
+        .client
+        .post(
+            &format!("/v1/volumes/{d1}/attach"),
+            &json!({"writer": "x", "pid": std::process::id()}),
+        )
+        .unwrap_err();
+    assert_eq!(api_status(&e), 409, "{e}");
+    let v = h.client.get("/v1/vms/spin")?;
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_u64()),
+        (Some("running"), Some(pid)),
+        "{v}"
+    );
+    assert_eq!(v["status"]["state"], "paused", "{v}");
+    // The online snapshot goes through the adopted attachment.
+    let snap = disk.snapshot("after-restart").map_err(anyhow::Error::msg)?;
+    assert_eq!(snap["name"], "after-restart");
+    disk.close().map_err(anyhow::Error::msg)?;
+
+    // Stopping the adopted VM ends it and frees its disk.
+    let mut events = h.client.send("GET", "/v1/events", None)?;
+    let v = h.client.post("/v1/vms/spin/stop", &json!({}))?;
+    assert!(v["exit"].is_string(), "{v}");
+    assert!(!alive(pid));
+    let v = h.client.get(&format!("/v1/volumes/{d1}"))?;
+    assert_eq!(v["state"], "closed", "{v}");
+    while let Some(line) = events.next_line()? {
+        if serde_json::from_str::<Value>(&line)?["kind"] == "vm.exited" {
+            break;
+        }
+    }
+    h.client.delete("/v1/vms/spin")?;
+    Ok(())
+}

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// `ssvd=SOCKET,volume=ID[,readonly]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,6 +216,10 @@ impl thin::LvStore for AttachedStore {
     }
 }
 
+/// How long a growth request waits for an ssvd that cannot be reached
+/// (restarting) before the write fails.
+const SSVD_AWAY: Duration = Duration::from_secs(60);
+
 /// Grows the top LV through ssvd's growth service.
 struct SsvdExtender {
     client: Client,
@@ -227,11 +232,30 @@ impl thin::Extender for SsvdExtender {
     fn extend(&self, req: &thin::GrowthRequest) -> Result<Arc<dyn BlockDev>, String> {
         let body = json!({"lv": req.lv, "min_size": req.min_size, "target_size": req.target_size});
         let path = format!("/v1/volumes/{}/grow", self.volume);
-        let answer = self.client.post(&path, &body).map_err(|e| match &e {
-            // thin turns this into ENOSPC: the pool is full.
-            ClientError::Api { status: 507, .. } => format!("no space: {e}"),
-            _ => format!("growing LV {} through ssvd: {e}", req.lv),
-        })?;
+        let until = Instant::now() + SSVD_AWAY;
+        let mut pause = Duration::from_millis(50);
+        let answer = loop {
+            match self.client.post(&path, &body) {
+                // ssvd is restarting: the write waits for it (growth is
+                // asked by size, so asking again is harmless).
+                Err(e @ (ClientError::Connect { .. } | ClientError::Io(_)))
+                    if Instant::now() < until =>
+                {
+                    if pause == Duration::from_millis(50) {
+                        log::warn!("growing LV {}: {e}; waiting for ssvd", req.lv);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                r => {
+                    break r.map_err(|e| match &e {
+                        // thin turns this into ENOSPC: the pool is full.
+                        ClientError::Api { status: 507, .. } => format!("no space: {e}"),
+                        _ => format!("growing LV {} through ssvd: {e}", req.lv),
+                    })?;
+                }
+            }
+        };
         let mapping: ssvd::volumes::LvMapping = serde_json::from_value(answer)
             .map_err(|e| format!("ssvd's mapping of LV {}: {e}", req.lv))?;
         let dev = self.store.device_from_mapping(&mapping)?;

@@ -61,6 +61,7 @@ fn main() -> Result<()> {
     for problem in host.attach_all() {
         log::error!("{problem}");
     }
+    host.adopt();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 use lvm::PvDev;
 use san::iscsi::{self, Chap, IscsiUri, LoginOptions, Multipath, MultipathOptions, PathEvent};
 use san::{BlockDev, FileDev};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -95,6 +95,65 @@ pub fn open_lun(path: &str) -> Result<PvDev> {
     Ok(PvDev::new(Arc::new(dev), path))
 }
 
+/// How a writer in another process of this host (a VMM) logs in to an
+/// iSCSI LUN of the pool it writes: under its own initiator name
+/// (`host<ID>-vmm`) with its pid as ISID qualifier, so that it is an I_T
+/// nexus of its own and ends neither ssvd's sessions nor another VMM's;
+/// with this host's CHAP credentials and path policy.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IscsiAccess {
+    pub initiator_name: String,
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub chap_secret_file: Option<PathBuf>,
+    /// How long I/O waits for a path while none is up (no_path_retry).
+    pub no_path_retry_ms: u64,
+}
+
+/// The access to LUN `path` for another process, if it is an iSCSI LUN of
+/// this host's configuration.
+pub(crate) fn iscsi_access(path: &str) -> Option<IscsiAccess> {
+    let reg = lock(registry());
+    let src = reg.configured.get(path)?;
+    Some(IscsiAccess {
+        initiator_name: iscsi::initiator_name(&format!("host{}", src.host_id), "vmm"),
+        chap_user: src.chap_user.clone(),
+        chap_secret_file: src.chap_secret_file.clone(),
+        no_path_retry_ms: u64::try_from(src.multipath_options().no_path_retry.as_millis())
+            .unwrap_or(u64::MAX),
+    })
+}
+
+/// Opens a PV of an attachment in the writer's process: a file or block
+/// device by its path, an iSCSI LUN with the `access` ssvd gave.
+pub fn open_attached(path: &str, access: Option<&IscsiAccess>) -> Result<PvDev> {
+    let Some(a) = access.filter(|_| iscsi::is_iscsi_uri(path)) else {
+        return open_lun(path);
+    };
+    let uri: IscsiUri = path
+        .parse()
+        .map_err(|e: iscsi::UriError| Error::Invalid(format!("LUN {path}: {e}")))?;
+    let mut reg = lock(registry());
+    let key = uri.canonical();
+    if let Some(mp) = reg.open.get(&key) {
+        return Ok(PvDev::new(mp.clone(), path));
+    }
+    let mut login = LoginOptions::new(&a.initiator_name, [0; 6]);
+    login.chap = chap(&uri, &a.chap_user, &a.chap_secret_file)?;
+    let opts = MultipathOptions {
+        no_path_retry: Duration::from_millis(a.no_path_retry_ms),
+        ..MultipathOptions::default()
+    };
+    login.timeout = opts.io_timeout;
+    let mp = iscsi::open_uri_with(&uri, &login, std::process::id(), opts)
+        .map_err(|e| Error::Unavailable(format!("LUN {uri}: {e}")))?;
+    let mp = Arc::new(mp);
+    reg.open.insert(key, mp.clone());
+    Ok(PvDev::new(mp, path))
+}
+
 fn open_iscsi(path: &str) -> Result<Arc<Multipath>> {
     let mut reg = lock(registry());
     let src = reg.configured.get(path).cloned().ok_or_else(|| {
@@ -162,23 +221,27 @@ fn path_event(events: &Events, lun: &str, e: &PathEvent) {
     events.emit(kind, None, None, msg);
 }
 
+/// CHAP credentials from a user name and a file holding only the secret.
+fn chap(uri: &IscsiUri, user: &Option<String>, file: &Option<PathBuf>) -> Result<Option<Chap>> {
+    let (Some(user), Some(file)) = (user, file) else {
+        return Ok(None);
+    };
+    let text = std::fs::read(file).map_err(|e| {
+        Error::Invalid(format!(
+            "LUN {uri}: cannot read chap_secret_file {}: {e}",
+            file.display()
+        ))
+    })?;
+    Ok(Some(Chap {
+        user: user.clone(),
+        secret: text.trim_ascii_end().to_vec(),
+    }))
+}
+
 impl IscsiSource {
     fn open(&self) -> Result<Multipath> {
         let mut login = LoginOptions::new(&self.initiator_name, [0; 6]);
-        if let (Some(user), Some(file)) = (&self.chap_user, &self.chap_secret_file) {
-            let text = std::fs::read(file).map_err(|e| {
-                Error::Invalid(format!(
-                    "LUN {}: cannot read chap_secret_file {}: {e}",
-                    self.uri,
-                    file.display()
-                ))
-            })?;
-            let secret = text.trim_ascii_end().to_vec();
-            login.chap = Some(Chap {
-                user: user.clone(),
-                secret,
-            });
-        }
+        login.chap = chap(&self.uri, &self.chap_user, &self.chap_secret_file)?;
         let opts = self.multipath_options();
         login.timeout = opts.io_timeout;
         // host ids are 1 to 2000 (checked at load): they fit.

@@ -35,6 +35,9 @@ pub struct AttachedPv {
     pub path: String,
     /// The PV's LVM UUID.
     pub uuid: String,
+    /// For an iSCSI LUN: how the writer logs in to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<crate::luns::IscsiAccess>,
 }
 
 /// A lease as lockd names it (`LOCKSPACE:RESOURCE:PATH:OFFSET`).
@@ -156,9 +159,13 @@ impl Host {
             pvs: vg
                 .pvs
                 .iter()
-                .map(|p| AttachedPv {
-                    path: p.device.clone().unwrap_or_default(),
-                    uuid: p.id.to_string(),
+                .map(|p| {
+                    let path = p.device.clone().unwrap_or_default();
+                    AttachedPv {
+                        iscsi: crate::luns::iscsi_access(&path),
+                        path,
+                        uuid: p.id.to_string(),
+                    }
                 })
                 .collect(),
             lease: LeaseSpec {
@@ -710,6 +717,16 @@ impl Host {
         lock(&self.vms).remove(name);
         let _ = std::fs::remove_dir_all(self.vm_dir(name));
         Ok(())
+    }
+
+    /// Pauses (`pause`) or resumes the VM through its VMM; its state after.
+    pub fn pause_vm(&self, name: &str, pause: bool) -> Result<serde_json::Value> {
+        let v = self.running_vm(name)?;
+        let api = std::path::Path::new(&v.api);
+        let op = if pause { "pause" } else { "resume" };
+        let t = std::time::Duration::from_secs(10);
+        vmm_call(api, serde_json::json!({"id": 1, "op": op}), t)?;
+        vmm_call(api, serde_json::json!({"id": 2, "op": "status"}), t)
     }
 
     /// An online snapshot of one of the VM's disks, through its VMM.

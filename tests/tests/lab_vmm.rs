@@ -1,20 +1,24 @@
 //! ssv-vmm boots Debian's cloud kernel inside a lab VM (nested KVM under
 //! QEMU's software emulation) with two vCPUs and a virtio-blk disk on a
-//! thin volume in a VG on a sparse file. The guest's init
+//! thin volume, as a VM of ssvd: `vmm/guest/linux/lab-disk.sh` starts
+//! lockd and ssvd on a sparse-file LUN in the lab VM, makes the pool and
+//! the volume and starts the VM with ssvctl. The guest's init
 //! (`vmm/guest/linux/init.sh`) writes 256 MiB of random data from two
-//! writers at once, reads it back past the page cache and compares, then
-//! powers off; the lab VM (`vmm/guest/linux/lab-disk.sh`) then looks at the
-//! volume from outside. Asserted here: the guest's result lines (both vCPUs
-//! up, one virtio queue per vCPU, data read back equal), the VMM's clean
-//! exit through the guest's power-off, the LV grown from its small initial
-//! size in several extensions, the volume holding exactly what the guest
-//! wrote (per-chunk sha256 against `ssvadm volume read`), and, where the
-//! host has qemu-img, `qemu-img check` clean on the qcow2 in the LV.
+//! writers at once in two halves, holding between them while ssvctl takes
+//! an online snapshot and pauses and resumes the VM; then it reads
+//! everything back past the page cache, compares and powers off. Asserted
+//! here: the guest's result lines (both vCPUs up, one virtio queue per
+//! vCPU, data read back equal), the VM's clean exit through the guest's
+//! power-off, the paused and running states ssvctl saw, both layers grown
+//! from their small initial LV, the volume holding exactly what the guest
+//! wrote and the snapshot exactly its first half (per-chunk sha256 against
+//! `ssvadm volume read`), and, where the host has qemu-img, `qemu-img
+//! check` clean on both layers' qcow2.
 //!
 //! Run: `cargo test -p ssv-tests --test lab_vmm -- --test-threads=1`
 //! (root the first time, to build the lab; about 3 minutes for x86_64; the
-//! aarch64 test cross-builds the VMM first). Skips, saying why, where the
-//! lab, the cross toolchain or a C compiler is missing.
+//! aarch64 test cross-builds the binaries first). Skips, saying why, where
+//! the lab, the cross toolchain or a C compiler is missing.
 
 mod lab_vmm_support;
 
@@ -31,9 +35,26 @@ static ONE_LAB: Mutex<()> = Mutex::new(());
 const MIB_WRITTEN: u64 = 256;
 const INITIAL_LV: u64 = 32 << 20;
 const CHUNK: u64 = 16 << 20;
+/// Seconds the guest holds between its halves for the snapshot and pause.
+const HOLD: u64 = 20;
+/// sha256 of a 32 MiB chunk of zeroes: what the snapshot reads past the
+/// first half.
+const ZERO_CHUNK_SHA256: &str = "83ee47245398adee79bd9c0a8bc57b821e92aba10f5f9ade8a5d1fae4d8c4302";
 
-fn lv_size(info: &serde_json::Value) -> u64 {
-    info["layers"][0]["lv_size"].as_u64().unwrap_or(0)
+/// LV size of layer `i` (0: the top) of a volume as `ssvctl volume show` says.
+fn lv_size(info: &serde_json::Value, i: usize) -> u64 {
+    info["layers"][i]["lv_size"].as_u64().unwrap_or(0)
+}
+
+fn read_sums(path: &std::path::Path) -> BTreeMap<u64, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (n, sum) = l.split_once(' ')?;
+            Some((n.parse().ok()?, sum.to_string()))
+        })
+        .collect()
 }
 
 /// `chunk N ... sha256=HEX` lines of the guest, by chunk.
@@ -60,7 +81,7 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
         }
     };
     let run_sh = format!(
-        "KERNEL={} CONSOLE={} VCPUS=2 MIB={MIB_WRITTEN} CHUNK={}M\n. ./lab-disk.sh\n",
+        "KERNEL={} CONSOLE={} VCPUS=2 MIB={MIB_WRITTEN} CHUNK={}m HOLD={HOLD}\n. ./lab-disk.sh\n",
         arch.guest_kernel_name(),
         console(arch),
         CHUNK >> 20
@@ -103,57 +124,90 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
     );
 
     // The guest's power-off ended the VM and ssv-vmm exited 0.
-    let status = std::fs::read_to_string(out.join("vmm.status")).unwrap();
-    assert_eq!(status.trim(), "0", "{context}");
-
-    // The LV grew from its initial size, in several extensions.
     let read_json = |name: &str| -> serde_json::Value {
-        let text = std::fs::read_to_string(out.join(name)).unwrap();
-        serde_json::from_str(&text).unwrap()
+        let text = std::fs::read_to_string(out.join(name)).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}; {context}"))
     };
-    let (before, after) = (read_json("info-before.json"), read_json("info-after.json"));
-    assert_eq!(lv_size(&before), INITIAL_LV);
-    assert!(
-        lv_size(&after) >= INITIAL_LV + 3 * CHUNK && lv_size(&after) >= MIB_WRITTEN << 20,
-        "LV {} -> {} bytes",
-        lv_size(&before),
-        lv_size(&after)
-    );
-    let allocated = after["layers"][0]["allocated_end"].as_u64().unwrap();
-    assert!(allocated >= MIB_WRITTEN << 20, "allocated_end {allocated}");
+    assert_eq!(read_json("vm.json")["exit"], "exit code 0", "{context}");
 
-    // What the volume holds is what the guest wrote, chunk by chunk.
+    // The guest held after its first half, and meanwhile ssvctl took the
+    // snapshot and saw the VM paused, then running again.
+    let half = MIB_WRITTEN / 32 / 2;
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "SSV-GUEST: wrote chunks 0 to {}; holding",
+            half - 1
+        ))),
+        "{context}"
+    );
+    let snap = read_json("snapshot.json");
+    assert_eq!(read_json("paused.json")["state"], "paused", "{context}");
+    assert_eq!(
+        read_json("paused.json")["reasons"],
+        serde_json::json!(["user"])
+    );
+    assert_eq!(read_json("resumed.json")["state"], "running", "{context}");
+
+    // Both layers grew from the initial LV: the snapshot's with the first
+    // half, the new top's with the second.
+    let (before, after) = (read_json("info-before.json"), read_json("info-after.json"));
+    assert_eq!(lv_size(&before, 0), INITIAL_LV);
+    let half_bytes = (MIB_WRITTEN << 20) / 2;
+    for (i, what) in [(0, "top"), (1, "snapshot")] {
+        assert!(
+            lv_size(&after, i) >= INITIAL_LV + 3 * CHUNK && lv_size(&after, i) >= half_bytes,
+            "{what} layer: LV {} -> {} bytes ({after})",
+            lv_size(&before, 0),
+            lv_size(&after, i)
+        );
+    }
+    assert_eq!(
+        after["layers"][1]["snapshot"], snap["id"],
+        "{after}\n{snap}"
+    );
+
+    // What the volume holds is what the guest wrote, chunk by chunk; the
+    // snapshot holds the first half and nothing after it.
     let written = guest_sums(&lines);
     assert_eq!(written.len() as u64, MIB_WRITTEN / 32, "{context}");
-    let on_volume: BTreeMap<u64, String> = std::fs::read_to_string(out.join("volume-sums.txt"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (n, sum) = l.split_once(' ')?;
-            Some((n.parse().ok()?, sum.to_string()))
+    assert_eq!(
+        read_sums(&out.join("volume-sums.txt")),
+        written,
+        "volume content differs from the guest's"
+    );
+    let first_half: BTreeMap<u64, String> = written
+        .iter()
+        .map(|(&n, sum)| {
+            let want = if n < half {
+                sum.clone()
+            } else {
+                ZERO_CHUNK_SHA256.into()
+            };
+            (n, want)
         })
         .collect();
     assert_eq!(
-        on_volume, written,
-        "volume content differs from the guest's"
+        read_sums(&out.join("snapshot-sums.txt")),
+        first_half,
+        "the snapshot is not the first half"
     );
 
-    // The qcow2 in the LV is consistent.
+    // Both layers' qcow2 are consistent.
     if p.qemu_img.is_some() {
         let check = std::fs::read_to_string(out.join("qemu-img-check.txt")).unwrap();
         let status = std::fs::read_to_string(out.join("qemu-img-check.status")).unwrap();
         assert_eq!(status.trim(), "0", "qemu-img check:\n{check}");
-        assert!(check.contains("No errors were found"), "{check}");
+        assert_eq!(check.matches("No errors were found").count(), 2, "{check}");
     } else {
         eprintln!("note: no qemu-img for {}: qcow2 check skipped", arch.name());
     }
     let boot = run.time_of("LAB: ssv-vmm starts");
     let init = run.time_of("LAB: ssv-vmm exited");
     eprintln!(
-        "{}: lab VM start to ssv-vmm start {boot:?} s, to its exit {init:?} s; LV {} -> {} MiB",
+        "{}: lab VM start to ssv-vmm start {boot:?} s, to its exit {init:?} s; layers' LVs {} MiB (snapshot), {} MiB (top)",
         arch.name(),
-        lv_size(&before) >> 20,
-        lv_size(&after) >> 20
+        lv_size(&after, 1) >> 20,
+        lv_size(&after, 0) >> 20
     );
 }
 

@@ -6,7 +6,8 @@
 //! and snapshots at once; data qemu-io writes through host 1's NBD export,
 //! while one path is cut, arrives whole with no error and reads back on
 //! host 2; stock lvm2 reads the pool (the URI is the PV's device hint) and
-//! no extent is owned twice.
+//! no extent is owned twice. A VMM's disk on host 2 logs in on its own and
+//! grows its volume through ssvd.
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
@@ -82,6 +83,57 @@ fn wait_log(log: impl Fn() -> String, want: &[&str], limit: Duration) -> Result<
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Attaches volume `id` of `h` in this process as a VMM does, writes past
+/// its first LV (it grows through ssvd) and reads back; the daemons'
+/// sessions stay as they were and the VMM's name has its own.
+fn vmm_disk_on_iscsi(h: &HostProc, t: &Tgtd, id: &str) -> Result<()> {
+    use vmm::api::DiskControl;
+    use vmm::devices::virtio::block::Disk;
+    let spec: vmm::disks::SsvdDiskSpec =
+        format!("ssvd={},volume={id}", h.dir.join("ssvd.sock").display())
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+    let sessions = nexuses(t)?;
+    let hub = std::sync::Arc::new(vmm::api::EventHub::default());
+    let disk = vmm::disks::SsvdDisk::open(&spec, &mut None, hub)?;
+    let lv = disk.status().lv_size;
+    let data = |at: u64| vec![(at / (4 * MIB)) as u8 | 1; 4 * MIB as usize];
+    let end = lv / 2 + 64 * MIB;
+    for at in (0..end).step_by(4 * MIB as usize) {
+        disk.write(&data(at), at)
+            .map_err(|e| anyhow::anyhow!("write at {at}: {e}"))?;
+    }
+    disk.flush().map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while disk.status().lv_size <= lv {
+        ensure!(
+            Instant::now() < until,
+            "the LV did not grow: {:?}",
+            disk.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut back = vec![0; 4 * MIB as usize];
+    for at in (0..end).step_by(4 * MIB as usize) {
+        disk.read(&mut back, at)
+            .map_err(|e| anyhow::anyhow!("read at {at}: {e}"))?;
+        ensure!(back == data(at), "data at {at} differs");
+    }
+    disk.close().map_err(anyhow::Error::msg)?;
+    let now = nexuses(t)?;
+    let me = san::iscsi::initiator_name(&format!("host{}", h.id), "vmm");
+    ensure!(
+        now.get(&me).is_some_and(|s| s.len() == 2),
+        "no two sessions of {me}: {now:?}"
+    );
+    let daemons: BTreeMap<_, _> = now.into_iter().filter(|(n, _)| *n != me).collect();
+    ensure!(
+        daemons == sessions,
+        "the daemons' sessions changed: {daemons:?}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -300,6 +352,10 @@ fn two_hosts_share_a_pool_on_an_iscsi_lun_over_two_paths() -> Result<()> {
             "{v}"
         );
     }
+
+    // A VMM's disk on host 2 (its code, in this process) opens the LUN
+    // itself: a nexus of its own, none of the daemons' sessions ended.
+    vmm_disk_on_iscsi(&hosts[1], &t, "h1-v0")?;
 
     for h in &mut hosts {
         h.stop();

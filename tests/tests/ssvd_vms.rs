@@ -366,29 +366,28 @@ fn vms_and_attached_disks_outlive_an_ssvd_restart() -> Result<()> {
         .client
         .post("/v1/volumes", &json!({"name": "d1", "size": "16m"}))?);
 
-    // A VM on d1, paused through its own API so that it spins no CPU.
+    // A VM on d1, paused (through ssvd) so that it spins no CPU.
     let image = scratch.path().join("spin.bin");
     std::fs::write(&image, SPIN_GUEST)?;
     let vm = h.client.post(
         "/v1/vms",
         &json!({"name": "spin", "memory_mib": 4, "realmode": image, "disks": ["d1"]}),
     )?;
-    let (pid, api) = (
-        vm["pid"].as_u64().unwrap_or(0),
-        PathBuf::from(vm["api"].as_str().unwrap_or("")),
-    );
+    let pid = vm["pid"].as_u64().unwrap_or(0);
     let _vmm = KillOnDrop(pid);
     let until = Instant::now() + Duration::from_secs(30);
-    while ssvd::vms::vmm_call(
-        &api,
-        json!({"id": 1, "op": "pause"}),
-        Duration::from_secs(5),
-    )
-    .is_err()
-    {
-        assert!(Instant::now() < until, "the VMM's API never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let paused = loop {
+        match h.client.post("/v1/vms/spin/pause", &json!({})) {
+            Ok(v) => break v,
+            // Until the VMM's API is up.
+            Err(e) if Instant::now() < until && api_status(&e) == 503 => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(paused["state"], "paused", "{paused}");
+    assert_eq!(paused["reasons"], json!(["user"]), "{paused}");
 
     // A writer in this process (the VMM's disk code) on disk0.
     let hub = Arc::new(EventHub::default());
@@ -442,6 +441,8 @@ fn vms_and_attached_disks_outlive_an_ssvd_restart() -> Result<()> {
         "{v}"
     );
     assert_eq!(v["status"]["state"], "paused", "{v}");
+    let running = h.client.post("/v1/vms/spin/resume", &json!({}))?;
+    assert_eq!(running["state"], "running", "{running}");
     // The online snapshot goes through the adopted attachment.
     let snap = disk.snapshot("after-restart").map_err(anyhow::Error::msg)?;
     assert_eq!(snap["name"], "after-restart");

@@ -97,7 +97,8 @@ impl AttachedStore {
         let mut pvs = Vec::new();
         let mut by_uuid = HashMap::new();
         for p in &att.pvs {
-            let pv = ssvd::luns::open_lun(&p.path).map_err(|e| format!("PV {}: {e}", p.path))?;
+            let pv = ssvd::luns::open_attached(&p.path, p.iscsi.as_ref())
+                .map_err(|e| format!("PV {}: {e}", p.path))?;
             by_uuid.insert(p.uuid.clone(), pv.dev.clone());
             pvs.push(pv);
         }

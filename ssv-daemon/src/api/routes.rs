@@ -49,6 +49,8 @@ use utoipa::OpenApi;
         show_vm,
         delete_vm,
         stop_vm,
+        pause_vm,
+        resume_vm,
         snapshot_vm,
         vm_console,
         open_session,
@@ -119,6 +121,8 @@ pub fn router(state: State) -> Router {
         .route("/v1/vms", get(list_vms).post(start_vm))
         .route("/v1/vms/{name}", get(show_vm).delete(delete_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
+        .route("/v1/vms/{name}/pause", post(pause_vm))
+        .route("/v1/vms/{name}/resume", post(resume_vm))
         .route("/v1/vms/{name}/snapshot", post(snapshot_vm))
         .route("/v1/vms/{name}/console", get(vm_console))
         .route(
@@ -372,6 +376,24 @@ async fn delete_vm(S(h): S<State>, Path(name): Path<String>) -> R<StatusCode> {
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", responses((status = 200, body = VmInfo)))]
 async fn stop_vm(S(h): S<State>, Path(name): Path<String>) -> R<Json<VmInfo>> {
     blocking(&h, "vm_stop", move |h| h.stop_vm(&name))
+        .await
+        .map(Json)
+}
+
+/// Stops the VM's vCPUs (its disks' I/O in flight completes); the answer
+/// is the VM's state (`paused`, with every reason it is paused for).
+#[utoipa::path(post, path = "/v1/vms/{name}/pause", responses((status = 200, body = Object), (status = 409, body = ErrorBody)))]
+async fn pause_vm(S(h): S<State>, Path(name): Path<String>) -> R<Json<serde_json::Value>> {
+    blocking(&h, "vm_pause", move |h| h.pause_vm(&name, true))
+        .await
+        .map(Json)
+}
+
+/// Drops an operator's pause: the VM runs again unless a disk still waits
+/// for space (reason `enospc`).
+#[utoipa::path(post, path = "/v1/vms/{name}/resume", responses((status = 200, body = Object), (status = 409, body = ErrorBody)))]
+async fn resume_vm(S(h): S<State>, Path(name): Path<String>) -> R<Json<serde_json::Value>> {
+    blocking(&h, "vm_resume", move |h| h.pause_vm(&name, false))
         .await
         .map(Json)
 }

@@ -1,6 +1,7 @@
 //! What the VMM lab test (`tests/lab_vmm.rs`) and benchmark
 //! (`benches/vmm_lab.rs`) share: the binaries for the lab's architecture
-//! (`ssv-vmm`, `ssvadm`; cross-built for aarch64), the guest's I/O tool
+//! (`ssv-vmm`, `ssvadm`, `lockd`, `ssvd`, `ssvctl`; cross-built for
+//! aarch64), the guest's I/O tool
 //! (`vmm/guest/linux/ssv-io.c`, built static with the architecture's C
 //! compiler), and a payload with those, the guest kernel and an initramfs
 //! whose init is `vmm/guest/linux/init.sh`.
@@ -48,16 +49,22 @@ fn profile_dir() -> Result<(PathBuf, String)> {
     Ok((dir, name))
 }
 
-/// `ssv-vmm` and `ssvadm` for `arch`: this host's build with the test's
-/// profile on x86_64; on aarch64 cross-built with Rust's
-/// `aarch64-unknown-linux-gnu` target and Debian's `aarch64-linux-gnu-gcc`
-/// as linker (either missing: unavailable).
-pub fn vmm_binaries(arch: Arch) -> Result<std::result::Result<(PathBuf, PathBuf), Unavailable>> {
+/// The binaries a payload carries, `(package, binary)`.
+const BINARIES: [(&str, &str); 5] = [
+    ("vmm", "ssv-vmm"),
+    ("tools", "ssvadm"),
+    ("tools", "ssvctl"),
+    ("ssv-daemon", "ssvd"),
+    ("lockd", "lockd"),
+];
+
+/// [`BINARIES`] for `arch`: this host's build with the test's profile on
+/// x86_64; on aarch64 cross-built with Rust's `aarch64-unknown-linux-gnu`
+/// target and Debian's `aarch64-linux-gnu-gcc` as linker (either missing:
+/// unavailable).
+pub fn vmm_binaries(arch: Arch) -> Result<std::result::Result<Vec<PathBuf>, Unavailable>> {
     if arch.name() == std::env::consts::ARCH {
-        return Ok(Ok((
-            built_bin("vmm", "ssv-vmm"),
-            built_bin("tools", "ssvadm"),
-        )));
+        return Ok(Ok(BINARIES.iter().map(|(p, b)| built_bin(p, b)).collect()));
     }
     const TARGET: &str = "aarch64-unknown-linux-gnu";
     const LINKER: &str = "aarch64-linux-gnu-gcc";
@@ -90,11 +97,11 @@ pub fn vmm_binaries(arch: Arch) -> Result<std::result::Result<(PathBuf, PathBuf)
     let target_dir = dir.parent().context("no target dir")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "--target", TARGET])
-        .args([
-            "-p", "vmm", "--bin", "ssv-vmm", "-p", "tools", "--bin", "ssvadm",
-        ])
-        .arg("--target-dir")
+    cmd.args(["build", "-q", "--target", TARGET]);
+    for (package, bin) in BINARIES {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    cmd.arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     let var = "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER";
@@ -114,10 +121,10 @@ pub fn vmm_binaries(arch: Arch) -> Result<std::result::Result<(PathBuf, PathBuf)
         .status()
         .context("running cargo for the aarch64 build")?;
     if !status.success() {
-        bail!("cross-building ssv-vmm and ssvadm for {TARGET} failed: {status}");
+        bail!("cross-building the lab's binaries for {TARGET} failed: {status}");
     }
     let out = target_dir.join(TARGET).join(&profile);
-    Ok(Ok((out.join("ssv-vmm"), out.join("ssvadm"))))
+    Ok(Ok(BINARIES.iter().map(|(_, b)| out.join(b)).collect()))
 }
 
 /// Builds `ssv-io` static for `arch` at `out`.
@@ -148,28 +155,27 @@ pub fn build_guest_tool(arch: Arch, out: &Path) -> Result<std::result::Result<()
     Ok(Ok(()))
 }
 
-/// Where the payload's binaries are inside the lab VM.
+/// A payload for the VMM lab runs.
 pub struct VmmPayload {
     pub payload: Payload,
-    pub vmm: PathBuf,
-    pub ssvadm: PathBuf,
     /// qemu-img inside the lab VM, when the host has one for this
     /// architecture.
     pub qemu_img: Option<PathBuf>,
 }
 
-/// A payload with ssv-vmm, ssvadm, the guest kernel at
+/// A payload with [`BINARIES`] (in /usr/local/bin), the guest kernel at
 /// /payload/guest/{bzImage|Image}, the initramfs at /payload/guest/INITRAMFS
 /// and `lab-disk.sh`.
 pub fn vmm_payload(lab: &Lab) -> Result<std::result::Result<VmmPayload, Unavailable>> {
     let arch = lab.arch();
-    let (vmm_bin, ssvadm_bin) = match vmm_binaries(arch)? {
+    let bins = match vmm_binaries(arch)? {
         Ok(b) => b,
         Err(u) => return Ok(Err(u)),
     };
     let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref()))?;
-    let vmm = payload.add_binary(&vmm_bin)?;
-    let ssvadm = payload.add_binary(&ssvadm_bin)?;
+    for b in &bins {
+        payload.add_binary(b)?;
+    }
     // The host's qemu-img is an x86_64 binary: it runs in the x86_64 lab.
     let qemu_img = if arch == Arch::X86_64 && Path::new("/usr/bin/qemu-img").is_file() {
         Some(payload.add_binary(Path::new("/usr/bin/qemu-img"))?)
@@ -195,12 +201,7 @@ pub fn vmm_payload(lab: &Lab) -> Result<std::result::Result<VmmPayload, Unavaila
         guest_dir().join("lab-disk.sh"),
         payload.dir().join("lab-disk.sh"),
     )?;
-    Ok(Ok(VmmPayload {
-        payload,
-        vmm,
-        ssvadm,
-        qemu_img,
-    }))
+    Ok(Ok(VmmPayload { payload, qemu_img }))
 }
 
 /// The guest's console lines that carry `SSV-GUEST:`.

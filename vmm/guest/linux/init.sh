@@ -6,7 +6,10 @@
 #   disk      write ssv.mib MiB (default 256) of random data to /dev/vda in
 #             32 MiB chunks from two writers at once (O_DIRECT), read every
 #             chunk back after dropping the page cache and compare; prints
-#             each chunk's sha256 for the host to check the volume against
+#             each chunk's sha256 for the host to check the volume against.
+#             With ssv.hold=SECS, writes the first half, says so, waits
+#             SECS seconds (the host snapshots and pauses the VM meanwhile),
+#             then writes the second half
 #   randread  ssv-io randread over the first ssv.span MiB (default 256)
 #             for ssv.secs seconds (default 10) with ssv.jobs jobs (1)
 #   (none)    nothing more
@@ -60,26 +63,40 @@ write_chunk() {
     dd if="$f" of=/dev/vda bs=1M seek=$(($1 * CHUNK)) oflag=direct conv=notrunc 2>/dev/null || return 1
     rm -f "$f"
 }
-# Writer $1 of 2: chunks $1, $1+2, ...
+# Writer $1 of 2 of chunks $2 to $3 - 1: chunks $2+$1, $2+$1+2, ...
 writer() {
-    i=$1
-    while [ "$i" -lt "$2" ]; do
+    i=$(($2 + $1))
+    while [ "$i" -lt "$3" ]; do
         write_chunk "$i" || { echo "writer $1: chunk $i failed" >/tmp/writer.$1.err; return 1; }
         i=$((i + 2))
     done
+}
+# Chunks $1 to $2 - 1, from two writers at once.
+write_chunks() {
+    writer 0 "$1" "$2" &
+    w0=$!
+    writer 1 "$1" "$2" &
+    w1=$!
+    wait $w0 || fail "$(cat /tmp/writer.0.err)"
+    wait $w1 || fail "$(cat /tmp/writer.1.err)"
 }
 
 case "$mode" in
 disk)
     mib=$(arg mib 256)
     chunks=$((mib / CHUNK))
+    hold=$(arg hold 0)
+    half=$chunks
+    [ "$hold" -gt 0 ] && half=$((chunks / 2))
     started=$(cut -d' ' -f1 /proc/uptime)
-    writer 0 "$chunks" &
-    w0=$!
-    writer 1 "$chunks" &
-    w1=$!
-    wait $w0 || fail "$(cat /tmp/writer.0.err)"
-    wait $w1 || fail "$(cat /tmp/writer.1.err)"
+    write_chunks 0 "$half"
+    if [ "$half" -lt "$chunks" ]; then
+        sync
+        echo "SSV-GUEST: wrote chunks 0 to $((half - 1)); holding ${hold}s"
+        sleep "$hold"
+        echo "SSV-GUEST: writing chunks $half to $((chunks - 1))"
+        write_chunks "$half" "$chunks"
+    fi
     sync
     echo "SSV-GUEST: wrote $mib MiB in $chunks chunks ($started s to $(cut -d' ' -f1 /proc/uptime) s uptime)"
     echo 3 >/proc/sys/vm/drop_caches

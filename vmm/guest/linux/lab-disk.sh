@@ -1,62 +1,140 @@
 #!/bin/sh
 # Runs in a lab VM (sourced by the payload's run.sh, which sets KERNEL,
-# CONSOLE, VCPUS, MIB, CHUNK): makes a VG on a sparse file with ssvadm and
-# a thin volume with a small initial LV, boots the guest (init.sh,
-# ssv.mode=disk) under ssv-vmm on it, then checks from outside what the
-# guest did: the LV's size before and after, the volume's content per
-# chunk (ssvadm volume read) and its qcow2 metadata (qemu-img check over
-# ssvadm's NBD export, when the payload has qemu-img). Results go to
-# /payload/out; the exit status says which step failed.
+# CONSOLE, VCPUS, MIB, CHUNK, HOLD): starts lockd and ssvd on a sparse-file
+# LUN, makes a pool and a thin volume with a small initial LV, and runs the
+# guest (init.sh, ssv.mode=disk) as a VM of ssvd on it. While the guest
+# holds between the two halves it writes, ssvctl takes an online snapshot of
+# the disk, then pauses the VM and resumes it. After the guest's power-off
+# it looks from outside: both layers' LV sizes, the content of the volume
+# and of the snapshot per chunk (ssvadm volume read) and both layers' qcow2
+# metadata (qemu-img check over ssvadm's NBD export, when the payload has
+# qemu-img). Results go to /payload/out; the exit status says which step
+# failed.
 cd /payload || exit 2
 out=/payload/out
-pv=/tmp/pv.img
-ssvadm=/usr/local/bin/ssvadm
+bin=/usr/local/bin
+st=/tmp/ssv
+lun=$st/lun.img
+vm=$st/state/vms/guest
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+ssvctl() { $bin/ssvctl "$@"; }
+export SSVD_SOCKET=$st/ssvd.sock
+wait_socket() {
+    for _ in $(seq 300); do
+        [ -S "$1" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+stop_daemons() {
+    kill "$ssvd" 2>/dev/null && wait "$ssvd"
+    kill "$lockd" 2>/dev/null && wait "$lockd"
+}
 
-truncate -s 2G $pv
+mkdir -p $st
+truncate -s 2G $lun
+# io_timeout 1 s: joining the pool's lockspace takes seconds.
+RUST_LOG=warn $bin/lockd daemon --socket $st/lockd.sock -o 1 --watchdog-fire 3 \
+    --watchdog $st/watchdog 2>$out/lockd.log &
+lockd=$!
+cat >$st/ssv.toml <<TOML
+host_id = 1
+state_dir = "$st/state"
+[api]
+socket = "$st/ssvd.sock"
+[lockd]
+socket = "$st/lockd.sock"
+[nbd]
+socket = "$st/nbd.sock"
+[growth]
+initial = "32m"
+chunk = "${CHUNK}"
+[vm]
+vmm = "$bin/ssv-vmm"
+[[lun]]
+file = "$lun"
+TOML
+wait_socket $st/lockd.sock || { cat $out/lockd.log; exit 10; }
+RUST_LOG=info $bin/ssvd -c $st/ssv.toml 2>$out/ssvd.log &
+ssvd=$!
+wait_socket $st/ssvd.sock || { cat $out/ssvd.log; exit 10; }
 {
-    $ssvadm pv format $pv &&
-        $ssvadm vg create vg0 $pv --extent-size 4m &&
-        $ssvadm volume create vg0/disk --size 512m --initial 32m $pv
-} >$out/ssvadm.log 2>&1 || { cat $out/ssvadm.log; exit 10; }
-$ssvadm volume info vg0/disk --json $pv >$out/info-before.json 2>>$out/ssvadm.log || exit 11
+    ssvctl pool create pool0 $lun --extent-size 4m &&
+        ssvctl volume create disk --size 512m
+} >$out/ssvctl.log 2>&1 || { cat $out/ssvctl.log $out/ssvd.log; exit 10; }
+ssvctl --json volume show disk >$out/info-before.json 2>>$out/ssvctl.log || exit 11
 
 echo "LAB: ssv-vmm starts at $(uptime_s)s"
-/usr/local/bin/ssv-vmm --memory 512 --vcpus "$VCPUS" \
-    --kernel "guest/$KERNEL" --initrd guest/vmm-initramfs.cpio.gz \
-    --cmdline "console=$CONSOLE pci=off panic=-1 loglevel=4 ssv.mode=disk ssv.mib=$MIB" \
-    --disk "vg=vg0,lv=disk,pv=$pv,chunk=$CHUNK" \
-    --serial $out/guest.log 2>$out/vmm.err
-status=$?
-echo "$status" >$out/vmm.status
-echo "LAB: ssv-vmm exited with $status at $(uptime_s)s"
-grep -a 'SSV-GUEST' $out/guest.log
-[ "$status" = 0 ] || { tail -n 40 $out/guest.log; cat $out/vmm.err; exit 20; }
+ssvctl vm start guest --memory 512 --vcpus "$VCPUS" \
+    --kernel "/payload/guest/$KERNEL" --initrd /payload/guest/vmm-initramfs.cpio.gz \
+    --cmdline "console=$CONSOLE pci=off panic=-1 loglevel=4 ssv.mode=disk ssv.mib=$MIB ssv.hold=$HOLD" \
+    --disk disk >>$out/ssvctl.log 2>&1 || { cat $out/ssvctl.log; exit 12; }
+exited() { ssvctl --json vm show guest | grep -q '"exit"'; }
 
-$ssvadm volume info vg0/disk --json $pv >$out/info-after.json 2>>$out/ssvadm.log || exit 21
-
-# The volume as the guest left it, chunk by chunk (32 MiB, as init.sh writes).
-$ssvadm volume read vg0/disk --to /tmp/volume.raw $pv >>$out/ssvadm.log 2>&1 || exit 22
-i=0
-while [ $((i * 32)) -lt "$MIB" ]; do
-    sum=$(dd if=/tmp/volume.raw bs=1M skip=$((i * 32)) count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
-    echo "$i $sum" >>$out/volume-sums.txt
-    i=$((i + 1))
+# The guest holds after its first half: snapshot, pause, resume.
+until grep -q 'SSV-GUEST: wrote chunks .* holding' $vm/console.log 2>/dev/null; do
+    exited && break
+    sleep 0.2
 done
-rm -f /tmp/volume.raw
+if ! exited; then
+    echo "LAB: the guest holds at $(uptime_s)s"
+    ssvctl --json vm snapshot guest half >$out/snapshot.json 2>>$out/ssvctl.log || exit 13
+    echo "LAB: online snapshot taken at $(uptime_s)s"
+    ssvctl --json vm pause guest >$out/paused.json 2>>$out/ssvctl.log || exit 14
+    sleep 2
+    ssvctl --json vm resume guest >$out/resumed.json 2>>$out/ssvctl.log || exit 15
+    echo "LAB: paused and resumed by $(uptime_s)s"
+fi
+until exited; do sleep 0.5; done
+ssvctl --json vm show guest >$out/vm.json
+cp $vm/console.log $out/guest.log
+cp $vm/vmm.log $out/vmm.err
+echo "LAB: ssv-vmm exited at $(uptime_s)s: $(grep -o '"exit": *"[^"]*"' $out/vm.json)"
+grep -a 'SSV-GUEST' $out/guest.log
+grep -q '"exit": *"exit code 0"' $out/vm.json || { tail -n 40 $out/guest.log; cat $out/vmm.err; exit 20; }
+ssvctl --json volume show disk >$out/info-after.json 2>>$out/ssvctl.log || exit 21
+stop_daemons
 
-# qemu-img reads the qcow2 in the LV through ssvadm's read-only NBD export.
-if [ -x /usr/bin/qemu-img ]; then
-    $ssvadm lv serve vg0/disk --socket /tmp/nbd.sock $pv >>$out/ssvadm.log 2>&1 &
+# The volume (through its chain) and the snapshot, chunk by chunk (32 MiB,
+# as init.sh writes), read by ssvadm from the pool's VG.
+sums() {
+    $bin/ssvadm volume read "pool0/$1" --to /tmp/layer.raw $lun >>$out/ssvadm.log 2>&1 || return 1
+    i=0
+    while [ $((i * 32)) -lt "$MIB" ]; do
+        sum=$(dd if=/tmp/layer.raw bs=1M skip=$((i * 32)) count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
+        echo "$i $sum"
+        i=$((i + 1))
+    done
+    rm -f /tmp/layer.raw
+}
+lv_of() { grep -o "\"$1\": *\"[^\"]*\"" "$2" | head -n 1 | cut -d'"' -f4; }
+top=$(lv_of top $out/info-after.json)
+sums "$top" >$out/volume-sums.txt || exit 22
+if [ -f $out/snapshot.json ]; then
+    snap=$(lv_of lv $out/snapshot.json)
+    sums "$snap" >$out/snapshot-sums.txt || exit 23
+fi
+
+# qemu-img reads each layer's qcow2 through ssvadm's read-only NBD export.
+check() {
+    $bin/ssvadm lv serve "pool0/$1" --socket /tmp/nbd.sock $lun >>$out/ssvadm.log 2>&1 &
     server=$!
     for _ in $(seq 100); do
         [ -S /tmp/nbd.sock ] && break
         sleep 0.1
     done
-    /usr/bin/qemu-img check -f qcow2 "nbd+unix:///disk?socket=/tmp/nbd.sock" >$out/qemu-img-check.txt 2>&1
-    echo "$?" >$out/qemu-img-check.status
+    /usr/bin/qemu-img check -f qcow2 "nbd+unix:///$1?socket=/tmp/nbd.sock" >>$out/qemu-img-check.txt 2>&1
+    status=$?
     kill $server
     wait $server
+    return $status
+}
+if [ -x /usr/bin/qemu-img ]; then
+    status=0
+    for lv in $top $snap; do
+        check "$lv" || status=$?
+    done
+    echo "$status" >$out/qemu-img-check.status
     cat $out/qemu-img-check.txt
 fi
 exit 0

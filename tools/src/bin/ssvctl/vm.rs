@@ -41,6 +41,10 @@ pub enum VmCmd {
     List,
     /// A VM, with its state and its disks' allocation.
     Show { name: String },
+    /// Stop a VM's vCPUs until `vm resume`.
+    Pause { name: String },
+    /// Run a paused VM again (unless a disk still waits for space).
+    Resume { name: String },
     /// Online snapshot of a VM's disk.
     Snapshot {
         name: String,
@@ -171,6 +175,8 @@ pub fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             }
             Ok(())
         }
+        VmCmd::Pause { name } => pause(ctx, &name, "pause"),
+        VmCmd::Resume { name } => pause(ctx, &name, "resume"),
         VmCmd::Snapshot {
             name,
             snapshot,
@@ -213,6 +219,20 @@ pub fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `vm pause|resume`: says the VM's state after.
+fn pause(ctx: &Ctx, name: &str, op: &str) -> Result<()> {
+    let v = ctx.post(&format!("{}/{op}", path(name)), &json!({}))?;
+    if ctx.json_out(&v)? {
+        return Ok(());
+    }
+    let state = match v["state"].as_str() {
+        Some("paused") => format!("paused ({})", list(&v["reasons"])),
+        _ => s(&v["state"]),
+    };
+    ctx.say(format_args!("VM {name}: {state}"));
+    Ok(())
 }
 
 pub fn table(vms: &[Value]) -> Table {

@@ -598,6 +598,7 @@ impl DiskControl for SsvdDisk {
 /// whose space events go to `space`; all share one lockd registration.
 pub fn open_all(
     specs: &[SsvdDiskSpec],
+    queues: u16,
     hub: &Arc<EventHub>,
     space: &Arc<crate::api::vm::SpaceEvents>,
     blocks: &mut Vec<crate::devices::virtio::block::Block>,
@@ -608,6 +609,7 @@ pub fn open_all(
         let d = SsvdDisk::open(spec, &mut leases, hub.clone())?;
         let mut opts = crate::devices::virtio::block::BlockOptions::new(d.id());
         opts.events = space.clone();
+        opts.num_queues = queues;
         let block = crate::devices::virtio::block::Block::new(d.clone(), opts, d.fence().clone())
             .map_err(|e| DiskOpenError::Open {
             volume: d.id().to_string(),

@@ -127,11 +127,15 @@ fn open_disk(spec: &DiskSpec, vcpus: u8) -> Result<OpenDisk> {
     let disk = Arc::new(ThinDisk::new(volume.clone(), spec.readonly));
     let fence = Fence::new().context("creating the disk's fence")?;
     let mut block_opts = BlockOptions::new(&spec.top);
-    block_opts.num_queues = spec
-        .queues
-        .unwrap_or(u16::from(vcpus.max(1)).min(vmm::devices::virtio::block::MAX_QUEUES));
+    block_opts.num_queues = spec.queues.unwrap_or(queues_for(vcpus));
     let block = Block::new(disk, block_opts, fence)?;
     Ok(OpenDisk { volume, block })
+}
+
+/// A disk's virtio queues unless told: one per vCPU, so that no two vCPUs
+/// contend for one queue.
+fn queues_for(vcpus: u8) -> u16 {
+    u16::from(vcpus.max(1)).min(vmm::devices::virtio::block::MAX_QUEUES)
 }
 
 fn irqfd(vm: &Vm, gsi: u32) -> Result<EventFd> {
@@ -172,7 +176,8 @@ fn run(
     }
     let hub = Arc::new(vmm::api::EventHub::default());
     let space = Arc::new(vmm::api::vm::SpaceEvents::new(hub.clone()));
-    let ssvd_disks = vmm::disks::open_all(ssvd_specs, &hub, &space, &mut blocks)?;
+    let ssvd_disks =
+        vmm::disks::open_all(ssvd_specs, queues_for(cfg.vcpus), &hub, &space, &mut blocks)?;
 
     let vcpus = cfg.vcpus;
     let _irqchip = platform::create_vcpus(&mut vm, &cfg.boot, vcpus, &windows)?;

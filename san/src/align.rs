@@ -104,9 +104,28 @@ impl fmt::Debug for AlignedBuf {
     }
 }
 
+/// Whether `b` holds only zeroes. Folding whole blocks (no early exit
+/// inside one) lets the compiler use vector instructions: a byte-at-a-time
+/// test scans about 3 GB/s, a sixth of the time of a full clone's copy.
+pub fn is_zero(b: &[u8]) -> bool {
+    b.chunks(512).all(|c| c.iter().fold(0, |a, &x| a | x) == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_single_nonzero_byte_anywhere_is_seen() {
+        let len = 3 * 512 + 7;
+        assert!(is_zero(&vec![0; len]));
+        assert!(is_zero(&[]));
+        for at in [0, 1, 511, 512, 1000, len - 1] {
+            let mut b = vec![0; len];
+            b[at] = 0x80;
+            assert!(!is_zero(&b), "byte {at}");
+        }
+    }
 
     #[test]
     fn aligned_and_zeroed() {

@@ -16,7 +16,7 @@ pub mod target;
 mod vectored;
 mod window;
 
-pub use align::AlignedBuf;
+pub use align::{is_zero, AlignedBuf};
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultControl, FaultDev};
 pub use file::{FileDev, OpenOptions};

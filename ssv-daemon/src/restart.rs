@@ -55,7 +55,14 @@ fn wait_gone(pid: u32) {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        return; // already gone
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return; // already gone
+        }
+        // No pidfds (a kernel before 5.3): look now and then.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        return;
     }
     // SAFETY: the fd was just returned to us and is owned here only.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };

@@ -111,7 +111,7 @@ fn copy_allocated(
             while at < off + n {
                 let k = (off + n - at).min(COPY_CHUNK as u64) as usize;
                 src.read(&mut buf[..k], at)?;
-                if is_zero(&buf[..k]) {
+                if san::is_zero(&buf[..k]) {
                     report.zero += k as u64;
                 } else {
                     dst.write(&buf[..k], at)?;
@@ -125,13 +125,6 @@ fn copy_allocated(
         off += n;
     }
     Ok(report)
-}
-
-/// Whether `b` holds only zeroes. Folding whole blocks (no early exit inside
-/// one) lets the compiler use vector instructions: a byte-at-a-time test
-/// scanned 2 MiB buffers at about 3 GB/s, a sixth of a clone's time.
-fn is_zero(b: &[u8]) -> bool {
-    b.chunks(512).all(|c| c.iter().fold(0, |a, &x| a | x) == 0)
 }
 
 /// A new volume `dst` whose reads fall through to `base` until written.
@@ -150,21 +143,4 @@ pub fn linked_clone(
     };
     volume::create(store, dst, &create)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_zero;
-
-    #[test]
-    fn a_single_nonzero_byte_anywhere_is_seen() {
-        let len = 3 * 512 + 7;
-        assert!(is_zero(&vec![0; len]));
-        assert!(is_zero(&[]));
-        for at in [0, 1, 511, 512, 1000, len - 1] {
-            let mut b = vec![0; len];
-            b[at] = 0x80;
-            assert!(!is_zero(&b), "byte {at}");
-        }
-    }
 }

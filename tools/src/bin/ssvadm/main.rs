@@ -171,6 +171,15 @@ enum LvCmd {
         #[arg(required = true)]
         devices: Vec<String>,
     },
+    /// Copy the LV's bytes into a file (runs of zeroes stay holes): an LV
+    /// taken out whole, e.g. a layer's qcow2 for `qemu-img check`.
+    Read {
+        lv: String,
+        #[arg(long)]
+        to: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
     /// Serve the LV's bytes read-only over NBD on a Unix socket, as named
     /// export LV, until interrupted: stock tools (`qemu-img check -f qcow2
     /// nbd+unix:///LV?socket=SOCKET`) then read an LV of any shape.
@@ -362,6 +371,28 @@ fn lv(cmd: LvCmd, line: &str) -> Result<()> {
             let (vg, name) = split_lv(&lv)?;
             open_rw(vg, &devices)?
                 .change(line, |v| v.change_tags(Some(name), &tags.add, &tags.del))?;
+        }
+        LvCmd::Read { lv, to, devices } => {
+            let (vg, name) = split_lv(&lv)?;
+            let devs = open_devs(&devices, &OpenOptions::new().read_only(true))?;
+            let open = OpenVg::open(&devs, Some(vg)).with_context(|| format!("opening VG {vg}"))?;
+            let dev = open.lv_dev(name)?;
+            let mut out = std::fs::File::create(&to).with_context(|| format!("creating {to}"))?;
+            let size = san::BlockDev::size(&dev);
+            let mut buf = vec![0u8; 4 << 20];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(buf.len() as u64) as usize;
+                san::BlockDev::read_at(&dev, &mut buf[..n], at)?;
+                if san::is_zero(&buf[..n]) {
+                    std::io::Seek::seek(&mut out, std::io::SeekFrom::Current(n as i64))?;
+                } else {
+                    std::io::Write::write_all(&mut out, &buf[..n])?;
+                }
+                at += n as u64;
+            }
+            out.set_len(size)?;
+            println!("{} of {lv} read into {to}", volume::human(size));
         }
         LvCmd::Serve {
             lv,

@@ -59,7 +59,7 @@ fn wait_gone(pid: u32) {
             return; // already gone
         }
         // No pidfds (a kernel before 5.3): look now and then.
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        while Path::new(&format!("/proc/{pid}")).exists() {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         return;
@@ -157,8 +157,8 @@ impl Host {
                 continue;
             };
             info.status = None;
-            let running = info.exit.is_none();
-            if running && !is_vmm(info.pid, &info.api) {
+            let adopt = info.exit.is_none() && is_vmm(info.pid, &info.api);
+            if info.exit.is_none() && !adopt {
                 info.state = "exited".into();
                 info.exit = Some("ended while ssvd was not running".into());
                 self.save_vm(&info);
@@ -172,7 +172,6 @@ impl Host {
                     ),
                 );
             }
-            let adopt = running && info.exit.is_none();
             let vm = Arc::new(VmProc::new(info.clone()));
             lock(&self.vms).insert(info.name.clone(), vm.clone());
             if !adopt {

@@ -1,6 +1,7 @@
 //! `ssvadm lv serve`: stock qemu-img checks a thin volume's qcow2 on the
 //! LV's own bytes through the NBD export, which refuses writes and goes
-//! away (socket file included) on SIGTERM.
+//! away (socket file included) on SIGTERM. `ssvadm lv read` copies the
+//! same bytes into a sparse file that qemu reads alike.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -134,5 +135,43 @@ fn qemu_img_checks_a_volume_through_lv_serve() {
     assert!(
         !Path::new(&sock).exists(),
         "the socket file outlived the server"
+    );
+
+    // The LV copied out whole: the LV's size, its unused end a hole, and
+    // the same image for qemu.
+    let copy = dir.path().join("disk.qcow2");
+    ssvadm(&[
+        "lv",
+        "read",
+        "pool0/disk",
+        "--to",
+        copy.to_str().unwrap(),
+        lun_s,
+    ]);
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 16 << 20,
+        "{} bytes allocated",
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512
+    );
+    let copy_s = copy.to_str().unwrap();
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", copy_s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("No errors"),
+        "{text}"
+    );
+    let read = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c", "read -P 0x5a 0 3M", copy_s])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        read.status.success() && !text.contains("verification"),
+        "{text}"
     );
 }

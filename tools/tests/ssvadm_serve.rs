@@ -39,6 +39,29 @@ fn have(tool: &str) -> bool {
         .is_ok()
 }
 
+/// qemu-img finds the qcow2 `image` clean, and qemu-io reads in it what
+/// was written.
+fn qemu_reads_the_volume(image: &str) {
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", image])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("No errors"),
+        "{image}: {text}"
+    );
+    let read = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c", "read -P 0x5a 0 3M", image])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        read.status.success() && !text.contains("verification"),
+        "{image}: {text}"
+    );
+}
+
 #[test]
 fn qemu_img_checks_a_volume_through_lv_serve() {
     if !have("qemu-img") || !have("qemu-io") {
@@ -97,25 +120,7 @@ fn qemu_img_checks_a_volume_through_lv_serve() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let uri = format!("nbd+unix:///disk?socket={}", sock.display());
-    let check = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", &uri])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success() && text.contains("No errors"),
-        "{text}"
-    );
-    // The qcow2 image as QEMU reads it holds what was written.
-    let read = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", "-c", "read -P 0x5a 0 3M", &uri])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&read.stdout);
-    assert!(
-        read.status.success() && !text.contains("verification"),
-        "{text}"
-    );
+    qemu_reads_the_volume(&uri);
     // Read-only: a write is refused.
     let write = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write 0 512", &uri])
@@ -155,23 +160,5 @@ fn qemu_img_checks_a_volume_through_lv_serve() {
         "{} bytes allocated",
         std::os::unix::fs::MetadataExt::blocks(&meta) * 512
     );
-    let copy_s = copy.to_str().unwrap();
-    let check = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", copy_s])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success() && text.contains("No errors"),
-        "{text}"
-    );
-    let read = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", "-c", "read -P 0x5a 0 3M", copy_s])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&read.stdout);
-    assert!(
-        read.status.success() && !text.contains("verification"),
-        "{text}"
-    );
+    qemu_reads_the_volume(copy.to_str().unwrap());
 }

@@ -102,8 +102,30 @@ fn main() -> Result<()> {
         "ROUNDS={} SECS={} SPAN={} JOBS={} LIMIT={}\n. ./lab-bench.sh\n",
         sz.rounds, sz.secs, sz.span_mib, sz.jobs, sz.limit
     ))?;
-    let timeout = Duration::from_secs(600 + u64::from(sz.rounds) * 120);
+    // A smoke run takes 2-3 min; one whose lab VM hangs must not cost CI more.
+    let timeout = Duration::from_secs(if full {
+        600 + u64::from(sz.rounds) * 120
+    } else {
+        300
+    });
     let run = lab.run(&p.payload, timeout)?;
+    // The lab VM's own kernel failing under our VMM (nested SVM emulated by
+    // TCG; BENCHMARKS.md, issue 7) stops the smoke round, not CI: the lab_vmm
+    // tests are what must pass. A full run still fails on it.
+    let lab_kernel = ["watchdog: BUG: soft lockup", "BUG: TASK stack guard page"];
+    if !full && run.status != 0 && lab_kernel.iter().any(|w| run.console.contains(w)) {
+        println!(
+            "SKIPPED (smoke round): the lab VM's kernel failed under nested KVM (status {}):\n{}",
+            run.status,
+            run.console
+                .lines()
+                .filter(|l| lab_kernel.iter().any(|w| l.contains(w)))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        return Ok(());
+    }
     if run.status != 0 {
         bail!(
             "the lab benchmark failed (status {}):\n{}",

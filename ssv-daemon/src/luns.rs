@@ -140,16 +140,17 @@ pub fn open_attached(path: &str, access: Option<&IscsiAccess>) -> Result<PvDev> 
     if let Some(mp) = reg.open.get(&key) {
         return Ok(PvDev::new(mp.clone(), path));
     }
-    let mut login = LoginOptions::new(&a.initiator_name, [0; 6]);
-    login.chap = chap(&uri, &a.chap_user, &a.chap_secret_file)?;
     let opts = MultipathOptions {
         no_path_retry: Duration::from_millis(a.no_path_retry_ms),
         ..MultipathOptions::default()
     };
-    login.timeout = opts.io_timeout;
-    let mp = iscsi::open_uri_with(&uri, &login, std::process::id(), opts)
-        .map_err(|e| Error::Unavailable(format!("LUN {uri}: {e}")))?;
-    let mp = Arc::new(mp);
+    let mp = Arc::new(log_in(
+        &uri,
+        &a.initiator_name,
+        (&a.chap_user, &a.chap_secret_file),
+        std::process::id(),
+        opts,
+    )?);
     reg.open.insert(key, mp.clone());
     Ok(PvDev::new(mp, path))
 }
@@ -221,33 +222,45 @@ fn path_event(events: &Events, lun: &str, e: &PathEvent) {
     events.emit(kind, None, None, msg);
 }
 
-/// CHAP credentials from a user name and a file holding only the secret.
-fn chap(uri: &IscsiUri, user: &Option<String>, file: &Option<PathBuf>) -> Result<Option<Chap>> {
-    let (Some(user), Some(file)) = (user, file) else {
-        return Ok(None);
-    };
-    let text = std::fs::read(file).map_err(|e| {
-        Error::Invalid(format!(
-            "LUN {uri}: cannot read chap_secret_file {}: {e}",
-            file.display()
-        ))
-    })?;
-    Ok(Some(Chap {
-        user: user.clone(),
-        secret: text.trim_ascii_end().to_vec(),
-    }))
+/// Logs in to `uri` on every path as `initiator_name` with ISID qualifier
+/// `qualifier`, with CHAP when a user and a file holding only the secret
+/// are given.
+fn log_in(
+    uri: &IscsiUri,
+    initiator_name: &str,
+    (chap_user, chap_secret_file): (&Option<String>, &Option<PathBuf>),
+    qualifier: u32,
+    opts: MultipathOptions,
+) -> Result<Multipath> {
+    let mut login = LoginOptions::new(initiator_name, [0; 6]);
+    if let (Some(user), Some(file)) = (chap_user, chap_secret_file) {
+        let text = std::fs::read(file).map_err(|e| {
+            Error::Invalid(format!(
+                "LUN {uri}: cannot read chap_secret_file {}: {e}",
+                file.display()
+            ))
+        })?;
+        login.chap = Some(Chap {
+            user: user.clone(),
+            secret: text.trim_ascii_end().to_vec(),
+        });
+    }
+    login.timeout = opts.io_timeout;
+    iscsi::open_uri_with(uri, &login, qualifier, opts)
+        .map_err(|e| Error::Unavailable(format!("LUN {uri}: {e}")))
 }
 
 impl IscsiSource {
     fn open(&self) -> Result<Multipath> {
-        let mut login = LoginOptions::new(&self.initiator_name, [0; 6]);
-        login.chap = chap(&self.uri, &self.chap_user, &self.chap_secret_file)?;
-        let opts = self.multipath_options();
-        login.timeout = opts.io_timeout;
         // host ids are 1 to 2000 (checked at load): they fit.
         let qualifier = u32::try_from(self.host_id).unwrap_or(u32::MAX);
-        iscsi::open_uri_with(&self.uri, &login, qualifier, opts)
-            .map_err(|e| Error::Unavailable(format!("LUN {}: {e}", self.uri)))
+        log_in(
+            &self.uri,
+            &self.initiator_name,
+            (&self.chap_user, &self.chap_secret_file),
+            qualifier,
+            self.multipath_options(),
+        )
     }
 
     /// Commands get the initiator's default limit; with no path, I/O queues

@@ -89,6 +89,17 @@ impl Host {
         save_json(&self.attachments_file(), &infos);
     }
 
+    /// Changes the attachments with `f` and records them, under one lock.
+    pub(crate) fn change_attachments<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, Attached>) -> T,
+    ) -> T {
+        let mut att = lock(&self.attachments);
+        let out = f(&mut att);
+        self.save_attachments(&att);
+        out
+    }
+
     pub(crate) fn save_vm(&self, info: &VmInfo) {
         let dir = self.vm_dir(&info.name);
         if dir.is_dir() {
@@ -114,38 +125,38 @@ impl Host {
                 Vec::new()
             }
         };
-        let mut att = lock(&self.attachments);
-        for a in saved {
-            let holds = held.iter().any(|l| {
-                l.pid == a.pid
-                    && l.spec.resource == a.volume
-                    && l.spec.lockspace == a.pool
-                    && l.shared == a.read_only
-            });
-            if holds {
-                log::info!(
-                    "volume {} is still attached to {} (pid {})",
-                    a.volume,
-                    a.writer,
-                    a.pid
-                );
-                att.insert(
-                    a.volume.clone(),
-                    Attached {
-                        info: a,
-                        quiesced: false,
-                    },
-                );
-            } else {
-                log::info!(
-                    "volume {}: its writer {} (pid {}) ended while ssvd was away",
-                    a.volume,
-                    a.writer,
-                    a.pid
-                );
+        self.change_attachments(|att| {
+            for a in saved {
+                let holds = held.iter().any(|l| {
+                    l.pid == a.pid
+                        && l.spec.resource == a.volume
+                        && l.spec.lockspace == a.pool
+                        && l.shared == a.read_only
+                });
+                if holds {
+                    log::info!(
+                        "volume {} is still attached to {} (pid {})",
+                        a.volume,
+                        a.writer,
+                        a.pid
+                    );
+                    att.insert(
+                        a.volume.clone(),
+                        Attached {
+                            info: a,
+                            quiesced: false,
+                        },
+                    );
+                } else {
+                    log::info!(
+                        "volume {}: its writer {} (pid {}) ended while ssvd was away",
+                        a.volume,
+                        a.writer,
+                        a.pid
+                    );
+                }
             }
-        }
-        self.save_attachments(&att);
+        });
     }
 
     fn adopt_vms(self: &Arc<Self>) {

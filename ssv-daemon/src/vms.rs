@@ -178,17 +178,15 @@ impl Host {
             threshold_percent: policy.threshold_percent,
             chunk: policy.chunk,
         };
-        {
-            let mut att = lock(&self.attachments);
+        self.change_attachments(|att| {
             att.insert(
                 rec.id.clone(),
                 Attached {
                     info: info.clone(),
                     quiesced: false,
                 },
-            );
-            self.save_attachments(&att);
-        }
+            )
+        });
         self.events.emit(
             "volume.attached",
             Some(pool.name()),
@@ -207,13 +205,7 @@ impl Host {
     /// Ends an attachment (the writer closed the volume, or exited).
     pub fn detach(&self, volume: &str) -> Result<()> {
         let (pool, rec) = self.resolve(volume)?;
-        let removed = {
-            let mut att = lock(&self.attachments);
-            let a = att.remove(&rec.id);
-            self.save_attachments(&att);
-            a
-        };
-        let Some(a) = removed else {
+        let Some(a) = self.change_attachments(|att| att.remove(&rec.id)) else {
             return Err(Error::NotFound(format!(
                 "volume {} is not attached on this host",
                 rec.id
@@ -284,13 +276,11 @@ impl Host {
         let (snapshot, _) = out?;
         let (_, rec) = self.find(&rec.id)?;
         let layers: Vec<String> = rec.layers.iter().map(|l| l.lv.clone()).collect();
-        {
-            let mut att = lock(&self.attachments);
+        self.change_attachments(|att| {
             if let Some(a) = att.get_mut(&rec.id) {
                 a.info.layers = layers.clone();
             }
-            self.save_attachments(&att);
-        }
+        });
         Ok(AttachedSnapshot { snapshot, layers })
     }
 
@@ -618,11 +608,7 @@ impl Host {
         self.save_vm(&info);
         // A VMM that died did not detach: its attachments end here (its
         // lockd connection closed with it, which released the leases).
-        {
-            let mut att = lock(&self.attachments);
-            att.retain(|_, a| a.info.pid != pid);
-            self.save_attachments(&att);
-        }
+        self.change_attachments(|att| att.retain(|_, a| a.info.pid != pid));
         self.events.emit(
             "vm.exited",
             None,

@@ -377,21 +377,10 @@ fn lv(cmd: LvCmd, line: &str) -> Result<()> {
             let devs = open_devs(&devices, &OpenOptions::new().read_only(true))?;
             let open = OpenVg::open(&devs, Some(vg)).with_context(|| format!("opening VG {vg}"))?;
             let dev = open.lv_dev(name)?;
-            let mut out = std::fs::File::create(&to).with_context(|| format!("creating {to}"))?;
             let size = san::BlockDev::size(&dev);
-            let mut buf = vec![0u8; 4 << 20];
-            let mut at = 0;
-            while at < size {
-                let n = (size - at).min(buf.len() as u64) as usize;
-                san::BlockDev::read_at(&dev, &mut buf[..n], at)?;
-                if san::is_zero(&buf[..n]) {
-                    std::io::Seek::seek(&mut out, std::io::SeekFrom::Current(n as i64))?;
-                } else {
-                    std::io::Write::write_all(&mut out, &buf[..n])?;
-                }
-                at += n as u64;
-            }
-            out.set_len(size)?;
+            volume::copy_out(&to, size, |buf, at| {
+                Ok(san::BlockDev::read_at(&dev, buf, at)?)
+            })?;
             println!("{} of {lv} read into {to}", volume::human(size));
         }
         LvCmd::Serve {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use lvm::{OpenVg, SegmentKind};
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::sync::Arc;
 use thin::chain::{self, LayerOptions};
 use thin::{CreateOptions, LvStore, OpenOptions, StoreExtender, VgStore, Volume};
@@ -190,16 +190,8 @@ pub fn run(cmd: VolumeCmd) -> Result<()> {
             let (vg, name) = split_lv(&volume)?;
             let st = store(vg, &devices)?;
             let v = Volume::open(&*st, name, &OpenOptions::read_only())?;
-            let mut out = std::fs::File::create(&to).with_context(|| format!("creating {to}"))?;
-            let mut buf = vec![0u8; 4 << 20];
             let size = v.virtual_size();
-            let mut at = 0;
-            while at < size {
-                let n = (size - at).min(buf.len() as u64) as usize;
-                v.read(&mut buf[..n], at)?;
-                out.write_all(&buf[..n])?;
-                at += n as u64;
-            }
+            copy_out(&to, size, |buf, at| Ok(v.read(buf, at)?))?;
             println!("{} read into {to}", human(size));
         }
         VolumeCmd::Snapshot {
@@ -325,6 +317,30 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Writes `size` bytes that `read(buf, offset)` gives into a new file `to`,
+/// 4 MiB at a time; runs of zeroes stay holes.
+pub(crate) fn copy_out(
+    to: &str,
+    size: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> Result<()>,
+) -> Result<()> {
+    let mut out = std::fs::File::create(to).with_context(|| format!("creating {to}"))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        read(&mut buf[..n], at)?;
+        if san::is_zero(&buf[..n]) {
+            out.seek(std::io::SeekFrom::Current(n as i64))?;
+        } else {
+            out.write_all(&buf[..n])?;
+        }
+        at += n as u64;
+    }
+    out.set_len(size).with_context(|| format!("writing {to}"))?;
+    Ok(())
 }
 
 pub(crate) fn human(b: u64) -> String {

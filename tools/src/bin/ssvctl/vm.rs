@@ -124,11 +124,7 @@ pub fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
                 return Ok(());
             }
             let st = &v["status"];
-            let state = match st["state"].as_str() {
-                Some("paused") => format!("paused ({})", list(&st["reasons"])),
-                Some(x) => x.to_string(),
-                None => s(&v["state"]),
-            };
+            let state = run_state(st).unwrap_or_else(|| s(&v["state"]));
             out!(
                 "{}",
                 kv(&[
@@ -221,16 +217,21 @@ pub fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
     }
 }
 
+/// The VMM's `state` (and `reasons`, when paused) as a word or two.
+fn run_state(st: &Value) -> Option<String> {
+    Some(match st["state"].as_str()? {
+        "paused" => format!("paused ({})", list(&st["reasons"])),
+        x => x.to_string(),
+    })
+}
+
 /// `vm pause|resume`: says the VM's state after.
 fn pause(ctx: &Ctx, name: &str, op: &str) -> Result<()> {
     let v = ctx.post(&format!("{}/{op}", path(name)), &json!({}))?;
     if ctx.json_out(&v)? {
         return Ok(());
     }
-    let state = match v["state"].as_str() {
-        Some("paused") => format!("paused ({})", list(&v["reasons"])),
-        _ => s(&v["state"]),
-    };
+    let state = run_state(&v).unwrap_or_else(|| s(&v["state"]));
     ctx.say(format_args!("VM {name}: {state}"));
     Ok(())
 }

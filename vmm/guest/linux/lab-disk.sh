@@ -16,7 +16,7 @@ st=/tmp/ssv
 lun=$st/lun.img
 vm=$st/state/vms/guest
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
-ssvctl() { $bin/ssvctl "$@"; }
+export PATH=$bin:$PATH
 export SSVD_SOCKET=$st/ssvd.sock
 wait_socket() {
     for _ in $(seq 300); do

@@ -242,8 +242,8 @@ pub fn read_text(dev: &dyn BlockDev, h: &MdaHeader, l: &RawLocn) -> Result<Vec<u
 }
 
 /// Writes `text` (NUL included) at `offset` of the area, wrapping if needed,
-/// each piece zero-padded to 512 bytes. Returns the location to commit.
-pub fn write_text(dev: &dyn BlockDev, h: &MdaHeader, offset: u64, text: &[u8]) -> Result<RawLocn> {
+/// each piece zero-padded to 512 bytes; [`text_locn`] is where it is.
+pub fn write_text(dev: &dyn BlockDev, h: &MdaHeader, offset: u64, text: &[u8]) -> Result<()> {
     let len = text.len() as u64;
     let mut done = 0usize;
     for (off, plen) in pieces(offset, len, h.size) {
@@ -259,12 +259,17 @@ pub fn write_text(dev: &dyn BlockDev, h: &MdaHeader, offset: u64, text: &[u8]) -
         io::write(dev, "writing metadata text", h.start + off, &buf)?;
         done += plen;
     }
-    Ok(RawLocn {
+    Ok(())
+}
+
+/// Where `text` written at `offset` is, as a header slot points to it.
+pub fn text_locn(offset: u64, text: &[u8]) -> RawLocn {
+    RawLocn {
         offset,
-        size: len,
+        size: text.len() as u64,
         checksum: calc(text, INITIAL_CRC),
         flags: 0,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 use crate::label::{write_label, PvLabel, PV_EXT_USED, PV_EXT_VERSION};
 use crate::lvdev::LvDev;
 use crate::mda::{
-    copies_overlap, max_text_len, next_offset, read_header, write_header, write_text, MdaHeader,
-    RawLocn,
+    copies_overlap, max_text_len, next_offset, read_header, read_text, text_locn, write_header,
+    write_text, MdaHeader, RawLocn,
 };
 use crate::model::{TextHeader, Vg};
 use crate::ops::{hostname, Stamp};
@@ -365,23 +365,72 @@ impl OpenVg {
         self.update_labels()
     }
 
-    /// Whether every metadata area still holds the copy we read (one
-    /// header read per area) and no write of ours failed: if so, a reload
-    /// would read the same VG.
-    pub fn is_current(&self) -> Result<bool> {
-        if self.failed {
+    /// Brings the VG up to date; whether it changed. Nothing moved (and no
+    /// write of ours failed): one header read per area. A commit moved them:
+    /// its text is read from where the headers just read point, instead of
+    /// a rescan of labels, headers and texts (each read waits behind the
+    /// LUN's data queue). Anything but a newer copy of this VG on the same
+    /// PVs in every area (PVs added or resized, areas that disagree, a
+    /// commit half done, damage, a failed write of ours) is a full reload.
+    pub fn refresh(&mut self) -> Result<bool> {
+        if self.failed || self.health != Health::default() {
+            self.reload()?;
+            return Ok(true);
+        }
+        let mut heads = Vec::new();
+        for (m, a) in self.areas_in_use() {
+            heads.push(read_header(&*m.pv.dev, a.header.start, a.header.size)?);
+        }
+        let moved = self.areas_in_use().zip(&heads).any(|((_, a), h)| {
+            h.committed != a.header.committed || h.precommitted != a.header.precommitted
+        });
+        if !moved {
             return Ok(false);
         }
-        for m in &self.members {
-            for a in m.areas.iter().filter(|a| !a.ignored) {
-                let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
-                if now.committed != a.header.committed || now.precommitted != a.header.precommitted
-                {
-                    return Ok(false);
+        match self.newer_copy(&heads) {
+            Some((vg, raw)) => {
+                let mut next = heads.iter();
+                for m in &mut self.members {
+                    for (a, h) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
+                        a.header = *h;
+                    }
                 }
+                self.vg = vg;
+                self.raw = raw;
             }
+            None => self.reload()?,
         }
         Ok(true)
+    }
+
+    /// The copy all of `heads` commit, if it is this VG, newer, on the same PVs.
+    fn newer_copy(&self, heads: &[MdaHeader]) -> Option<(Vg, Vec<u8>)> {
+        let first = heads.first()?;
+        let same = |h: &MdaHeader| {
+            (h.committed.size, h.committed.checksum)
+                == (first.committed.size, first.committed.checksum)
+                && h.precommitted.is_empty()
+        };
+        if first.committed.is_empty() || first.committed.ignored() || !heads.iter().all(same) {
+            return None;
+        }
+        let (m, _) = self.areas_in_use().next()?;
+        let raw = read_text(&*m.pv.dev, first, &first.committed).ok()?;
+        let mut vg = Vg::from_text(&raw).ok()?;
+        let pvs_kept = vg.pvs.len() == self.vg.pvs.len()
+            && vg.pvs.iter().all(|p| {
+                self.vg
+                    .pvs
+                    .iter()
+                    .any(|q| (q.id, q.pe_count, q.pe_start) == (p.id, p.pe_count, p.pe_start))
+            });
+        if vg.id != self.vg.id || vg.seqno <= self.vg.seqno || !pvs_kept {
+            return None;
+        }
+        for pv in &mut vg.pvs {
+            pv.device = self.vg.pvs.iter().find(|q| q.id == pv.id)?.device.clone();
+        }
+        Some((vg, raw))
     }
 
     /// Re-reads the VG from its devices.
@@ -464,70 +513,84 @@ impl OpenVg {
         self.update_labels()
     }
 
-    /// The three phases of the commit protocol for `text`, on every area in
-    /// use, with two flushes.
+    /// The commit protocol for `text` on every area in use: texts and
+    /// precommitted pointers, flush, committed pointers, flush.
     fn write_everywhere(&mut self, text: &[u8]) -> Result<()> {
         let len = text.len() as u64;
         // Refuse a change based on a stale read, and metadata that does not fit, before writing anything.
         let mut offsets = Vec::new();
-        for m in &self.members {
-            for a in m.areas.iter().filter(|a| !a.ignored) {
-                let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
-                if now.committed != a.header.committed {
-                    return Err(Error::Stale {
-                        vg: self.vg.name.clone(),
-                        detail: format!(
-                            "the committed copy in {} moved",
-                            area_name(&m.pv, &a.header)
-                        ),
-                    });
-                }
-                let max = max_text_len(a.header.size);
-                let at = next_offset(&a.header.committed, a.header.size);
-                if len > max || copies_overlap(&a.header.committed, at, len, a.header.size) {
-                    return Err(Error::MetadataTooLarge {
-                        dev: m.pv.path.clone(),
-                        len,
-                        max,
-                        area: a.header.size,
-                    });
-                }
-                offsets.push(at);
+        for (m, a) in self.areas_in_use() {
+            let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
+            if now.committed != a.header.committed {
+                return Err(Error::Stale {
+                    vg: self.vg.name.clone(),
+                    detail: format!(
+                        "the committed copy in {} moved",
+                        area_name(&m.pv, &a.header)
+                    ),
+                });
             }
+            let max = max_text_len(a.header.size);
+            let at = next_offset(&a.header.committed, a.header.size);
+            if len > max || copies_overlap(&a.header.committed, at, len, a.header.size) {
+                return Err(Error::MetadataTooLarge {
+                    dev: m.pv.path.clone(),
+                    len,
+                    max,
+                    area: a.header.size,
+                });
+            }
+            offsets.push(at);
         }
         self.failed = true;
-        let mut locns = Vec::with_capacity(offsets.len());
-        let in_use = self
-            .members
-            .iter()
-            .flat_map(|m| m.areas.iter().filter(|a| !a.ignored).map(move |a| (m, a)));
-        for ((m, a), at) in in_use.zip(offsets) {
-            locns.push(write_text(&*m.pv.dev, &a.header, at, text)?);
-        }
-        // The text and the precommitted pointers to it share one flush:
-        // readers go by the committed pointer only, so a precommitted one
-        // whose text did not reach the disk is never followed.
-        for precommit in [true, false] {
-            let mut next = locns.iter().copied();
-            for m in &mut self.members {
-                for (a, l) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
-                    let mut h = a.header;
-                    if precommit {
-                        h.precommitted = l;
-                    } else {
-                        h.committed = l;
-                        h.precommitted = RawLocn::default();
-                    }
-                    write_header(&*m.pv.dev, &h)?;
-                    if !precommit {
-                        a.header = h;
-                    }
-                }
+        let locns: Vec<RawLocn> = offsets.iter().map(|&at| text_locn(at, text)).collect();
+        // The texts and the precommitted pointers to them share one flush,
+        // so nothing orders them on the device anyway (readers go by the
+        // committed pointer only, so a precommitted one whose text did not
+        // land is never followed). They go out together: under load each
+        // small write waits behind the data queued on the LUN, and waits
+        // in parallel cost one.
+        std::thread::scope(|s| -> Result<()> {
+            let texts: Vec<_> = self
+                .areas_in_use()
+                .zip(&offsets)
+                .map(|((m, a), &at)| {
+                    let (dev, h) = (&*m.pv.dev, a.header);
+                    s.spawn(move || write_text(dev, &h, at, text))
+                })
+                .collect();
+            let mut r = self.areas_in_use().zip(&locns).try_for_each(|((m, a), l)| {
+                let mut h = a.header;
+                h.precommitted = *l;
+                write_header(&*m.pv.dev, &h)
+            });
+            for t in texts {
+                let done = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                r = r.and(done);
             }
-            self.flush_all()?;
+            r
+        })?;
+        self.flush_all()?;
+        let mut next = locns.iter();
+        for m in &mut self.members {
+            for (a, l) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
+                let mut h = a.header;
+                h.committed = *l;
+                h.precommitted = RawLocn::default();
+                write_header(&*m.pv.dev, &h)?;
+                a.header = h;
+            }
         }
+        self.flush_all()?;
         self.failed = false;
         Ok(())
+    }
+
+    /// Every metadata area in use, with its PV.
+    fn areas_in_use(&self) -> impl Iterator<Item = (&Member, &Area)> {
+        self.members
+            .iter()
+            .flat_map(|m| m.areas.iter().filter(|a| !a.ignored).map(move |a| (m, a)))
     }
 
     fn flush_all(&self) -> Result<()> {

@@ -416,6 +416,52 @@ fn change_based_on_a_stale_read_is_refused() {
     assert!(matches!(e, Error::Stale { .. }), "{e:?}");
 }
 
+#[test]
+fn refresh_follows_another_handles_commits() {
+    let dir = tmpdir();
+    let (disks, _) = sample_vg(dir.path());
+    let devs: Vec<PvDev> = disks.iter().map(|d| d.pv()).collect();
+    let mut first = OpenVg::open(&devs, None).unwrap();
+    let mut second = OpenVg::open(&devs, None).unwrap();
+    let st = stamp();
+    assert!(!second.refresh().unwrap(), "nothing moved");
+    first
+        .change("first", |v| {
+            v.create_lv("by_first", 1, &[], &st).map(|_| ())
+        })
+        .unwrap();
+    assert!(second.refresh().unwrap());
+    let disk = OpenVg::open(&devs, None).unwrap();
+    assert_eq!(second.vg(), disk.vg());
+    assert_eq!(second.raw_text(), disk.raw_text());
+    assert!(!second.refresh().unwrap(), "nothing moved since");
+    // The refreshed handle commits on top, as after a full reload.
+    second
+        .change("second", |v| {
+            v.create_lv("by_second", 1, &[], &st).map(|_| ())
+        })
+        .unwrap();
+    assert!(first.refresh().unwrap());
+    assert!(first.vg().lv("by_second").is_some());
+    // A PV added elsewhere: the refresh reads it all again.
+    let spare = Disk::new(dir.path(), "c", 64 * MIB);
+    lvm::format_pv(&*spare.file, &PvFormat::default()).unwrap();
+    let mut with_spare = devs.clone();
+    with_spare.push(spare.pv());
+    let mut third = OpenVg::open(&with_spare, None).unwrap();
+    third.add_pv(&spare.pv()).unwrap_or_else(|e| panic!("{e}"));
+    let mut fourth = OpenVg::open(&with_spare, None).unwrap();
+    third
+        .change("third", |v| v.create_lv("on_c", 8, &[], &st).map(|_| ()))
+        .unwrap();
+    assert!(fourth.refresh().unwrap());
+    assert!(first.refresh().unwrap());
+    let disk = OpenVg::open(&with_spare, None).unwrap();
+    assert_eq!(fourth.vg(), disk.vg());
+    assert_eq!(first.vg().pvs.len(), disk.vg().pvs.len());
+    assert_eq!(first.vg().lv("on_c"), disk.vg().lv("on_c"));
+}
+
 // ----------------------------------------------------- wrapping the buffer
 
 #[test]

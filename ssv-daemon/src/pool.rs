@@ -353,8 +353,8 @@ impl Pool {
         };
         let t2 = std::time::Instant::now();
         let r = vg
-            .is_current()
-            .and_then(|current| if current { Ok(()) } else { vg.reload() })
+            .refresh()
+            .map(drop)
             .map_err(Error::from)
             .and_then(|()| f(&mut vg).map_err(|e| e.context(description)));
         let t3 = std::time::Instant::now();
@@ -516,8 +516,7 @@ impl Pool {
             std::thread::sleep(POLL);
             // A holder's commit shows in the metadata headers.
             let mut vg = lock(&self.vg);
-            if !vg.is_current()? {
-                vg.reload()?;
+            if vg.refresh()? {
                 trace.mark("changed");
                 *lock(&self.foreign_change) = Some(Instant::now());
                 if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
@@ -671,8 +670,7 @@ impl Pool {
         trace: &mut Trace,
         after: &mut dyn FnMut(&OpenVg, u64),
     ) -> Result<Served> {
-        if fresh && !vg.is_current()? {
-            vg.reload()?;
+        if fresh && vg.refresh()? {
             trace.mark("reread");
         }
         let mut served = Served::default();

@@ -634,8 +634,9 @@ fn images(sz: &Sizes, scratch: &Path, qemu: &Path, dir: &str, loops: bool) -> Re
 }
 
 /// The I/O rows, in the order they print: reads, allocating writes,
-/// rewrites, 1 MiB writes; each a median over `sz.rounds` rounds.
-fn io_rows(sz: &Sizes, scratch: &Path, qemu: &Path) -> Result<Vec<Row>> {
+/// rewrites, 1 MiB writes; each a median over `sz.rounds` rounds. With
+/// `seq_only`, the 1 MiB writes alone.
+fn io_rows(sz: &Sizes, scratch: &Path, qemu: &Path, seq_only: bool) -> Result<Vec<Row>> {
     let im = images(sz, scratch, qemu, "io", false)?;
     let p = Patterns::new(sz)?;
     let named = |what: &str, pats: [Pattern; 2]| -> Vec<Row> {
@@ -656,9 +657,12 @@ fn io_rows(sz: &Sizes, scratch: &Path, qemu: &Path) -> Result<Vec<Row>> {
             eprintln!("thin_ops: round {round}: 1 MiB sequential writes, depth {d}");
             let img = format!("seq_qd{d}");
             seq[i].push(im.allocating(&img, d, p.seq, round)?);
-            if d != 1 {
+            if d != 1 || seq_only {
                 im.remove(&img)?;
             }
+        }
+        if seq_only {
+            continue;
         }
         // Ours' depth-1 output, fully allocated, is every side's image for
         // the reads and rewrites of this round.
@@ -710,6 +714,9 @@ fn io_rows(sz: &Sizes, scratch: &Path, qemu: &Path) -> Result<Vec<Row>> {
         }
         im.remove(data)?;
     }
+    if seq_only {
+        return Ok(seq);
+    }
     let mut rows = read;
     rows.extend(alloc);
     rows.extend(rewrite);
@@ -745,11 +752,18 @@ fn loop_skip_reason() -> Option<String> {
 /// `SSV_THIN_LOOP=1`: the allocating rows again, each image reached through
 /// a loop device with direct I/O (block-device semantics, as an LV on a
 /// LUN), named `…_loop`.
-fn loop_rows(sz: &Sizes, scratch: &Path, qemu: &Path) -> Result<Vec<Row>> {
+fn loop_rows(sz: &Sizes, scratch: &Path, qemu: &Path, seq_only: bool) -> Result<Vec<Row>> {
     let im = images(sz, scratch, qemu, "loop", true)?;
     let p = Patterns::new(sz)?;
     let mut rows = Vec::new();
-    for (what, pats) in [("alloc_write_4k", p.alloc), ("seq_write_1m", [p.seq; 2])] {
+    let alloc = ("alloc_write_4k", p.alloc);
+    let seq = ("seq_write_1m", [p.seq; 2]);
+    let kinds = if seq_only {
+        vec![seq]
+    } else {
+        vec![alloc, seq]
+    };
+    for (what, pats) in kinds {
         for (i, &d) in DEPTHS.iter().enumerate() {
             let mut row = Row::new(format!("{what}_qd{d}_loop"), pats[i]);
             for round in 0..sz.rounds {
@@ -1102,24 +1116,28 @@ fn main() -> Result<()> {
         free as f64 / GIB as f64
     );
 
-    // SSV_THIN_ROWS=io,clone,growth (any of them) runs only those rows.
+    // SSV_THIN_ROWS=io,clone,growth (any of them) runs only those rows;
+    // `seq` only the 1 MiB sequential writes of the I/O rows.
     let only = std::env::var("SSV_THIN_ROWS").ok();
     let wants = |row: &str| {
         only.as_ref()
             .is_none_or(|o| o.split(',').any(|r| r.trim() == row))
     };
-    let rows = if wants("io") {
-        io_rows(&sz, scratch.path(), &qemu_bin).context("I/O rows")?
+    let seq_only = !wants("io") && wants("seq");
+    let rows = if wants("io") || seq_only {
+        io_rows(&sz, scratch.path(), &qemu_bin, seq_only).context("I/O rows")?
     } else {
         Vec::new()
     };
-    let loop_rows = if wants("io") && std::env::var_os("SSV_THIN_LOOP").is_some() {
+    let loop_rows = if (wants("io") || seq_only) && std::env::var_os("SSV_THIN_LOOP").is_some() {
         match loop_skip_reason() {
             Some(why) => {
                 println!("SKIPPED loop-device rows: {why}");
                 Vec::new()
             }
-            None => loop_rows(&sz, scratch.path(), &qemu_bin).context("loop-device rows")?,
+            None => {
+                loop_rows(&sz, scratch.path(), &qemu_bin, seq_only).context("loop-device rows")?
+            }
         }
     } else {
         Vec::new()

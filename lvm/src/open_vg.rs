@@ -372,15 +372,22 @@ impl OpenVg {
     /// LUN's data queue). Anything but a newer copy of this VG on the same
     /// PVs in every area (PVs added or resized, areas that disagree, a
     /// commit half done, damage, a failed write of ours) is a full reload.
+    /// What a reload finds is found here too, but for damage to a text that
+    /// no header moved to.
     pub fn refresh(&mut self) -> Result<bool> {
         if self.failed || self.health != Health::default() {
             self.reload()?;
             return Ok(true);
         }
-        let mut heads = Vec::new();
-        for (m, a) in self.areas_in_use() {
-            heads.push(read_header(&*m.pv.dev, a.header.start, a.header.size)?);
-        }
+        let heads: Result<Vec<MdaHeader>> = self
+            .areas_in_use()
+            .map(|(m, a)| read_header(&*m.pv.dev, a.header.start, a.header.size))
+            .collect();
+        // A damaged header: the reload records it in the health.
+        let Ok(heads) = heads else {
+            self.reload()?;
+            return Ok(true);
+        };
         let moved = self.areas_in_use().zip(&heads).any(|((_, a), h)| {
             h.committed != a.header.committed || h.precommitted != a.header.precommitted
         });

@@ -271,6 +271,30 @@ fn mda_header_with_an_absurd_text_location() {
     );
 }
 
+/// A handle opened before the damage finds it on refresh, and refuses writes.
+#[test]
+fn refresh_finds_a_damaged_header() {
+    let dir = tmpdir();
+    let (disks, _) = sample_vg(dir.path());
+    let (ctl, devs) = faulty(&disks.iter().collect::<Vec<_>>());
+    let mut open = OpenVg::open(&devs, Some("vg0")).unwrap();
+    disks[0].patch_header(0, |s| s[200] ^= 1, false);
+    assert!(open.refresh().unwrap());
+    assert!(
+        open.health()
+            .corrupt
+            .iter()
+            .any(|c| c.contains("header checksum")),
+        "{:?}",
+        open.health()
+    );
+    let e = open
+        .change("test", |v| v.create_lv("new", 1, &[], &stamp()).map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(e, Error::Refused { .. }), "{e:?}");
+    assert_eq!(ctl.writes(), 0);
+}
+
 // ------------------------------------------------------------------- texts
 
 #[test]

@@ -5,7 +5,7 @@
 use crate::config::{parse_size, Config};
 use crate::events::Events;
 use crate::leases::Locks;
-use crate::luns::{open_lun, open_unused_lun};
+use crate::luns::{holds, open_lun, open_unused_lun, Holds};
 use crate::metrics::{Metrics, PoolLabels};
 use crate::model::{self, VolumeRecord};
 use crate::names;
@@ -202,10 +202,8 @@ impl Host {
         let mut by_vg: HashMap<String, Vec<PvDev>> = HashMap::new();
         for path in self.lun_paths() {
             let Ok(pv) = open_lun(&path) else { continue };
-            if let Ok(scan) = lvm::scan(std::slice::from_ref(&pv)) {
-                if let Some(vg) = scan.texts.first().map(|t| t.vg.name.clone()) {
-                    by_vg.entry(vg).or_default().push(pv);
-                }
+            if let Ok(Holds::Vg(vg)) = holds(&pv) {
+                by_vg.entry(vg).or_default().push(pv);
             }
         }
         let mut problems = Vec::new();

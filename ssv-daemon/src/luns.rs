@@ -63,14 +63,34 @@ fn registry() -> &'static Mutex<IscsiLuns> {
     R.get_or_init(Mutex::default)
 }
 
+/// What a LUN holds, from its PV label and metadata.
+pub(crate) enum Holds {
+    Vg(String),
+    PvWithoutVg,
+    Nothing,
+}
+
+pub(crate) fn holds(pv: &PvDev) -> lvm::Result<Holds> {
+    let scan = lvm::scan(std::slice::from_ref(pv))?;
+    Ok(match scan.texts.first() {
+        Some(t) => Holds::Vg(t.vg.name.clone()),
+        None if scan
+            .devs
+            .first()
+            .is_some_and(|d| matches!(d.label, lvm::scan::LabelScan::Pv(_))) =>
+        {
+            Holds::PvWithoutVg
+        }
+        None => Holds::Nothing,
+    })
+}
+
 /// Opens a LUN that is to become a PV of a new pool or of `pool`:
 /// refused, with what it holds, when it already belongs to a VG.
 pub(crate) fn open_unused_lun(path: &str, pool: &str) -> Result<PvDev> {
     let pv = open_lun(path)?;
-    let scan = lvm::scan(std::slice::from_ref(&pv))
-        .map_err(|e| Error::Storage(format!("reading LUN {path}: {e}")))?;
-    if let Some(t) = scan.texts.first() {
-        let vg = &t.vg.name;
+    let holds = holds(&pv).map_err(|e| Error::Storage(format!("reading LUN {path}: {e}")))?;
+    if let Holds::Vg(vg) = &holds {
         return Err(Error::Conflict(if vg == pool {
             format!("LUN {path} is in pool {pool} already")
         } else {
@@ -323,20 +343,13 @@ impl Host {
             .into_iter()
             .map(|path| match open_lun(&path) {
                 Ok(pv) => {
-                    let (pool, state) = match lvm::scan(std::slice::from_ref(&pv)) {
-                        Ok(scan) => match scan.texts.first().map(|t| t.vg.name.clone()) {
-                            Some(vg) => {
-                                let ours = lock(&self.pools).contains_key(&vg);
-                                (Some(vg), if ours { "pool" } else { "other VG" }.to_string())
-                            }
-                            None if scan.devs.first().is_some_and(|d| {
-                                matches!(d.label, lvm::scan::LabelScan::Pv(_))
-                            }) =>
-                            {
-                                (None, "PV without a VG".into())
-                            }
-                            None => (None, "free".into()),
-                        },
+                    let (pool, state) = match holds(&pv) {
+                        Ok(Holds::Vg(vg)) => {
+                            let ours = lock(&self.pools).contains_key(&vg);
+                            (Some(vg), if ours { "pool" } else { "other VG" }.to_string())
+                        }
+                        Ok(Holds::PvWithoutVg) => (None, "PV without a VG".into()),
+                        Ok(Holds::Nothing) => (None, "free".into()),
                         Err(e) => (None, format!("unreadable: {e}")),
                     };
                     LunInfo {

@@ -320,7 +320,7 @@ impl Pool {
     /// Re-reads the VG (another host may have changed it) and returns it.
     pub fn refresh(&self) -> Result<Vg> {
         let mut vg = lock(&self.vg);
-        vg.reload()?;
+        vg.refresh()?;
         Ok(vg.vg().clone())
     }
 

@@ -6,7 +6,9 @@
 
 use lvm::crc::lvm_crc;
 use lvm::label::{read_label, DiskLocn, PvLabel, PV_EXT_VERSION, SECTOR};
-use lvm::mda::{next_offset, read_header, read_text, write_header, write_text, MdaHeader};
+use lvm::mda::{
+    next_offset, read_header, read_text, text_locn, write_header, write_text, MdaHeader,
+};
 use lvm::model::TextHeader;
 use lvm::names::Uuid;
 use lvm::text::Section;
@@ -109,7 +111,8 @@ impl Disk {
     pub fn put_text(&self, mda: usize, text: &[u8]) {
         let mut h = self.header(mda);
         let at = next_offset(&h.committed, h.size);
-        let mut l = write_text(&*self.file, &h, at, text).unwrap();
+        write_text(&*self.file, &h, at, text).unwrap();
+        let mut l = text_locn(at, text);
         l.checksum = lvm_crc(text);
         h.committed = l;
         write_header(&*self.file, &h).unwrap();

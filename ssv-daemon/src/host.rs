@@ -335,7 +335,7 @@ impl Host {
         for v in &vols {
             provisioned += self.virtual_size(pool, &v.top).unwrap_or(0);
         }
-        let st = pool.status(provisioned, vols.len(), self.growth(pool))?;
+        let st = pool.status(&vg, provisioned, vols.len(), self.growth(pool))?;
         let l = PoolLabels {
             pool: st.name.clone(),
         };

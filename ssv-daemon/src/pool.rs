@@ -819,13 +819,14 @@ impl Pool {
         Ok(slot)
     }
 
+    /// The status of the pool as `vg`, read by [`Pool::refresh`] just before.
     pub fn status(
         &self,
+        vg: &Vg,
         provisioned: u64,
         volumes: usize,
         growth: (thin::GrowthPolicy, u64),
     ) -> Result<PoolStatus> {
-        let vg = self.refresh()?;
         let health = {
             let open = lock(&self.vg);
             let h = open.health();
@@ -881,7 +882,7 @@ impl Pool {
             provisioned,
             volumes,
             lvs: vg.lvs.len(),
-            lease_slots: leases::slots(&vg),
+            lease_slots: leases::slots(vg),
             lockspace,
             initial_lv_size: growth.1,
             chunk: growth.0.chunk,

@@ -417,8 +417,9 @@ impl OpenVg {
             (h.committed.size, h.committed.checksum)
                 == (first.committed.size, first.committed.checksum)
                 && h.precommitted.is_empty()
+                && !h.committed.ignored()
         };
-        if first.committed.is_empty() || first.committed.ignored() || !heads.iter().all(same) {
+        if first.committed.is_empty() || !heads.iter().all(same) {
             return None;
         }
         let (m, _) = self.areas_in_use().next()?;

@@ -487,6 +487,8 @@ fn small_metadata_areas_wrap_many_times() {
     assert_eq!(a.label().pe_start(), 36864);
     let devs = [a.pv(), b.pv()];
     let mut open = OpenVg::create("vg0", &devs, MIB).unwrap();
+    // A second handle follows every commit with `refresh`, wrapped copies too.
+    let mut follower = OpenVg::open(&devs, None).unwrap();
     let areas = [(&a, 0), (&b, 0), (&b, 1)];
     let mut last = areas.map(|(d, i)| d.header(i).committed);
     let (mut cycles, mut wrapped) = ([0; 3], [0; 3]);
@@ -516,6 +518,9 @@ fn small_metadata_areas_wrap_many_times() {
         assert_eq!(again.vg(), open.vg(), "commit {i}");
         assert_eq!(again.raw_text(), open.raw_text(), "commit {i}");
         assert_eq!(again.health(), &lvm::Health::default(), "commit {i}");
+        assert!(follower.refresh().unwrap(), "commit {i}");
+        assert_eq!(follower.vg(), open.vg(), "follower, commit {i}");
+        assert_eq!(follower.raw_text(), open.raw_text(), "follower, commit {i}");
         for (k, (d, m)) in areas.iter().enumerate() {
             let h = d.header(*m);
             let l = h.committed;

@@ -386,7 +386,7 @@ impl Pool {
         let uuid = {
             let mut vg = lock(&self.vg);
             if vg.vg().lv(name).is_none() {
-                vg.reload()?;
+                vg.refresh()?;
             }
             if let Some(dev) = self.served(&vg, name, None, min)? {
                 return Ok(Extended {
@@ -897,7 +897,7 @@ impl LvStore for Pool {
     fn open(&self, name: &str) -> thin::Result<Arc<dyn BlockDev>> {
         let mut vg = lock(&self.vg);
         if vg.vg().lv(name).is_none() {
-            vg.reload()?;
+            vg.refresh()?;
         }
         Ok(Arc::new(vg.lv_dev(name)?))
     }
@@ -945,14 +945,14 @@ impl LvStore for Pool {
     fn exists(&self, name: &str) -> thin::Result<bool> {
         let mut vg = lock(&self.vg);
         if vg.vg().lv(name).is_none() {
-            vg.reload()?;
+            vg.refresh()?;
         }
         Ok(vg.vg().lv(name).is_some())
     }
 
     fn list(&self) -> thin::Result<Option<Vec<String>>> {
         let mut vg = lock(&self.vg);
-        vg.reload()?;
+        vg.refresh()?;
         Ok(Some(vg.vg().lvs.iter().map(|l| l.name.clone()).collect()))
     }
 }

@@ -237,7 +237,36 @@ pub struct LabRun {
     pub elapsed: Duration,
 }
 
+/// Console lines by which the lab's nested virtualization (KVM in the lab
+/// VM, itself under QEMU's software emulation of SVM) shows it failed
+/// under a nested guest: the lab kernel's own crash and lockups, a nested
+/// guest's CPU that stops taking interrupts, and a nested guest's triple
+/// fault, which ssv-vmm reports as a reset (the test guests never ask for
+/// one). BENCHMARKS.md, issue 7, has what is known of them.
+pub const NESTED_FAILURE_SIGNS: [&str; 4] = [
+    "BUG: TASK stack guard page",
+    "watchdog: BUG: soft lockup",
+    "rcu_preempt detected stalls",
+    "ssv-vmm: the guest reset",
+];
+
 impl LabRun {
+    /// The first lines (at most 3) that show the lab's nested
+    /// virtualization failed ([`NESTED_FAILURE_SIGNS`]), if the run failed
+    /// with any.
+    pub fn nested_failure(&self) -> Option<String> {
+        if self.status == 0 {
+            return None;
+        }
+        let lines: Vec<&str> = self
+            .console
+            .lines()
+            .filter(|l| NESTED_FAILURE_SIGNS.iter().any(|s| l.contains(s)))
+            .take(3)
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
     /// Seconds from QEMU's start to the first console line containing
     /// `marker`.
     pub fn time_of(&self, marker: &str) -> Option<f64> {
@@ -357,6 +386,34 @@ mod tests {
         };
         assert_eq!(run.time_of("SSV-GUEST"), Some(12.5));
         assert_eq!(run.time_of("absent"), None);
+    }
+
+    #[test]
+    fn nested_failure_names_only_the_labs_own_failures() {
+        let run = |status, console: &str| LabRun {
+            status,
+            console: console.into(),
+            log: PathBuf::new(),
+            results: PathBuf::new(),
+            elapsed: Duration::ZERO,
+        };
+        // As a CI run printed it: the nested guest's triple fault.
+        let reset = "[  43.338] vm event disk.grown\n[  43.340] ssv-vmm: the guest reset (an x86 triple fault, i.e. it crashed, or a reset request); start the VM again\n[  43.367] SSV-LAB-EXIT: 123\n";
+        let lines = run(123, reset).nested_failure().unwrap();
+        assert!(lines.contains("the guest reset"), "{lines}");
+        assert!(!lines.contains("disk.grown"), "{lines}");
+        let oops = "[ 80.1] BUG: TASK stack guard page was hit at 00000000 (stack is 0..1)\n";
+        assert!(run(124, oops).nested_failure().is_some());
+        // A run that passed, or failed otherwise, is not the lab's.
+        assert_eq!(run(0, reset).nested_failure(), None);
+        assert_eq!(
+            run(
+                1,
+                "[  9.0] SSV-GUEST: FAIL chunk 3 differs\n[  9.1] SSV-LAB-EXIT: 1\n"
+            )
+            .nested_failure(),
+            None
+        );
     }
 
     #[test]

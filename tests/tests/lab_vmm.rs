@@ -13,7 +13,9 @@
 //! from their small initial LV, the volume holding exactly what the guest
 //! wrote and the snapshot exactly its first half (per-chunk sha256 against
 //! `ssvadm volume read`), and `qemu-img check` (this host's) clean on both
-//! layers' qcow2, copied out of their LVs with `ssvadm lv read`.
+//! layers' qcow2, copied out of their LVs with `ssvadm lv read`. A run
+//! that the lab's nested KVM fails (`LabRun::nested_failure`) is tried
+//! once more.
 //!
 //! Run: `cargo test -p ssv-tests --test lab_vmm -- --test-threads=1`
 //! (root the first time, to build the lab; about 3 minutes for x86_64; the
@@ -37,6 +39,9 @@ const INITIAL_LV: u64 = 32 << 20;
 const CHUNK: u64 = 16 << 20;
 /// Seconds the guest holds between its halves for the snapshot and pause.
 const HOLD: u64 = 20;
+/// Limit of one lab run: a run takes 80-100 s on a quiet machine; a stalled
+/// one must not cost CI more than this, twice.
+const RUN_LIMIT: Duration = Duration::from_secs(360);
 /// sha256 of a 32 MiB chunk of zeroes: what the snapshot reads past the
 /// first half.
 const ZERO_CHUNK_SHA256: &str = "83ee47245398adee79bd9c0a8bc57b821e92aba10f5f9ade8a5d1fae4d8c4302";
@@ -87,7 +92,19 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
         CHUNK >> 20
     );
     p.payload.set_run_script(&run_sh).unwrap();
-    let run = lab.run(&p.payload, Duration::from_secs(900)).unwrap();
+    // The lab's nested KVM (SVM emulated by TCG) now and then crashes or
+    // stalls a nested guest, ours or QEMU's (BENCHMARKS.md, issue 7): such
+    // a run is said and tried once more; any other failure, or a second
+    // one, fails the test.
+    let mut run = lab.run(&p.payload, RUN_LIMIT).unwrap();
+    if let Some(lines) = run.nested_failure() {
+        eprintln!(
+            "RETRY (lab VMM {}): the lab's nested KVM failed (status {}), once more:\n{lines}",
+            arch.name(),
+            run.status
+        );
+        run = lab.run(&p.payload, RUN_LIMIT).unwrap();
+    }
     let out = &run.results;
     let guest = std::fs::read_to_string(out.join("guest.log")).unwrap_or_default();
     let vmm_err = std::fs::read_to_string(out.join("vmm.err")).unwrap_or_default();

@@ -248,11 +248,6 @@ impl Resource {
     fn acquire_once(&self, me: &HostId, opts: AcquireOptions) -> Result<Held> {
         let started = Instant::now();
         let mut ballot: Option<Dblock> = None;
-        // Our dblock on disk says we held and released this lver already:
-        // the leader was set back. A ballot must re-commit that value (it
-        // was chosen), after which we free the leader and go on to the
-        // next version rather than claim a version we gave up.
-        let mut repairing = false;
         let mut attempts = 0u32;
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -267,7 +262,15 @@ impl Resource {
                     self.resource_label()
                 )));
             }
-            if area.leader.timestamp != 0 && !self.owned_by_us_or_void(me, &area.leader) {
+            // A leader set back by a late write names an owner of an old
+            // version, maybe a live host that holds nothing: waiting for it
+            // would wait forever. A ballot at the newest version re-commits
+            // what was chosen there (Paxos finds it in the dblocks), after
+            // which acquire goes on from the leader that ballot wrote.
+            let set_back = set_back_version(&area);
+            if let Some(newest) = set_back {
+                area.leader.lver = newest - 1;
+            } else if area.leader.timestamp != 0 && !self.owned_by_us_or_void(me, &area.leader) {
                 if !self.wait_for_owner(me, &area, opts, started)? {
                     continue;
                 }
@@ -281,24 +284,22 @@ impl Resource {
             let next_lver = leader.lver + 1;
             // Keep our value for this lver across retries; after a restart,
             // take it from our dblock on disk.
+            let ours_on_disk = area
+                .dblocks
+                .get(me.host_id as usize - 1)
+                .copied()
+                .flatten()
+                .map(|(d, _)| d)
+                .filter(|d| d.lver == next_lver);
             let mine = match ballot {
                 Some(d) if d.lver == next_lver => d,
-                _ => match area.dblocks.get(me.host_id as usize - 1).copied().flatten() {
-                    Some((d, _)) if d.lver == next_lver => {
-                        repairing = d.flags & DBLOCK_RELEASED != 0;
-                        d
-                    }
-                    _ => {
-                        repairing = false;
-                        Dblock {
-                            lver: next_lver,
-                            ..Dblock::default()
-                        }
-                    }
-                },
+                _ => ours_on_disk.unwrap_or(Dblock {
+                    lver: next_lver,
+                    ..Dblock::default()
+                }),
             };
             let outcome = self.run_ballot(me, &area, mine, opts.shared)?;
-            if repairing {
+            if set_back.is_some() {
                 let decided = match &outcome {
                     BallotResult::Committed(done) => Some((done.0.leader, done.0.dblock)),
                     BallotResult::Decided(l, d) => Some((*l, *d)),
@@ -306,22 +307,30 @@ impl Resource {
                 };
                 if let Some((leader, dblock)) = decided {
                     log::warn!(
-                        "resource {}: leader was set back to lver {}; re-committed our released lver {} and freed it",
+                        "resource {}: the leader was set back by a late write; re-committed lver {} (owner host {})",
                         self.resource_label(),
-                        leader.lver - 1,
-                        leader.lver
+                        leader.lver,
+                        leader.owner_id
                     );
-                    if leader.owner_id == me.host_id && leader.owner_generation == me.generation {
-                        let held = Held {
-                            leader,
-                            shared: false,
-                            dblock,
-                        };
-                        self.release(me, &held)?;
+                    // Another host's version: go on from the leader now
+                    // written. A version we had released, chosen for us
+                    // again: free it first. Our own value (new, or from a
+                    // ballot of ours before) is acquired as usual below.
+                    let ours =
+                        leader.owner_id == me.host_id && leader.owner_generation == me.generation;
+                    let we_released = ours_on_disk.is_some_and(|d| d.flags & DBLOCK_RELEASED != 0);
+                    if !ours || we_released {
+                        if ours {
+                            let held = Held {
+                                leader,
+                                shared: false,
+                                dblock,
+                            };
+                            self.release(me, &held)?;
+                        }
+                        ballot = None;
+                        continue;
                     }
-                    repairing = false;
-                    ballot = None;
-                    continue;
                 }
             }
             match outcome {
@@ -742,6 +751,22 @@ enum BallotResult {
     Restart,
     /// Someone committed this lver; our dblock as last written.
     Decided(Leader, Dblock),
+}
+
+/// The newest version a ballot must re-commit when the leader was set back
+/// by a late leader write (a ballot that committed another host's value,
+/// its write landing after that host and others had moved on). Only then
+/// can a dblock be two versions ahead of the leader (a ballot for a
+/// version starts from a leader at the one before), or one version ahead
+/// and released (a holder releases after its leader write landed).
+fn set_back_version(area: &Area) -> Option<u64> {
+    let lver = area.leader.lver;
+    let dblocks = || area.dblocks.iter().flatten().map(|(d, _)| d);
+    let set_back = dblocks().any(|d| {
+        d.lver >= lver.saturating_add(2)
+            || d.lver == lver.saturating_add(1) && d.flags & DBLOCK_RELEASED != 0
+    });
+    set_back.then(|| dblocks().map(|d| d.lver).max()).flatten()
 }
 
 /// Checks a geometry/num_hosts pair before init.

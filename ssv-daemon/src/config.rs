@@ -122,6 +122,12 @@ pub struct GrowthConfig {
     /// Bytes added per extension.
     #[serde(default = "default_chunk")]
     pub chunk: String,
+    /// This many percentage points before the threshold, a writer posts a
+    /// notice in the growth mailbox, so a host committing extensions for
+    /// others grows this LV in the same commit (one commit per burst of
+    /// hosts crossing together). 0: no notices.
+    #[serde(default = "default_notice_lead")]
+    pub notice_lead_percent: u8,
 }
 
 impl Default for GrowthConfig {
@@ -130,6 +136,7 @@ impl Default for GrowthConfig {
             initial: default_chunk(),
             threshold_percent: default_threshold(),
             chunk: default_chunk(),
+            notice_lead_percent: default_notice_lead(),
         }
     }
 }
@@ -344,6 +351,18 @@ fn default_chunk() -> String {
 fn default_threshold() -> u8 {
     thin::growth::DEFAULT_THRESHOLD_PERCENT
 }
+/// The notice point `lead` percentage points before `threshold`; 0 (none)
+/// when `lead` is 0 or not below the threshold.
+pub fn notice_percent(threshold: u8, lead: u8) -> u8 {
+    if lead == 0 {
+        0
+    } else {
+        threshold.saturating_sub(lead)
+    }
+}
+fn default_notice_lead() -> u8 {
+    thin::growth::DEFAULT_THRESHOLD_PERCENT - thin::growth::DEFAULT_NOTICE_PERCENT
+}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
@@ -380,6 +399,12 @@ impl Config {
                 self.growth.threshold_percent
             )));
         }
+        if self.growth.notice_lead_percent >= self.growth.threshold_percent {
+            return Err(Error::Invalid(format!(
+                "[growth] notice_lead_percent = {}: must be below threshold_percent ({}); 0 turns notices off",
+                self.growth.notice_lead_percent, self.growth.threshold_percent
+            )));
+        }
         let chunk = parse_size(&self.growth.chunk).map_err(|e| e.context("[growth] chunk"))?;
         parse_size(&self.growth.initial).map_err(|e| e.context("[growth] initial"))?;
         if chunk == 0 {
@@ -411,6 +436,10 @@ impl Config {
     pub fn growth_policy(&self) -> thin::GrowthPolicy {
         thin::GrowthPolicy {
             threshold_percent: self.growth.threshold_percent,
+            notice_percent: notice_percent(
+                self.growth.threshold_percent,
+                self.growth.notice_lead_percent,
+            ),
             chunk: parse_size(&self.growth.chunk).unwrap_or(thin::growth::DEFAULT_CHUNK),
             cap: None,
         }

@@ -22,6 +22,10 @@ impl thin::Extender for MeteredExtender {
     fn extend(&self, req: &thin::GrowthRequest) -> std::result::Result<Arc<dyn BlockDev>, String> {
         self.grow(req, None).map_err(|e| e.to_string())
     }
+
+    fn notice(&self, req: &thin::GrowthRequest) {
+        self.inner.notice(req);
+    }
 }
 
 impl MeteredExtender {

@@ -246,6 +246,9 @@ struct Local {
     seq: u64,
     next_ticket: u64,
     pending: Vec<(u64, Request)>,
+    /// Notices: LVs that will want to grow soon (their minimum is their
+    /// size, so nothing waits), newest last, one per LV.
+    notices: Vec<Request>,
     wants_lease: bool,
 }
 
@@ -322,8 +325,9 @@ impl Mailbox {
             requests: l
                 .pending
                 .iter()
-                .take(MAX_REQUESTS)
                 .map(|(_, r)| *r)
+                .chain(l.notices.iter().rev().copied())
+                .take(MAX_REQUESTS)
                 .collect(),
             wants_lease: l.wants_lease,
         };
@@ -337,11 +341,12 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Posts a request and writes our record.
+    /// Posts a request and writes our record. It replaces the LV's notice.
     pub fn post(&self, req: Request) -> Result<Ticket> {
         let mut l = lock(&self.local);
         let t = l.next_ticket;
         l.next_ticket += 1;
+        l.notices.retain(|n| n.lv != req.lv);
         l.pending.push((t, req));
         if let Err(e) = self.write(&mut l) {
             l.pending.retain(|(x, _)| *x != t);
@@ -364,9 +369,34 @@ impl Mailbox {
         }
     }
 
-    /// This host's pending requests, oldest first.
+    /// Posts a notice (a request whose minimum is the LV's size: a holder
+    /// grows it to `want_size` only in a commit it makes for a pending
+    /// request) and writes our record. It replaces the LV's older notice;
+    /// the oldest go when there are more than a record holds.
+    pub fn notice(&self, req: Request) -> Result<()> {
+        let mut l = lock(&self.local);
+        l.notices.retain(|n| n.lv != req.lv);
+        l.notices.push(req);
+        if l.notices.len() > MAX_REQUESTS {
+            l.notices.remove(0);
+        }
+        self.write(&mut l)
+    }
+
+    /// Whether a notice of ours names this LV.
+    pub fn noticed(&self, lv: Uuid) -> bool {
+        lock(&self.local).notices.iter().any(|n| n.lv == lv)
+    }
+
+    /// This host's pending requests, oldest first, then its notices,
+    /// newest first.
     pub fn local(&self) -> Vec<Request> {
-        lock(&self.local).pending.iter().map(|(_, r)| *r).collect()
+        let l = lock(&self.local);
+        l.pending
+            .iter()
+            .map(|(_, r)| *r)
+            .chain(l.notices.iter().rev().copied())
+            .collect()
     }
 
     /// Says in our record whether this host waits for the pool lease for
@@ -564,6 +594,48 @@ mod tests {
         let board = holder.read_board().unwrap();
         assert_eq!(board.requests, vec![(2, q(1)), (900, q(2))]);
         assert_eq!(board.last_host, 900);
+    }
+
+    /// Notices ride after the pending requests, one per LV, newest first;
+    /// the LV's request replaces its notice.
+    #[test]
+    fn notices_follow_requests_one_per_lv() {
+        let (_dir, dev) = leases_dev();
+        let a = Mailbox::open(dev.clone(), 1).unwrap();
+        let b = Mailbox::open(dev.clone(), 2).unwrap();
+        let (x, y) = (
+            uuid("abcdef0123456789abcdefghijklmnop"),
+            uuid("bbcdef0123456789abcdefghijklmnop"),
+        );
+        let q = |lv, min, want| Request {
+            lv,
+            min_size: min,
+            want_size: want,
+        };
+        a.notice(q(x, 4, 8)).unwrap();
+        a.notice(q(y, 4, 8)).unwrap();
+        a.notice(q(x, 8, 12)).unwrap();
+        assert!(a.noticed(x) && a.noticed(y));
+        assert_eq!(
+            b.read_others().unwrap(),
+            vec![(1, q(x, 8, 12)), (1, q(y, 4, 8))]
+        );
+        let t = a.post(q(y, 9, 12)).unwrap();
+        assert!(!a.noticed(y));
+        assert_eq!(a.local(), vec![q(y, 9, 12), q(x, 8, 12)]);
+        assert_eq!(
+            b.read_others().unwrap(),
+            vec![(1, q(y, 9, 12)), (1, q(x, 8, 12))]
+        );
+        a.withdraw(t, false);
+        assert_eq!(b.read_others().unwrap(), vec![(1, q(x, 8, 12))]);
+        // More notices than a record holds: the oldest go.
+        for i in 0..MAX_REQUESTS as u64 + 2 {
+            let lv = uuid(&format!("{i:0>32}"));
+            a.notice(q(lv, 1, 2)).unwrap();
+        }
+        assert_eq!(a.local().len(), MAX_REQUESTS);
+        assert!(!a.noticed(x));
     }
 
     #[test]

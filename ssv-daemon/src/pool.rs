@@ -305,6 +305,10 @@ impl Pool {
         let vg = self.vg();
         let get = |prefix| names::tag_value(&vg.tags, prefix).and_then(|v| v.parse::<u64>().ok());
         let (mut policy, mut initial) = default;
+        let lead = match policy.notice_percent {
+            0 => 0,
+            n => policy.threshold_percent.saturating_sub(n),
+        };
         if let Some(v) = get(names::TAG_POOL_INITIAL) {
             initial = v;
         }
@@ -313,6 +317,7 @@ impl Pool {
         }
         if let Some(v) = get(names::TAG_POOL_THRESHOLD) {
             policy.threshold_percent = v.clamp(1, 99) as u8;
+            policy.notice_percent = crate::config::notice_percent(policy.threshold_percent, lead);
         }
         (policy, initial)
     }
@@ -385,7 +390,10 @@ impl Pool {
         let _urgent = UrgentIo::new();
         let uuid = {
             let mut vg = lock(&self.vg);
-            if vg.vg().lv(name).is_none() {
+            // Unknown here, or noticed: another host's commit may have
+            // grown it (or made it) already.
+            let noticed = vg.vg().lv(name).is_some_and(|l| self.mailbox.noticed(l.id));
+            if noticed || vg.vg().lv(name).is_none() {
                 vg.refresh()?;
             }
             if let Some(dev) = self.served(&vg, name, None, min)? {
@@ -407,6 +415,17 @@ impl Pool {
         self.mailbox.withdraw(ticket, r.is_ok());
         log::debug!("extension of {name}: {}", trace.steps);
         r
+    }
+
+    /// Posts a notice for LV `name` (it will want `want` bytes soon) in
+    /// our mailbox record: a holder grows it in a commit it makes anyway.
+    pub fn notice(&self, name: &str, size: u64, want: u64) -> Result<()> {
+        let uuid = self.lv(&lock(&self.vg), name)?.id;
+        self.mailbox.notice(Request {
+            lv: uuid,
+            min_size: size,
+            want_size: want.max(size),
+        })
     }
 
     fn lv<'a>(&self, vg: &'a OpenVg, name: &str) -> Result<&'a lvm::Lv> {
@@ -705,49 +724,68 @@ impl Pool {
         });
         // Hosts after us first, so no host id is always served last.
         others.sort_by_key(|(h, _)| (*h <= me, *h));
-        let requests = self
+        let requests: Vec<(Option<u64>, Request)> = self
             .mailbox
             .local()
             .into_iter()
             .map(|q| (None, q))
-            .chain(others.into_iter().map(|(h, q)| (Some(h), q)));
+            .chain(others.into_iter().map(|(h, q)| (Some(h), q)))
+            .collect();
         let ext = vg.vg().extent_bytes();
         let mut new = vg.vg().clone();
         let mut grown: Vec<String> = Vec::new();
         let mut hosts: Vec<u64> = Vec::new();
-        for (host, q) in requests {
-            if grown.len() >= MAX_COMBINED {
+        // Pending requests first; then, in the same commit, notices (LVs
+        // at their minimum that want more): their writers will ask soon,
+        // and this commit is made anyway.
+        for notices in [false, true] {
+            if notices && grown.is_empty() {
                 break;
             }
-            let Some(lv) = new.lvs.iter().find(|l| l.id == q.lv) else {
-                continue; // gone: a stale request
-            };
-            if served.failed.iter().any(|(u, _)| *u == q.lv) {
-                continue; // did not fit in an earlier round
-            }
-            let have = lv.extent_count();
-            if have * ext >= q.min_size {
-                continue;
-            }
-            let name = lv.name.clone();
-            // extend_lv changes nothing when it fails (it allocates
-            // first), so a failure leaves the others' extensions intact.
-            let r = new
-                .extend_lv(&name, q.want_size.div_ceil(ext).saturating_sub(have))
-                .or_else(|_| new.extend_lv(&name, q.min_size.div_ceil(ext) - have));
-            match r {
-                Ok(()) => {
-                    if let Some(h) = host {
-                        served.for_others += 1;
-                        if !hosts.contains(&h) {
-                            hosts.push(h);
-                        }
-                    }
-                    grown.push(name);
+            for (host, q) in &requests {
+                if grown.len() >= MAX_COMBINED {
+                    break;
                 }
-                Err(e) => {
-                    log::debug!("combined extension: LV {name} does not fit: {e}");
-                    served.failed.push((q.lv, Error::from(e)));
+                let Some(lv) = new.lvs.iter().find(|l| l.id == q.lv) else {
+                    continue; // gone: a stale request
+                };
+                if served.failed.iter().any(|(u, _)| *u == q.lv) || grown.contains(&lv.name) {
+                    continue; // did not fit in an earlier round, or grown
+                }
+                let have = lv.extent_count();
+                let pending = have * ext < q.min_size;
+                if pending == notices || notices && have * ext >= q.want_size {
+                    continue;
+                }
+                let name = lv.name.clone();
+                // extend_lv changes nothing when it fails (it allocates
+                // first), so a failure leaves the others' extensions intact.
+                let want = q.want_size.div_ceil(ext).saturating_sub(have);
+                let r = new.extend_lv(&name, want).or_else(|e| {
+                    if notices {
+                        Err(e)
+                    } else {
+                        new.extend_lv(&name, q.min_size.div_ceil(ext) - have)
+                    }
+                });
+                match r {
+                    Ok(()) => {
+                        if let Some(h) = *host {
+                            served.for_others += 1;
+                            if !hosts.contains(&h) {
+                                hosts.push(h);
+                            }
+                        }
+                        grown.push(name);
+                    }
+                    // A notice that does not fit waits for its request.
+                    Err(e) if notices => {
+                        log::debug!("combined extension: noticed LV {name} does not fit: {e}")
+                    }
+                    Err(e) => {
+                        log::debug!("combined extension: LV {name} does not fit: {e}");
+                        served.failed.push((q.lv, Error::from(e)));
+                    }
                 }
             }
         }
@@ -1048,5 +1086,11 @@ impl Extender for PoolExtender {
         self.extend_combined(req, |_| ())
             .map(|e| e.dev)
             .map_err(|e| e.to_string())
+    }
+
+    fn notice(&self, req: &GrowthRequest) {
+        if let Err(e) = self.0.notice(&req.lv, req.current_size, req.target_size) {
+            log::debug!("growth notice for LV {}: {e}", req.lv);
+        }
     }
 }

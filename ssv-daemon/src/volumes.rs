@@ -40,6 +40,11 @@ pub struct GrowRequest {
     /// Size the writer's policy asks for (at least `min_size`).
     #[serde(default)]
     pub target_size: u64,
+    /// Only say the LV will want `target_size` soon (a notice in the
+    /// growth mailbox, served along with other hosts' extensions); nothing
+    /// grows now, and the answer is the current mapping.
+    #[serde(default)]
+    pub notice: bool,
 }
 
 /// The LV's new mapping: where each segment lies on the pool's PVs.
@@ -113,12 +118,16 @@ impl Host {
         // the target where it fits, else what the writer needs at least.
         let grow = thin::GrowthRequest {
             lv: req.lv.clone(),
-            current_size: 0,
+            current_size: req.min_size,
             min_size: req.min_size,
             target_size: req.target_size.max(req.min_size),
             urgent: true,
         };
-        self.extender(&pool).grow(&grow, Some(&rec.id))?;
+        if req.notice {
+            thin::Extender::notice(&self.extender(&pool), &grow);
+        } else {
+            self.extender(&pool).grow(&grow, Some(&rec.id))?;
+        }
         lv_mapping(&pool.vg(), &req.lv)
     }
 

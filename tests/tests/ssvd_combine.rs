@@ -233,3 +233,95 @@ fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
     assert_no_extent_twice(&[&lun], "pool0")?;
     Ok(())
 }
+
+/// A writer posts a notice before its threshold; another host's commit for
+/// its own pending request grows the noticed LV too, and the noticing
+/// writer's own request at its threshold then finds the LV grown.
+#[test]
+fn a_noticed_lv_grows_in_another_hosts_commit() -> Result<()> {
+    if find_tool("qemu-io").is_none() {
+        println!("SKIPPED: qemu-io not installed (Debian package qemu-utils)");
+        return Ok(());
+    }
+    let scratch = Scratch::new(None)?;
+    let lun = scratch.sparse_file("lun0.img", 4 * GIB)?;
+    let mut hosts = start_hosts(scratch.path(), 2, std::slice::from_ref(&lun), 1)?;
+    // 16 MiB LVs: the notice at 40% (6.4 MiB), the threshold at 50%.
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": (4 * MIB).to_string(), "initial": (16 * MIB).to_string(),
+                "chunk": (16 * MIB).to_string()}),
+    )?;
+    let mut uris = Vec::new();
+    for h in &hosts {
+        let id = format!("v{}", h.id);
+        h.client.post(
+            "/v1/volumes",
+            &json!({"id": id, "name": id, "size": GIB.to_string()}),
+        )?;
+        let v = h
+            .client
+            .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
+        uris.push(v["nbd"].as_str().context("no NBD URI")?.to_string());
+    }
+    let lv_size = |id: &str| -> Result<u64> {
+        let vg = open_vg(&lun, true)?;
+        let lv = vg
+            .vg()
+            .lvs
+            .iter()
+            .find(|l| l.name == format!("vol-{id}.0"))
+            .with_context(|| format!("no LV of {id}"))?;
+        Ok(lv.extent_count() * vg.vg().extent_bytes())
+    };
+    // Host 2 writes past its notice point, not its threshold.
+    qemu_io(&uris[1], &["write -P 0x5a 0 7M"])?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ensure!(
+        lv_size("v2")? == 16 * MIB,
+        "host 2's LV grew on its notice alone"
+    );
+    // Host 1 crosses its threshold: its commit grows both.
+    qemu_io(&uris[0], &["write -P 0xa5 0 9M"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lv_size("v1")? == 16 * MIB {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "host 1's LV never grew"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(
+        lv_size("v2")? == 32 * MIB,
+        "host 2's noticed LV: {} bytes",
+        lv_size("v2")?
+    );
+    ensure!(counter(&hosts[0], "ssvd_lv_extensions_served_for_others_total")? >= 1);
+    // Host 2 crosses its threshold: served by that commit, not its own.
+    qemu_io(&uris[1], &["write -P 0x5a 7M 3M"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let g = hosts[1].client.get("/v1/volumes/v2")?["growth"].clone();
+        if g["extensions"].as_u64().unwrap_or(0) >= 1 {
+            ensure!(g["failed_extensions"] == 0, "{g}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "host 2 never grew: {g}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(lv_size("v2")? == 32 * MIB, "host 2 grew its LV again");
+    qemu_io(&uris[1], &["read -P 0x5a 0 10M"])?;
+    qemu_io(&uris[0], &["read -P 0xa5 0 9M"])?;
+    for h in &hosts {
+        h.client.delete(&format!("/v1/volumes/v{}/session", h.id))?;
+    }
+    for h in &mut hosts {
+        h.stop();
+    }
+    assert_no_extent_twice(&[&lun], "pool0")?;
+    assert_stock_vgck_clean(&[&lun], "pool0")
+}

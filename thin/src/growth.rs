@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_THRESHOLD_PERCENT: u8 = 50;
+pub const DEFAULT_NOTICE_PERCENT: u8 = 40;
 pub const DEFAULT_CHUNK: u64 = 1 << 30;
 pub const DEFAULT_INITIAL_SIZE: u64 = 1 << 30;
 
@@ -19,6 +20,12 @@ pub struct GrowthPolicy {
     /// Ask for more space once the highest allocated offset passes this
     /// percentage of the LV.
     pub threshold_percent: u8,
+    /// Below the threshold: once the highest allocated offset passes this
+    /// percentage of the LV, tell the extender the LV will want its next
+    /// chunk soon ([`Extender::notice`]), so an extender that serves several
+    /// writers in one metadata commit can grow it along with the others.
+    /// 0: never.
+    pub notice_percent: u8,
     /// Bytes added per extension.
     pub chunk: u64,
     /// The LV never grows past this; `None` = virtual size plus the qcow2
@@ -30,6 +37,7 @@ impl Default for GrowthPolicy {
     fn default() -> Self {
         GrowthPolicy {
             threshold_percent: DEFAULT_THRESHOLD_PERCENT,
+            notice_percent: DEFAULT_NOTICE_PERCENT,
             chunk: DEFAULT_CHUNK,
             cap: None,
         }
@@ -57,6 +65,15 @@ pub trait Extender: Send + Sync {
     /// Extends `req.lv` to at least `req.min_size` bytes (the extent size may
     /// round it up) and returns the LV as a device over its new segments.
     fn extend(&self, req: &GrowthRequest) -> Result<Arc<dyn BlockDev>, String>;
+
+    /// `req.lv` will soon cross its threshold and ask for `req.target_size`
+    /// (`req.min_size` is its current size: nothing waits yet). An extender
+    /// that grows several writers' LVs in one metadata commit may grow this
+    /// one in a commit it makes anyway; the writer still asks with
+    /// [`Extender::extend`] at its threshold, and an LV grown meanwhile
+    /// makes that quick. Called on a thread of its own; the default does
+    /// nothing.
+    fn notice(&self, _req: &GrowthRequest) {}
 }
 
 /// Counters of one writer's growth, for status and benchmarks.
@@ -90,6 +107,8 @@ pub(crate) struct Grower {
     policy: GrowthPolicy,
     cap: AtomicU64,
     extender: Arc<dyn Extender>,
+    /// The LV size a notice was sent for (0: none yet).
+    noticed: AtomicU64,
     state: Mutex<State>,
     done: Condvar,
 }
@@ -134,6 +153,7 @@ impl Grower {
             policy,
             cap: AtomicU64::new(cap),
             extender,
+            noticed: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             done: Condvar::new(),
         }
@@ -160,15 +180,27 @@ impl Grower {
         want.min(self.cap()).max(min)
     }
 
-    fn threshold(&self, size: u64) -> u64 {
-        (u128::from(size) * u128::from(self.policy.threshold_percent.min(100)) / 100) as u64
+    fn percent_of(size: u64, percent: u8) -> u64 {
+        (u128::from(size) * u128::from(percent.min(100)) / 100) as u64
     }
 
     /// Called after every write: starts a background extension when the
-    /// highest allocated offset `end` passed the threshold.
+    /// highest allocated offset `end` passed the threshold, and sends the
+    /// notice before that.
     pub fn note_end(self: &Arc<Self>, map: &Arc<LvMap>, end: u64) {
         let size = map.size();
-        if end <= self.threshold(size) || size >= self.cap() {
+        if size >= self.cap() {
+            return;
+        }
+        if end <= Self::percent_of(size, self.policy.threshold_percent) {
+            let notice = self.policy.notice_percent;
+            if notice > 0
+                && end > Self::percent_of(size, notice)
+                && self.noticed.load(Ordering::Relaxed) != size
+                && self.noticed.swap(size, Ordering::AcqRel) != size
+            {
+                self.send_notice(size);
+            }
             return;
         }
         let mut st = lock(&self.state);
@@ -194,6 +226,23 @@ impl Grower {
             let mut st = lock(&self.state);
             st.in_flight = false;
             self.done.notify_all();
+        }
+    }
+
+    fn send_notice(self: &Arc<Self>, size: u64) {
+        let req = GrowthRequest {
+            lv: self.lv.clone(),
+            current_size: size,
+            min_size: size,
+            target_size: self.target(size, size),
+            urgent: false,
+        };
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("thin-notice".into())
+            .spawn(move || me.extender.notice(&req));
+        if let Err(e) = spawned {
+            log::debug!("{}: cannot start a growth notice thread: {e}", self.lv);
         }
     }
 
@@ -299,9 +348,14 @@ mod tests {
         dir: tempfile::TempDir,
         limit: u64,
         calls: Mutex<Vec<GrowthRequest>>,
+        notices: Mutex<Vec<GrowthRequest>>,
     }
 
     impl Extender for Files {
+        fn notice(&self, req: &GrowthRequest) {
+            lock(&self.notices).push(req.clone());
+        }
+
         fn extend(&self, req: &GrowthRequest) -> Result<Arc<dyn BlockDev>, String> {
             lock(&self.calls).push(req.clone());
             if req.min_size > self.limit {
@@ -320,6 +374,7 @@ mod tests {
             dir: tempfile::tempdir().unwrap(),
             limit,
             calls: Mutex::new(Vec::new()),
+            notices: Mutex::new(Vec::new()),
         });
         let first = files
             .extend(&GrowthRequest {
@@ -333,6 +388,7 @@ mod tests {
         lock(&files.calls).clear();
         let policy = GrowthPolicy {
             threshold_percent: 50,
+            notice_percent: 40,
             chunk: 1 << 20,
             cap: None,
         };
@@ -356,6 +412,53 @@ mod tests {
         assert!(!calls[0].urgent);
         assert_eq!(calls[0].target_size, 2 << 20);
         assert_eq!(g.stats().parked_writes, 0);
+    }
+
+    #[test]
+    fn the_notice_goes_once_per_lv_size_before_the_threshold() {
+        let (g, map, files) = setup(64 << 20);
+        let wait_notices = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock(&files.notices).len() < n {
+                assert!(Instant::now() < deadline, "no notice");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // 1 MiB LV: 40% is 419430 bytes.
+        g.note_end(&map, 419_430);
+        g.note_end(&map, 300_000);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(lock(&files.notices).is_empty());
+        for _ in 0..3 {
+            g.note_end(&map, 450_000);
+        }
+        wait_notices(1);
+        let n = lock(&files.notices)[0].clone();
+        assert_eq!(
+            (n.current_size, n.min_size, n.target_size),
+            (1 << 20, 1 << 20, 2 << 20)
+        );
+        assert!(!n.urgent);
+        assert!(
+            lock(&files.calls).is_empty(),
+            "a notice is not an extension"
+        );
+        // The threshold still extends; the larger LV gets its own notice.
+        g.note_end(&map, 600_000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while map.size() != 2 << 20 {
+            assert!(Instant::now() < deadline, "no extension");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // 2 MiB: 40% is 838860 bytes.
+        g.note_end(&map, 800_000);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(lock(&files.notices).len(), 1);
+        g.note_end(&map, 900_000);
+        wait_notices(2);
+        assert_eq!(lock(&files.notices)[1].current_size, 2 << 20);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(lock(&files.notices).len(), 2);
     }
 
     #[test]

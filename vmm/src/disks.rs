@@ -266,6 +266,17 @@ impl thin::Extender for SsvdExtender {
         );
         Ok(dev)
     }
+
+    /// Told to ssvd once; a lost notice only costs the extension its
+    /// combining.
+    fn notice(&self, req: &thin::GrowthRequest) {
+        let body = json!({"lv": req.lv, "min_size": req.min_size,
+            "target_size": req.target_size, "notice": true});
+        let path = format!("/v1/volumes/{}/grow", self.volume);
+        if let Err(e) = self.client.post(&path, &body) {
+            log::debug!("growth notice for LV {}: {e}", req.lv);
+        }
+    }
 }
 
 /// A thin volume opened through ssvd, as the block device's [`Disk`].

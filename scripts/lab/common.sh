@@ -111,12 +111,68 @@ lab_kernel_pkg() {
         awk '/Depends: linux-image-/ {sub(/:.*/, "", $2); print $2; exit}'
 }
 
-# The host's QEMU for ARCH's lab VM, as an argv prefix in QEMU_CMD: Debian's
+# x86_64's QEMU from Debian's backports of this release (bookworm: 10.0),
+# unpacked under $LAB_DIR/host-qemu/backports, when apt can fetch it and
+# this host has the libraries it needs: under the installed 7.2, TCG's
+# nested SVM crashed the lab kernel or its nested guest in about one
+# lab_vmm run in three (BENCHMARKS.md, issue 7). Fails, having said why,
+# where it cannot.
+lab_backports_qemu() {
+    local root=$1 apt=$LAB_DIR/apt-backports codename opts ver deb
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    [ -n "$codename" ] || return 1
+    if ! [ -x "$root/usr/bin/$QEMU_BIN" ]; then
+        mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
+        printf 'deb http://deb.debian.org/debian %s main\n' "$codename" "$codename-backports" >"$apt/sources.list"
+        printf 'Package: *\nPin: release n=%s-backports\nPin-Priority: 600\n' "$codename" >"$apt/preferences"
+        opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$apt/lists" -o "Dir::Etc::Preferences=$apt/preferences"
+            -o Dir::Etc::PreferencesParts=/dev/null -o "Dir::Cache=$apt/cache")
+        if ! apt-get "${opts[@]}" update -qq >/dev/null 2>&1; then
+            lab_log "cannot read $codename-backports; the lab uses this host's QEMU"
+            return 1
+        fi
+        ver=$(apt-cache "${opts[@]}" policy "$QEMU_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        case $ver in
+        *bpo*) ;;
+        *)
+            lab_log "$codename-backports has no $QEMU_PKG; the lab uses this host's QEMU"
+            return 1
+            ;;
+        esac
+        lab_log "unpacking $QEMU_PKG $ver from $codename-backports into $root"
+        rm -rf "$root" "$apt/debs"/*.deb
+        (cd "$apt/debs" && apt-get "${opts[@]}" download -q \
+            "$QEMU_PKG" qemu-system-common qemu-system-data seabios >/dev/null 2>&1) || {
+            lab_log "cannot download $QEMU_PKG $ver; the lab uses this host's QEMU"
+            return 1
+        }
+        mkdir -p "$root.new"
+        for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$root.new"; done
+        if ldd "$root.new/usr/bin/$QEMU_BIN" | grep -q 'not found'; then
+            lab_log "$QEMU_PKG $ver needs libraries this host lacks; the lab uses this host's QEMU"
+            rm -rf "$root.new"
+            return 1
+        fi
+        mv "$root.new" "$root"
+    fi
+}
+
+# The host's QEMU for ARCH's lab VM, as an argv prefix in QEMU_CMD: for
+# x86_64 the backports one (above) where it can be had; else Debian's
 # installed qemu-system package if there is one, else that package unpacked
 # under $LAB_DIR/host-qemu with the libraries the host lacks. Installing it
 # would remove a newer qemu-utils the machine may have (the two conflict),
-# which other tests use. SSV_LAB_HOST_QEMU=unpacked forces the unpacked one.
+# which other tests use. SSV_LAB_HOST_QEMU=unpacked forces the unpacked one,
+# =installed the installed one.
 lab_host_qemu() {
+    local bpo=$LAB_DIR/host-qemu/backports
+    if [ "$QEMU_PKG" = qemu-system-x86 ] && [ -z "${SSV_LAB_HOST_QEMU:-}" ] &&
+        (lab_lock && lab_backports_qemu "$bpo"); then
+        QEMU_CMD=("$bpo/usr/bin/$QEMU_BIN" -L "$bpo/usr/share/qemu" -L "$bpo/usr/share/seabios")
+        QEMU_ROOT=$bpo
+        return 0
+    fi
     if [ "${SSV_LAB_HOST_QEMU:-}" != unpacked ] && command -v "$QEMU_BIN" >/dev/null; then
         QEMU_CMD=("$QEMU_BIN")
         return 0

@@ -48,6 +48,26 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(text)
 }
 
+/// `n` hosts on a fresh sparse LUN of `size` bytes, with pool0 on it: 4 MiB
+/// extents, LVs that start at `initial` bytes and grow by `chunk`.
+fn hosts_with_pool(
+    scratch: &Scratch,
+    n: u64,
+    size: u64,
+    initial: u64,
+    chunk: u64,
+) -> Result<(Vec<HostProc>, std::path::PathBuf)> {
+    let lun = scratch.sparse_file("lun0.img", size)?;
+    let hosts = start_hosts(scratch.path(), n, std::slice::from_ref(&lun), 1)?;
+    hosts[0].client.post(
+        "/v1/pools",
+        &json!({"name": "pool0", "luns": [lun.display().to_string()],
+                "extent_size": (4 * MIB).to_string(), "initial": initial.to_string(),
+                "chunk": chunk.to_string()}),
+    )?;
+    Ok((hosts, lun))
+}
+
 #[test]
 fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
     if find_tool("qemu-io").is_none() || find_tool("qemu-img").is_none() {
@@ -55,16 +75,9 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new(None)?;
-    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
-    let luns = [lun.clone()];
-    let mut hosts = start_hosts(scratch.path(), HOSTS, &luns, 1)?;
     // Small extents and chunks: each LV grows about 9 times per round.
-    hosts[0].client.post(
-        "/v1/pools",
-        &json!({"name": "pool0", "luns": [lun.display().to_string()],
-                "extent_size": (4 * MIB).to_string(), "initial": (16 * MIB).to_string(),
-                "chunk": (16 * MIB).to_string()}),
-    )?;
+    let (mut hosts, lun) = hosts_with_pool(&scratch, HOSTS, 16 * GIB, 16 * MIB, 16 * MIB)?;
+    let luns = [lun.clone()];
     let mut served = 0;
     let mut round = 0;
     while served == 0 && round < ROUNDS {
@@ -182,16 +195,9 @@ fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new(None)?;
-    let lun = scratch.sparse_file("lun0.img", 16 * GIB)?;
-    let mut hosts = start_hosts(scratch.path(), 2, std::slice::from_ref(&lun), 1)?;
     // 4 MiB chunks: the writer's LV grows many times a second, so host 1
     // keeps the lease from one extension to the next.
-    hosts[0].client.post(
-        "/v1/pools",
-        &json!({"name": "pool0", "luns": [lun.display().to_string()],
-                "extent_size": (4 * MIB).to_string(), "initial": (8 * MIB).to_string(),
-                "chunk": (4 * MIB).to_string()}),
-    )?;
+    let (mut hosts, lun) = hosts_with_pool(&scratch, 2, 16 * GIB, 8 * MIB, 4 * MIB)?;
     hosts[0].client.post(
         "/v1/volumes",
         &json!({"id": "w", "name": "w", "size": GIB.to_string()}),
@@ -244,15 +250,8 @@ fn a_noticed_lv_grows_in_another_hosts_commit() -> Result<()> {
         return Ok(());
     }
     let scratch = Scratch::new(None)?;
-    let lun = scratch.sparse_file("lun0.img", 4 * GIB)?;
-    let mut hosts = start_hosts(scratch.path(), 2, std::slice::from_ref(&lun), 1)?;
     // 16 MiB LVs: the notice at 40% (6.4 MiB), the threshold at 50%.
-    hosts[0].client.post(
-        "/v1/pools",
-        &json!({"name": "pool0", "luns": [lun.display().to_string()],
-                "extent_size": (4 * MIB).to_string(), "initial": (16 * MIB).to_string(),
-                "chunk": (16 * MIB).to_string()}),
-    )?;
+    let (mut hosts, lun) = hosts_with_pool(&scratch, 2, 4 * GIB, 16 * MIB, 16 * MIB)?;
     let mut uris = Vec::new();
     for h in &hosts {
         let id = format!("v{}", h.id);

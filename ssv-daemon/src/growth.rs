@@ -24,7 +24,10 @@ impl thin::Extender for MeteredExtender {
     }
 
     fn notice(&self, req: &thin::GrowthRequest) {
-        self.inner.notice(req);
+        let served = self.metrics.extensions_served_for_others.clone();
+        self.inner.notice_combined(req, move |n| {
+            served.inc_by(n);
+        });
     }
 }
 

@@ -160,12 +160,17 @@ fn main() -> Result<()> {
         }
     }
     let (mut ext, mut parked, mut park_p99) = (Vec::new(), 0, 0.0f64);
+    let mut per_host = Vec::new();
     for h in &hosts {
         let v = h.client.get(&format!("/v1/volumes/b{}", h.id))?;
         let g = &v["growth"];
+        let mut mine = Vec::new();
         for x in g["extension_ms"].as_array().context("no growth figures")? {
-            ext.push(Duration::from_secs_f64(x.as_f64().unwrap_or(0.0) / 1e3));
+            let t = x.as_f64().unwrap_or(0.0);
+            mine.push(format!("{t:.0}"));
+            ext.push(Duration::from_secs_f64(t / 1e3));
         }
+        per_host.push(format!("# host {}: {} ms", h.id, mine.join(" ")));
         parked += g["parked_writes"].as_u64().unwrap_or(0);
         park_p99 = park_p99.max(g["park_p99_ms"].as_f64().unwrap_or(0.0));
         ensure!(g["failed_extensions"] == 0, "host {}: {g}", h.id);
@@ -206,6 +211,10 @@ fn main() -> Result<()> {
         ms(ours.p50),
         ms(ours.p99)
     );
+    // Each host's extensions in order: the bursts line up across hosts.
+    for line in &per_host {
+        println!("{line}");
+    }
     if let Some(b) = base {
         let s = stats(b.clone());
         println!(

@@ -240,9 +240,10 @@ fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
     Ok(())
 }
 
-/// A writer posts a notice before its threshold; another host's commit for
-/// its own pending request grows the noticed LV too, and the noticing
-/// writer's own request at its threshold then finds the LV grown.
+/// A writer posts a notice before its threshold (and may take the pool
+/// lease ahead of the growth); the commit for another host's pending
+/// request grows the noticed LV too, and the noticing writer's own request
+/// at its threshold then finds the LV grown.
 #[test]
 fn a_noticed_lv_grows_in_another_hosts_commit() -> Result<()> {
     if find_tool("qemu-io").is_none() {
@@ -296,7 +297,13 @@ fn a_noticed_lv_grows_in_another_hosts_commit() -> Result<()> {
         "host 2's noticed LV: {} bytes",
         lv_size("v2")?
     );
-    ensure!(counter(&hosts[0], "ssvd_lv_extensions_served_for_others_total")? >= 1);
+    // Whoever holds the lease (host 2 may have taken it on its notice)
+    // served the other host.
+    let served = hosts
+        .iter()
+        .map(|h| counter(h, "ssvd_lv_extensions_served_for_others_total"))
+        .sum::<Result<u64>>()?;
+    ensure!(served >= 1, "no commit served the other host");
     // Host 2 crosses its threshold: served by that commit, not its own.
     qemu_io(&uris[1], &["write -P 0x5a 7M 3M"])?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -57,27 +57,21 @@ const MAX_HOLD: Duration = Duration::from_secs(30);
 /// waiter does not see the commit that serves it.
 const HOLDER_GRACE: Duration = Duration::from_millis(100);
 
-/// Whether one of `requests` names an LV of `vg` smaller than it asks; an
-/// LV not in `vg` counts as short if `unknown`.
-fn short_of(vg: &OpenVg, requests: &[(u64, Request)], unknown: bool) -> bool {
+/// Whether one of `requests` names an LV of `vg` smaller than `bound` of
+/// the request: its minimum (pending) or its wanted size (pending or a
+/// notice). An LV not in `vg` counts if `unknown`.
+fn short_of(
+    vg: &OpenVg,
+    requests: &[(u64, Request)],
+    unknown: bool,
+    bound: fn(&Request) -> u64,
+) -> bool {
     let ext = vg.vg().extent_bytes();
     requests
         .iter()
         .any(|(_, q)| match vg.vg().lvs.iter().find(|l| l.id == q.lv) {
-            Some(l) => l.extent_count() * ext < q.min_size,
+            Some(l) => l.extent_count() * ext < bound(q),
             None => unknown,
-        })
-}
-
-/// Whether one of `requests` (pending or a notice) names an LV of `vg`
-/// smaller than it wants, or one not in `vg`.
-fn wants_more(vg: &OpenVg, requests: &[(u64, Request)]) -> bool {
-    let ext = vg.vg().extent_bytes();
-    requests
-        .iter()
-        .any(|(_, q)| match vg.vg().lvs.iter().find(|l| l.id == q.lv) {
-            Some(l) => l.extent_count() * ext < q.want_size,
-            None => true,
         })
 }
 
@@ -456,7 +450,7 @@ impl Pool {
         let _urgent = UrgentIo::new();
         let mut vg = lock(&self.vg);
         match self.mailbox.read_lower() {
-            Ok(lower) if !wants_more(&vg, &lower) => {}
+            Ok(lower) if !short_of(&vg, &lower, true, |q| q.want_size) => {}
             Ok(_) => return false,
             Err(e) => {
                 log::debug!("reading the growth mailbox: {e}");
@@ -621,7 +615,7 @@ impl Pool {
             }
         };
         // An LV we do not know yet was likely made since we read the VG.
-        short_of(vg, &lower, true)
+        short_of(vg, &lower, true, |q| q.min_size)
     }
 
     /// The pool lease for a growth commit: the parked one, else a new one
@@ -710,7 +704,7 @@ impl Pool {
                 continue;
             }
             let mut vg = lock(&self.vg);
-            if !short_of(&vg, &others, false) {
+            if !short_of(&vg, &others, false, |q| q.min_size) {
                 continue;
             }
             let Some(held) = self.take_parked() else {

@@ -147,6 +147,7 @@ lab_backports_qemu() {
             lab_log "cannot download $QEMU_PKG $ver; the lab uses this host's QEMU"
             return 1
         }
+        rm -rf "$root.new"
         mkdir -p "$root.new"
         for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$root.new"; done
         if ldd "$root.new/usr/bin/$QEMU_BIN" | grep -q 'not found'; then

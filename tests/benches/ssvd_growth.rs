@@ -78,18 +78,10 @@ fn main() -> Result<()> {
                 "extent_size": sz.extent.to_string(), "initial": sz.chunk.to_string(),
                 "chunk": sz.chunk.to_string()}),
     )?;
-    let mut uris = Vec::new();
-    for h in &hosts {
-        let id = format!("b{}", h.id);
-        h.client.post(
-            "/v1/volumes",
-            &json!({"id": id, "name": id, "size": (sz.per_host + sz.chunk).to_string()}),
-        )?;
-        let v = h
-            .client
-            .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
-        uris.push(v["nbd"].as_str().context("no NBD URI")?.to_string());
-    }
+    let uris: Vec<String> = hosts
+        .iter()
+        .map(|h| h.open_new_volume(&format!("b{}", h.id), sz.per_host + sz.chunk))
+        .collect::<Result<_>>()?;
     eprintln!(
         "ssvd_growth: {} hosts writing {} MiB each",
         sz.hosts,

@@ -151,6 +151,19 @@ impl HostProc {
         r
     }
 
+    /// Creates volume `id` (named `id` too) of `size` bytes and opens it
+    /// for writing on this host; returns its NBD export's URI.
+    pub fn open_new_volume(&self, id: &str, size: u64) -> Result<String> {
+        self.client.post(
+            "/v1/volumes",
+            &serde_json::json!({"id": id, "name": id, "size": size.to_string()}),
+        )?;
+        let v = self
+            .client
+            .post(&format!("/v1/volumes/{id}/session"), &serde_json::json!({}))?;
+        Ok(v["nbd"].as_str().context("no NBD URI")?.to_string())
+    }
+
     pub fn ssvd_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("ssvd.log")).unwrap_or_default()
     }

@@ -83,17 +83,7 @@ fn hosts_growing_at_once_are_served_in_combined_commits() -> Result<()> {
     while served == 0 && round < ROUNDS {
         let uris: Vec<String> = hosts
             .iter()
-            .map(|h| -> Result<String> {
-                let id = format!("r{round}-h{}", h.id);
-                h.client.post(
-                    "/v1/volumes",
-                    &json!({"id": id, "name": id, "size": (PER_HOST + 64 * MIB).to_string()}),
-                )?;
-                let v = h
-                    .client
-                    .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
-                Ok(v["nbd"].as_str().context("no NBD URI")?.to_string())
-            })
+            .map(|h| h.open_new_volume(&format!("r{round}-h{}", h.id), PER_HOST + 64 * MIB))
             .collect::<Result<_>>()?;
         std::thread::scope(|s| -> Result<()> {
             let writers: Vec<_> = uris
@@ -198,12 +188,7 @@ fn a_growth_holder_yields_the_lease_to_another_change() -> Result<()> {
     // 4 MiB chunks: the writer's LV grows many times a second, so host 1
     // keeps the lease from one extension to the next.
     let (mut hosts, lun) = hosts_with_pool(&scratch, 2, 16 * GIB, 8 * MIB, 4 * MIB)?;
-    hosts[0].client.post(
-        "/v1/volumes",
-        &json!({"id": "w", "name": "w", "size": GIB.to_string()}),
-    )?;
-    let v = hosts[0].client.post("/v1/volumes/w/session", &json!({}))?;
-    let uri = v["nbd"].as_str().context("no NBD URI")?.to_string();
+    let uri = hosts[0].open_new_volume("w", GIB)?;
     std::thread::scope(|s| -> Result<()> {
         let writer = s.spawn(|| {
             run(Command::new("qemu-img")
@@ -253,18 +238,10 @@ fn a_noticed_lv_grows_in_another_hosts_commit() -> Result<()> {
     let scratch = Scratch::new(None)?;
     // 16 MiB LVs: the notice at 40% (6.4 MiB), the threshold at 50%.
     let (mut hosts, lun) = hosts_with_pool(&scratch, 2, 4 * GIB, 16 * MIB, 16 * MIB)?;
-    let mut uris = Vec::new();
-    for h in &hosts {
-        let id = format!("v{}", h.id);
-        h.client.post(
-            "/v1/volumes",
-            &json!({"id": id, "name": id, "size": GIB.to_string()}),
-        )?;
-        let v = h
-            .client
-            .post(&format!("/v1/volumes/{id}/session"), &json!({}))?;
-        uris.push(v["nbd"].as_str().context("no NBD URI")?.to_string());
-    }
+    let uris: Vec<String> = hosts
+        .iter()
+        .map(|h| h.open_new_volume(&format!("v{}", h.id), GIB))
+        .collect::<Result<_>>()?;
     let lv_size = |id: &str| -> Result<u64> {
         let vg = open_vg(&lun, true)?;
         let lv = vg

@@ -351,17 +351,8 @@ fn default_chunk() -> String {
 fn default_threshold() -> u8 {
     thin::growth::DEFAULT_THRESHOLD_PERCENT
 }
-/// The notice point `lead` percentage points before `threshold`; 0 (none)
-/// when `lead` is 0 or not below the threshold.
-pub fn notice_percent(threshold: u8, lead: u8) -> u8 {
-    if lead == 0 {
-        0
-    } else {
-        threshold.saturating_sub(lead)
-    }
-}
 fn default_notice_lead() -> u8 {
-    thin::growth::DEFAULT_THRESHOLD_PERCENT - thin::growth::DEFAULT_NOTICE_PERCENT
+    thin::growth::DEFAULT_NOTICE_LEAD_PERCENT
 }
 
 impl Config {
@@ -436,10 +427,7 @@ impl Config {
     pub fn growth_policy(&self) -> thin::GrowthPolicy {
         thin::GrowthPolicy {
             threshold_percent: self.growth.threshold_percent,
-            notice_percent: notice_percent(
-                self.growth.threshold_percent,
-                self.growth.notice_lead_percent,
-            ),
+            notice_lead_percent: self.growth.notice_lead_percent,
             chunk: parse_size(&self.growth.chunk).unwrap_or(thin::growth::DEFAULT_CHUNK),
             cap: None,
         }

@@ -252,6 +252,17 @@ struct Local {
     wants_lease: bool,
 }
 
+impl Local {
+    /// In record order: pending requests, oldest first, then notices,
+    /// newest first.
+    fn requests(&self) -> impl Iterator<Item = Request> + '_ {
+        self.pending
+            .iter()
+            .map(|(_, r)| *r)
+            .chain(self.notices.iter().rev().copied())
+    }
+}
+
 /// This host's view of the mailbox: its own record, written from the
 /// requests its writers wait for, and the reading of everyone's.
 pub struct Mailbox {
@@ -312,9 +323,9 @@ impl Mailbox {
         self.host_id
     }
 
-    /// Writes our record from the pending requests (the oldest
-    /// [`MAX_REQUESTS`]; this host serves the rest itself when it holds the
-    /// lease). The write has returned from the device when this returns,
+    /// Writes our record from the pending requests and then the notices
+    /// (the first [`MAX_REQUESTS`]; this host serves the rest itself when it
+    /// holds the lease). The write has returned from the device when this returns,
     /// so any later read by another host sees it; no cache flush, as a
     /// request lost to a power cut is only a hint: its writer retries.
     fn write(&self, l: &mut Local) -> Result<()> {
@@ -322,13 +333,7 @@ impl Mailbox {
         let rec = Record {
             host_id: self.host_id,
             seq: l.seq,
-            requests: l
-                .pending
-                .iter()
-                .map(|(_, r)| *r)
-                .chain(l.notices.iter().rev().copied())
-                .take(MAX_REQUESTS)
-                .collect(),
+            requests: l.requests().take(MAX_REQUESTS).collect(),
             wants_lease: l.wants_lease,
         };
         let bytes = encode(&rec).map_err(|e| Error::Invalid(format!("mailbox record: {e}")))?;
@@ -391,12 +396,7 @@ impl Mailbox {
     /// This host's pending requests, oldest first, then its notices,
     /// newest first.
     pub fn local(&self) -> Vec<Request> {
-        let l = lock(&self.local);
-        l.pending
-            .iter()
-            .map(|(_, r)| *r)
-            .chain(l.notices.iter().rev().copied())
-            .collect()
+        lock(&self.local).requests().collect()
     }
 
     /// Says in our record whether this host waits for the pool lease for

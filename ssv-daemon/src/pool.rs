@@ -311,10 +311,6 @@ impl Pool {
         let vg = self.vg();
         let get = |prefix| names::tag_value(&vg.tags, prefix).and_then(|v| v.parse::<u64>().ok());
         let (mut policy, mut initial) = default;
-        let lead = match policy.notice_percent {
-            0 => 0,
-            n => policy.threshold_percent.saturating_sub(n),
-        };
         if let Some(v) = get(names::TAG_POOL_INITIAL) {
             initial = v;
         }
@@ -323,7 +319,6 @@ impl Pool {
         }
         if let Some(v) = get(names::TAG_POOL_THRESHOLD) {
             policy.threshold_percent = v.clamp(1, 99) as u8;
-            policy.notice_percent = crate::config::notice_percent(policy.threshold_percent, lead);
         }
         (policy, initial)
     }
@@ -398,8 +393,8 @@ impl Pool {
             let mut vg = lock(&self.vg);
             // Unknown here, or noticed: another host's commit may have
             // grown it (or made it) already.
-            let noticed = vg.vg().lv(name).is_some_and(|l| self.mailbox.noticed(l.id));
-            if noticed || vg.vg().lv(name).is_none() {
+            let stale = vg.vg().lv(name).is_none_or(|l| self.mailbox.noticed(l.id));
+            if stale {
                 vg.refresh()?;
             }
             if let Some(dev) = self.served(&vg, name, None, min)? {
@@ -442,13 +437,16 @@ impl Pool {
     /// likely keeps it and serves us), and no lower host announced growth
     /// (that one takes it, as for requests). Returns whether it parked one.
     pub fn warm_lease(&self) -> bool {
-        if lock(&self.parked).is_some()
-            || lock(&self.foreign_change).is_some_and(|t| t.elapsed() < LINGER)
-        {
+        if lock(&self.foreign_change).is_some_and(|t| t.elapsed() < LINGER) {
             return false;
         }
         let _urgent = UrgentIo::new();
+        // Under the VG lock, as every taker of the lease: a lease parked by
+        // another thread meanwhile is seen, not taken twice.
         let mut vg = lock(&self.vg);
+        if lock(&self.parked).is_some() {
+            return false;
+        }
         match self.mailbox.read_lower() {
             Ok(lower) if !short_of(&vg, &lower, true, |q| q.want_size) => {}
             Ok(_) => return false,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_THRESHOLD_PERCENT: u8 = 50;
-pub const DEFAULT_NOTICE_PERCENT: u8 = 40;
+pub const DEFAULT_NOTICE_LEAD_PERCENT: u8 = 10;
 pub const DEFAULT_CHUNK: u64 = 1 << 30;
 pub const DEFAULT_INITIAL_SIZE: u64 = 1 << 30;
 
@@ -20,12 +20,11 @@ pub struct GrowthPolicy {
     /// Ask for more space once the highest allocated offset passes this
     /// percentage of the LV.
     pub threshold_percent: u8,
-    /// Below the threshold: once the highest allocated offset passes this
-    /// percentage of the LV, tell the extender the LV will want its next
-    /// chunk soon ([`Extender::notice`]), so an extender that serves several
-    /// writers in one metadata commit can grow it along with the others.
-    /// 0: never.
-    pub notice_percent: u8,
+    /// This many percentage points below the threshold, tell the extender
+    /// the LV will want its next chunk soon ([`Extender::notice`]), so an
+    /// extender that serves several writers in one metadata commit can grow
+    /// it along with the others. 0 (or not below the threshold): never.
+    pub notice_lead_percent: u8,
     /// Bytes added per extension.
     pub chunk: u64,
     /// The LV never grows past this; `None` = virtual size plus the qcow2
@@ -37,7 +36,7 @@ impl Default for GrowthPolicy {
     fn default() -> Self {
         GrowthPolicy {
             threshold_percent: DEFAULT_THRESHOLD_PERCENT,
-            notice_percent: DEFAULT_NOTICE_PERCENT,
+            notice_lead_percent: DEFAULT_NOTICE_LEAD_PERCENT,
             chunk: DEFAULT_CHUNK,
             cap: None,
         }
@@ -193,8 +192,10 @@ impl Grower {
             return;
         }
         if end <= Self::percent_of(size, self.policy.threshold_percent) {
-            let notice = self.policy.notice_percent;
-            if notice > 0
+            let lead = self.policy.notice_lead_percent;
+            let notice = self.policy.threshold_percent.saturating_sub(lead);
+            if lead > 0
+                && notice > 0
                 && end > Self::percent_of(size, notice)
                 && self.noticed.load(Ordering::Relaxed) != size
                 && self.noticed.swap(size, Ordering::AcqRel) != size
@@ -388,7 +389,7 @@ mod tests {
         lock(&files.calls).clear();
         let policy = GrowthPolicy {
             threshold_percent: 50,
-            notice_percent: 40,
+            notice_lead_percent: 10,
             chunk: 1 << 20,
             cap: None,
         };

@@ -134,7 +134,7 @@ fn eight_writers_and_two_readers_share_one_volume_while_it_grows() {
     let opts = OpenOptions {
         policy: GrowthPolicy {
             threshold_percent: 90,
-            notice_percent: 0,
+            notice_lead_percent: 0,
             chunk: MIB,
             cap: None,
         },
@@ -350,7 +350,7 @@ fn a_failing_extender_gives_no_space_and_the_volume_recovers_in_place() {
     let opts = OpenOptions {
         policy: GrowthPolicy {
             threshold_percent: 50,
-            notice_percent: 0,
+            notice_lead_percent: 0,
             chunk: MIB,
             cap: None,
         },

@@ -720,7 +720,7 @@ fn growth_options(ext: Arc<dyn Extender>) -> OpenOptions {
             // Only parked writes extend (a threshold crossing needs the
             // allocated end strictly inside the last 1% of the LV).
             threshold_percent: 100,
-            notice_percent: 0,
+            notice_lead_percent: 0,
             chunk: MIB,
             cap: None,
         },

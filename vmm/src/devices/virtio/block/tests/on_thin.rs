@@ -70,7 +70,7 @@ impl Thin {
         let opts = OpenOptions {
             policy: GrowthPolicy {
                 threshold_percent: 50,
-                notice_percent: 0,
+                notice_lead_percent: 0,
                 chunk: MIB,
                 cap: None,
             },

@@ -112,51 +112,74 @@ lab_kernel_pkg() {
 }
 
 # x86_64's QEMU from Debian's backports of this release (bookworm: 10.0),
-# unpacked under $LAB_DIR/host-qemu/backports, when apt can fetch it and
-# this host has the libraries it needs: under the installed 7.2, TCG's
-# nested SVM crashed the lab kernel or its nested guest in about one
-# lab_vmm run in three (BENCHMARKS.md, issue 7). Fails, having said why,
-# where it cannot.
+# unpacked under $LAB_DIR/host-qemu/backports with the libraries this host
+# lacks, when apt can fetch them: under the installed 7.2, TCG's nested SVM
+# crashed the lab kernel or its nested guest in about one lab_vmm run in
+# three (BENCHMARKS.md, issue 7). Fails, having said why, where it cannot.
 lab_backports_qemu() {
-    local root=$1 apt=$LAB_DIR/apt-backports codename opts ver deb
+    local root=$1 apt=$LAB_DIR/apt-backports codename opts ver deb p pkgs=()
+    if [ -f "$root/.stamp" ] && lab_libs_found "$root" "$root/usr/bin/$QEMU_BIN"; then
+        return 0
+    fi
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     [ -n "$codename" ] || return 1
-    if ! [ -x "$root/usr/bin/$QEMU_BIN" ]; then
-        mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
-        printf 'deb http://deb.debian.org/debian %s main\n' "$codename" "$codename-backports" >"$apt/sources.list"
-        printf 'Package: *\nPin: release n=%s-backports\nPin-Priority: 600\n' "$codename" >"$apt/preferences"
-        opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-            -o "Dir::State::Lists=$apt/lists" -o "Dir::Etc::Preferences=$apt/preferences"
-            -o Dir::Etc::PreferencesParts=/dev/null -o "Dir::Cache=$apt/cache")
-        if ! apt-get "${opts[@]}" update -qq >/dev/null 2>&1; then
-            lab_log "cannot read $codename-backports; the lab uses this host's QEMU"
-            return 1
-        fi
-        ver=$(apt-cache "${opts[@]}" policy "$QEMU_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
-        case $ver in
-        *bpo*) ;;
-        *)
-            lab_log "$codename-backports has no $QEMU_PKG; the lab uses this host's QEMU"
-            return 1
-            ;;
-        esac
-        lab_log "unpacking $QEMU_PKG $ver from $codename-backports into $root"
-        rm -rf "$root" "$apt/debs"/*.deb
-        (cd "$apt/debs" && apt-get "${opts[@]}" download -q \
-            "$QEMU_PKG" qemu-system-common qemu-system-data seabios >/dev/null 2>&1) || {
-            lab_log "cannot download $QEMU_PKG $ver; the lab uses this host's QEMU"
-            return 1
-        }
-        rm -rf "$root.new"
-        mkdir -p "$root.new"
-        for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$root.new"; done
-        if ldd "$root.new/usr/bin/$QEMU_BIN" | grep -q 'not found'; then
-            lab_log "$QEMU_PKG $ver needs libraries this host lacks; the lab uses this host's QEMU"
-            rm -rf "$root.new"
-            return 1
-        fi
-        mv "$root.new" "$root"
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
+    printf 'deb http://deb.debian.org/debian %s main\n' "$codename" "$codename-backports" >"$apt/sources.list"
+    printf 'Package: *\nPin: release n=%s-backports\nPin-Priority: 600\n' "$codename" >"$apt/preferences"
+    opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::Etc::Preferences=$apt/preferences"
+        -o Dir::Etc::PreferencesParts=/dev/null -o "Dir::Cache=$apt/cache")
+    if ! apt-get "${opts[@]}" update -qq >/dev/null 2>&1; then
+        lab_log "cannot read $codename-backports; the lab uses this host's QEMU"
+        return 1
     fi
+    ver=$(apt-cache "${opts[@]}" policy "$QEMU_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    case $ver in
+    *bpo*) ;;
+    *)
+        lab_log "$codename-backports has no $QEMU_PKG; the lab uses this host's QEMU"
+        return 1
+        ;;
+    esac
+    # QEMU, its data and firmware, and the libraries not installed here.
+    for p in $(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests \
+        --no-conflicts --no-breaks --no-replaces --no-enhances "$QEMU_PKG" 2>/dev/null |
+        grep -E '^[a-z0-9][^ <:]*$' | sort -u); do
+        case $p in
+        # The machine's qemu-utils may be newer; other tests use it.
+        qemu-utils) continue ;;
+        qemu-* | seabios | ipxe-qemu) ;;
+        *) ! dpkg -s "$p" >/dev/null 2>&1 || continue ;;
+        esac
+        pkgs+=("$p")
+    done
+    lab_log "unpacking $QEMU_PKG $ver from $codename-backports and ${#pkgs[@]} packages this host lacks into $root"
+    rm -rf "$root" "$root.new" "$apt/debs"/*.deb
+    (cd "$apt/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}" >/dev/null 2>&1) || {
+        lab_log "cannot download $QEMU_PKG $ver and its libraries; the lab uses this host's QEMU"
+        return 1
+    }
+    mkdir -p "$root.new"
+    for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$root.new"; done
+    if ! lab_libs_found "$root.new" "$root.new/usr/bin/$QEMU_BIN"; then
+        lab_log "$QEMU_PKG $ver still lacks libraries here; the lab uses this host's QEMU"
+        rm -rf "$root.new"
+        return 1
+    fi
+    echo "$ver" >"$root.new/.stamp"
+    mv "$root.new" "$root"
+}
+
+# The library path of QEMU unpacked under ROOT.
+lab_lib_path() {
+    echo "$1/usr/lib/x86_64-linux-gnu:$1/lib/x86_64-linux-gnu"
+}
+
+# Whether BIN finds every library it needs, with ROOT's unpacked ones.
+lab_libs_found() {
+    local out
+    out=$(LD_LIBRARY_PATH=$(lab_lib_path "$1") ldd "$2" 2>&1) || return 1
+    ! grep -q 'not found' <<<"$out"
 }
 
 # The host's QEMU for ARCH's lab VM, as an argv prefix in QEMU_CMD: for
@@ -170,7 +193,8 @@ lab_host_qemu() {
     local bpo=$LAB_DIR/host-qemu/backports
     if [ "$QEMU_PKG" = qemu-system-x86 ] && [ -z "${SSV_LAB_HOST_QEMU:-}" ] &&
         (lab_lock && lab_backports_qemu "$bpo"); then
-        QEMU_CMD=("$bpo/usr/bin/$QEMU_BIN" -L "$bpo/usr/share/qemu" -L "$bpo/usr/share/seabios")
+        QEMU_CMD=(env "LD_LIBRARY_PATH=$(lab_lib_path "$bpo")"
+            "$bpo/usr/bin/$QEMU_BIN" -L "$bpo/usr/share/qemu" -L "$bpo/usr/share/seabios")
         QEMU_ROOT=$bpo
         return 0
     fi
@@ -202,7 +226,7 @@ lab_host_qemu() {
         done
         echo "$ver" >"$root/.stamp"
     fi
-    QEMU_CMD=(env "LD_LIBRARY_PATH=$root/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu"
+    QEMU_CMD=(env "LD_LIBRARY_PATH=$(lab_lib_path "$root")"
         "$root/usr/bin/$QEMU_BIN" -L "$root/usr/share/qemu" -L "$root/usr/share/seabios")
     QEMU_ROOT=$root
 }

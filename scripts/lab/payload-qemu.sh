@@ -22,7 +22,7 @@ x86_64)
     lab_host_qemu
     if [ -n "${QEMU_ROOT:-}" ]; then
         # The unpacked package, with the host's own libraries for the rest.
-        LD_LIBRARY_PATH=$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu \
+        LD_LIBRARY_PATH=$(lab_lib_path "$QEMU_ROOT") \
             "$LAB_SCRIPTS/payload-bin.sh" --sysroot "$QEMU_ROOT" "$PAYLOAD" "$QEMU_ROOT/usr/bin/qemu-system-x86_64" >/dev/null
         share=$QEMU_ROOT/usr/share
     else

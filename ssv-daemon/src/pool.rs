@@ -389,13 +389,16 @@ impl Pool {
         progress: &Progress<'_>,
     ) -> Result<Extended> {
         let _urgent = UrgentIo::new();
+        let mut trace = Trace::new();
         let uuid = {
             let mut vg = lock(&self.vg);
+            trace.mark("locked");
             // Unknown here, or noticed: another host's commit may have
             // grown it (or made it) already.
             let stale = vg.vg().lv(name).is_none_or(|l| self.mailbox.noticed(l.id));
             if stale {
                 vg.refresh()?;
+                trace.mark("reread");
             }
             if let Some(dev) = self.served(&vg, name, None, min)? {
                 return Ok(Extended {
@@ -405,7 +408,6 @@ impl Pool {
             }
             self.lv(&vg, name)?.id
         };
-        let mut trace = Trace::new();
         let ticket = self.mailbox.post(Request {
             lv: uuid,
             min_size: min,
@@ -680,6 +682,7 @@ impl Pool {
                     return;
                 }
             }
+            let mut trace = Trace::new();
             let board = match self.mailbox.read_board() {
                 Ok(b) => b,
                 Err(e) => {
@@ -701,14 +704,15 @@ impl Pool {
             if others.is_empty() {
                 continue;
             }
+            trace.mark("board");
             let mut vg = lock(&self.vg);
+            trace.mark("locked");
             if !short_of(&vg, &others, false, |q| q.min_size) {
                 continue;
             }
             let Some(held) = self.take_parked() else {
                 return;
             };
-            let mut trace = Trace::new();
             let r = self.serve_all(&mut vg, false, Some(others), &mut trace, &mut |_, n| {
                 for_others(n)
             });

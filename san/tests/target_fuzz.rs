@@ -75,15 +75,16 @@ fn valid_session() -> Vec<u8> {
     ]);
     pdus.push(login);
     pdus.push(command(1, 1, &Cdb::TestUnitReady, 0x81, 0, &[]));
-    let w = |blocks| Cdb::Write16 {
-        lba: 8,
+    let w = |lba, blocks| Cdb::Write16 {
+        lba,
         blocks,
         fua: false,
         dpo: false,
     };
-    pdus.push(command(2, 2, &w(1), 0xa1, 512, &[7; 512]));
+    // SIMPLE tasks may run in any order: the writes do not overlap.
+    pdus.push(command(2, 2, &w(7, 1), 0xa1, 512, &[7; 512]));
     // Two blocks: one immediate, one unsolicited Data-Out.
-    pdus.push(command(3, 3, &w(2), 0x21, 1024, &[8; 512]));
+    pdus.push(command(3, 3, &w(8, 2), 0x21, 1024, &[8; 512]));
     let mut d = Pdu::new(Opcode::DataOut);
     d.set_flags(pdu::FLAG_FINAL);
     d.set_lun(encode_lun(LUN));
@@ -137,11 +138,14 @@ fn the_valid_session_runs_to_its_logout() {
     // Its own target: the damaged sessions may write anywhere.
     let f = start(Setup::default());
     feed(f.portal(0), &valid_session());
-    // What the session wrote is on the LU: one block of 8s, one of 9s.
+    // What the session wrote is on the LU: a block of 7s, of 8s, of 9s.
     let s = connect(f.portal(1), HOST_A, 1);
     clear_ua(&s);
-    let (_, data) = read16(&s, 8, 2);
-    assert_eq!(data, [vec![8u8; 512], vec![9u8; 512]].concat());
+    let (_, data) = read16(&s, 7, 3);
+    assert_eq!(
+        data,
+        [vec![7u8; 512], vec![8u8; 512], vec![9u8; 512]].concat()
+    );
     assert_eq!(f.server.stats().panics, 0);
 }
 

@@ -117,7 +117,7 @@ lab_kernel_pkg() {
 # crashed the lab kernel or its nested guest in about one lab_vmm run in
 # three (BENCHMARKS.md, issue 7). Fails, having said why, where it cannot.
 lab_backports_qemu() {
-    local root=$1 apt=$LAB_DIR/apt-backports codename opts ver deb p pkgs=()
+    local root=$1 apt=$LAB_DIR/apt-backports codename opts ver deb pkgs=()
     if [ -f "$root/.stamp" ] && lab_libs_found "$root" "$root/usr/bin/$QEMU_BIN"; then
         return 0
     fi
@@ -141,18 +141,7 @@ lab_backports_qemu() {
         return 1
         ;;
     esac
-    # QEMU, its data and firmware, and the libraries not installed here.
-    for p in $(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests \
-        --no-conflicts --no-breaks --no-replaces --no-enhances "$QEMU_PKG" 2>/dev/null |
-        grep -E '^[a-z0-9][^ <:]*$' | sort -u); do
-        case $p in
-        # The machine's qemu-utils may be newer; other tests use it.
-        qemu-utils) continue ;;
-        qemu-* | seabios | ipxe-qemu) ;;
-        *) ! dpkg -s "$p" >/dev/null 2>&1 || continue ;;
-        esac
-        pkgs+=("$p")
-    done
+    mapfile -t pkgs < <(lab_qemu_unpack_set "${opts[@]}")
     lab_log "unpacking $QEMU_PKG $ver from $codename-backports and ${#pkgs[@]} packages this host lacks into $root"
     rm -rf "$root" "$root.new" "$apt/debs"/*.deb
     (cd "$apt/debs" && apt-get "${opts[@]}" download -q "${pkgs[@]}" >/dev/null 2>&1) || {
@@ -168,6 +157,24 @@ lab_backports_qemu() {
     fi
     echo "$ver" >"$root.new/.stamp"
     mv "$root.new" "$root"
+}
+
+# The packages to unpack for $QEMU_PKG (apt-cache options as arguments):
+# QEMU itself and its firmware even where installed (they are looked for
+# under the unpacked root), and the libraries this host lacks; never
+# qemu-utils (the machine's may be newer, and other tests use it).
+lab_qemu_unpack_set() {
+    local p
+    for p in $(apt-cache "$@" depends --recurse --no-recommends --no-suggests --no-conflicts \
+        --no-breaks --no-replaces --no-enhances "$QEMU_PKG" 2>/dev/null |
+        grep -E '^[a-z0-9][^ <:]*$' | sort -u); do
+        case $p in
+        qemu-utils) continue ;;
+        qemu-* | seabios | ipxe-qemu) ;;
+        *) ! dpkg -s "$p" >/dev/null 2>&1 || continue ;;
+        esac
+        echo "$p"
+    done
 }
 
 # The library path of QEMU unpacked under ROOT.
@@ -202,26 +209,13 @@ lab_host_qemu() {
         QEMU_CMD=("$QEMU_BIN")
         return 0
     fi
-    local root=$LAB_DIR/host-qemu/$QEMU_PKG ver p pkgs=()
+    local root=$LAB_DIR/host-qemu/$QEMU_PKG ver deb
     ver=$(apt-cache policy "$QEMU_PKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
     if ! [ -f "$root/.stamp" ] || [ "$(cat "$root/.stamp")" != "$ver" ]; then
         lab_log "unpacking $QEMU_PKG $ver and the libraries this host lacks into $root"
         rm -rf "$root"
         mkdir -p "$root"
-        for p in $(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
-            --no-breaks --no-replaces --no-enhances "$QEMU_PKG" 2>/dev/null |
-            grep -E '^[a-z0-9][^ <:]*$' | sort -u); do
-            case $p in
-            # The machine's qemu-utils may be newer than the candidate.
-            qemu-utils) continue ;;
-            # QEMU itself and its firmware, even where installed (it is
-            # looked for here).
-            qemu-* | seabios | ipxe-qemu) ;;
-            *) ! dpkg -s "$p" >/dev/null 2>&1 || continue ;;
-            esac
-            pkgs+=("$p")
-        done
-        for deb in $(DEB_ARCH=amd64 lab_fetch "${pkgs[@]}"); do
+        for deb in $(DEB_ARCH=amd64 lab_fetch $(lab_qemu_unpack_set)); do
             dpkg-deb -x "$deb" "$root"
         done
         echo "$ver" >"$root/.stamp"

@@ -5,10 +5,10 @@
 # guest (init.sh, ssv.mode=disk) as a VM of ssvd on it. While the guest
 # holds between the two halves it writes, ssvctl takes an online snapshot of
 # the disk, then pauses the VM and resumes it. After the guest's power-off
-# it looks from outside: both layers' LV sizes, the content of the volume
-# and of the snapshot per chunk (ssvadm volume read), and it copies both
-# layers out (ssvadm lv read) for the host to check their qcow2. Results go
-# to /payload/out; the exit status says which step failed.
+# it records both layers' LV sizes and copies both layers' qcow2 out of
+# their LVs (ssvadm lv read), from which the host reads the content (with
+# qemu-img: sums in the lab's emulated CPU took minutes). Results go to
+# /payload/out; the exit status says which step failed.
 cd /payload || exit 2
 out=/payload/out
 bin=/usr/local/bin
@@ -94,28 +94,13 @@ grep -q '"exit": *"exit code 0"' $out/vm.json || { tail -n 40 $out/guest.log; ca
 ssvctl --json volume show disk >$out/info-after.json 2>>$out/ssvctl.log || exit 21
 stop_daemons
 
-# The volume (through its chain) and the snapshot, chunk by chunk (32 MiB,
-# as init.sh writes), read by ssvadm from the pool's VG.
-sums() {
-    $bin/ssvadm volume read "pool0/$1" --to /tmp/layer.raw $lun >>$out/ssvadm.log 2>&1 || return 1
-    i=0
-    while [ $((i * 32)) -lt "$MIB" ]; do
-        sum=$(dd if=/tmp/layer.raw bs=1M skip=$((i * 32)) count=32 2>/dev/null | sha256sum | cut -d' ' -f1)
-        echo "$i $sum"
-        i=$((i + 1))
-    done
-    rm -f /tmp/layer.raw
-}
 lv_of() { grep -o "\"$1\": *\"[^\"]*\"" "$2" | head -n 1 | cut -d'"' -f4; }
 top=$(lv_of top $out/info-after.json)
-sums "$top" >$out/volume-sums.txt || exit 22
-if [ -f $out/snapshot.json ]; then
-    snap=$(lv_of lv $out/snapshot.json)
-    sums "$snap" >$out/snapshot-sums.txt || exit 23
-fi
+[ -f $out/snapshot.json ] && snap=$(lv_of lv $out/snapshot.json)
 
 # Each layer's qcow2 as a file, for qemu-img check on the host.
 for lv in $top $snap; do
     $bin/ssvadm lv read "pool0/$lv" --to "$out/$lv.qcow2" $lun >>$out/ssvadm.log 2>&1 || exit 24
 done
+echo "LAB: layers copied out by $(uptime_s)s"
 exit 0

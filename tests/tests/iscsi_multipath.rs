@@ -61,6 +61,15 @@ fn block(i: u64) -> Vec<u8> {
     b
 }
 
+/// Sets its flag when dropped, panicking or not.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn paths_fail_over_queue_and_fail_cleanly() {
     skip_unless_tgtd!();
@@ -99,6 +108,9 @@ fn paths_fail_over_queue_and_fail_cleanly() {
     let written = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
     std::thread::scope(|s| {
+        // A failed assertion below must stop the writer, or the scope
+        // would wait for it for ever.
+        let _stop = StopOnDrop(&stop);
         let writer = s.spawn(|| {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -112,15 +124,21 @@ fn paths_fail_over_queue_and_fail_cleanly() {
                 });
                 match r {
                     Ok(()) => written.fetch_add(1, Ordering::Relaxed),
+                    // The first few: past no_path_retry each write fails
+                    // at once.
                     Err(e) => {
-                        eprintln!("writer: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed)
+                        let n = errors.fetch_add(1, Ordering::Relaxed);
+                        if n < 3 {
+                            eprintln!("writer: {e}");
+                        }
+                        n
                     }
                 };
                 i += 1;
             }
         });
         let progress = |what: &str| {
+            eprintln!("paths_fail_over: I/O {what}");
             let before = written.load(Ordering::Relaxed);
             let end = Instant::now() + Duration::from_secs(10);
             while written.load(Ordering::Relaxed) < before + 50 {
@@ -177,6 +195,7 @@ fn paths_fail_over_queue_and_fail_cleanly() {
 
         // 3. The whole target hangs, shorter than no_path_retry: I/O
         //    queues and resumes with no error.
+        eprintln!("paths_fail_over: the target hangs, briefly");
         t.pause().unwrap();
         wait_event(&events, Duration::from_secs(15), |e| {
             *e == PathEvent::Queueing
@@ -200,6 +219,7 @@ fn paths_fail_over_queue_and_fail_cleanly() {
 
         // 4. Longer than no_path_retry: I/O fails, saying why, then works
         //    again once a path returns.
+        eprintln!("paths_fail_over: the target hangs past no_path_retry");
         t.pause().unwrap();
         wait_event(&events, Duration::from_secs(15), |e| {
             *e == PathEvent::Queueing

@@ -483,7 +483,17 @@ impl Inner {
             if self.paths.iter().any(|p| lock(&p.lun).is_some()) {
                 return Ok(());
             }
-            let start = *since.get_or_insert_with(Instant::now);
+            // An I/O may find every path down before the failing path's
+            // own check does: whichever sees it first says so.
+            let start = match *since {
+                Some(t) => t,
+                None => {
+                    let t = Instant::now();
+                    *since = Some(t);
+                    self.emit(PathEvent::Queueing);
+                    t
+                }
+            };
             let left = self.opts.no_path_retry.saturating_sub(start.elapsed());
             if left.is_zero() || self.stop.load(Ordering::Acquire) {
                 let reasons: Vec<String> = self

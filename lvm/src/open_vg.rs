@@ -50,6 +50,18 @@ pub struct OpenVg {
     health: Health,
     /// A write failed part-way: what is on disk is unknown until reloaded.
     failed: bool,
+    /// A commit written ahead ([`OpenVg::prepare`]), not yet committed.
+    prepared: Option<Prepared>,
+}
+
+/// A commit whose text is on disk, flushed, where the next commit goes,
+/// while no header points at it: committing it is a header write and a
+/// flush. Every other write or change seen drops it.
+struct Prepared {
+    vg: Vg,
+    raw: Vec<u8>,
+    /// Per area in use: where its text is.
+    locns: Vec<RawLocn>,
 }
 
 fn area_name(pv: &PvDev, h: &MdaHeader) -> String {
@@ -201,6 +213,7 @@ impl OpenVg {
             members,
             health,
             failed: false,
+            prepared: None,
         })
     }
 
@@ -224,6 +237,7 @@ impl OpenVg {
             members,
             health: Health::default(),
             failed: false,
+            prepared: None,
         };
         open.commit(vg, &format!("ssvadm vg create {name}"))?;
         Ok(open)
@@ -325,6 +339,70 @@ impl OpenVg {
         Ok(out)
     }
 
+    /// Writes the commit that `f` makes ahead: its text goes where the next
+    /// commit goes and is flushed, but no header points at it, so readers
+    /// (ours and stock lvm2) see nothing. [`OpenVg::commit_prepared`] then
+    /// commits it with a header write and a flush, unless anything else
+    /// was written or seen to change meanwhile. Replaces an earlier one.
+    pub fn prepare(
+        &mut self,
+        description: &str,
+        f: impl FnOnce(&mut Vg) -> Result<()>,
+    ) -> Result<()> {
+        self.prepared = None;
+        let mut new = self.vg.clone();
+        f(&mut new)?;
+        let text = self.next_text(&mut new, description)?;
+        let offsets = self.placements(text.len() as u64)?;
+        self.write_texts(&offsets, &text)?;
+        self.flush_all()?;
+        let locns = offsets.iter().map(|&at| text_locn(at, &text)).collect();
+        self.prepared = Some(Prepared {
+            vg: new,
+            raw: text,
+            locns,
+        });
+        Ok(())
+    }
+
+    /// The VG as the prepared commit makes it, if one is waiting.
+    pub fn prepared(&self) -> Option<&Vg> {
+        self.prepared.as_ref().map(|p| &p.vg)
+    }
+
+    /// Commits the prepared commit: whether there was one still valid (no
+    /// header moved since and its text is intact; else it is dropped and
+    /// nothing is written).
+    pub fn commit_prepared(&mut self) -> Result<bool> {
+        let Some(p) = self.prepared.take() else {
+            return Ok(false);
+        };
+        self.check_writable()?;
+        // The text is read back alongside the headers (no added wait): a
+        // writer that ignored the pool lease may have written over it.
+        let (at, text_intact) = std::thread::scope(|s| {
+            let intact = s.spawn(|| {
+                self.areas_in_use().zip(&p.locns).all(|((m, a), l)| {
+                    read_text(&*m.pv.dev, &a.header, l).is_ok_and(|t| t == p.raw)
+                })
+            });
+            let at = self.placements(p.raw.len() as u64);
+            (at, intact.join().unwrap_or(false))
+        });
+        match at {
+            Ok(at) if text_intact && at.iter().eq(p.locns.iter().map(|l| &l.offset)) => {}
+            Ok(_) | Err(Error::Stale { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.failed = true;
+        self.write_committed(&p.locns)?;
+        self.vg = p.vg;
+        self.raw = p.raw;
+        self.health.stale.clear();
+        self.update_labels()?;
+        Ok(true)
+    }
+
     /// Adds a formatted, unused PV to the VG.
     pub fn add_pv(&mut self, pv: &PvDev) -> Result<()> {
         if self
@@ -394,6 +472,7 @@ impl OpenVg {
         if !moved {
             return Ok(false);
         }
+        self.prepared = None;
         match self.newer_copy(&heads) {
             Some((vg, raw)) => {
                 let mut next = heads.iter();
@@ -496,6 +575,16 @@ impl OpenVg {
     }
 
     fn commit(&mut self, mut new: Vg, description: &str) -> Result<()> {
+        let text = self.next_text(&mut new, description)?;
+        self.write_everywhere(&text)?;
+        self.vg = new;
+        self.raw = text;
+        self.health.stale.clear();
+        self.update_labels()
+    }
+
+    /// `new` as the next commit (seqno, devices), checked, and its text.
+    fn next_text(&self, new: &mut Vg, description: &str) -> Result<Vec<u8>> {
         self.check_writable()?;
         new.seqno = self
             .vg
@@ -509,23 +598,81 @@ impl OpenVg {
         }
         new.validate()?;
         let stamp = Stamp::now();
-        let text = new.to_text(&TextHeader {
+        Ok(new.to_text(&TextHeader {
             description: &format!("Write from {description}."),
             creation_host: &hostname(),
             creation_time: stamp.time,
-        });
-        self.write_everywhere(&text)?;
-        self.vg = new;
-        self.raw = text;
-        self.health.stale.clear();
-        self.update_labels()
+        }))
     }
 
     /// The commit protocol for `text` on every area in use: texts and
     /// precommitted pointers, flush, committed pointers, flush.
     fn write_everywhere(&mut self, text: &[u8]) -> Result<()> {
-        let len = text.len() as u64;
-        // Refuse a change based on a stale read, and metadata that does not fit, before writing anything.
+        self.prepared = None;
+        let offsets = self.placements(text.len() as u64)?;
+        self.failed = true;
+        let locns: Vec<RawLocn> = offsets.iter().map(|&at| text_locn(at, text)).collect();
+        // The texts and the precommitted pointers to them share one flush,
+        // so nothing orders them on the device anyway (readers go by the
+        // committed pointer only, so a precommitted one whose text did not
+        // land is never followed). They go out together: under load each
+        // small write waits behind the data queued on the LUN, and waits
+        // in parallel cost one.
+        std::thread::scope(|s| -> Result<()> {
+            let texts = s.spawn(|| self.write_texts(&offsets, text));
+            let r = self.areas_in_use().zip(&locns).try_for_each(|((m, a), l)| {
+                let mut h = a.header;
+                h.precommitted = *l;
+                write_header(&*m.pv.dev, &h)
+            });
+            let done = texts
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            r.and(done)
+        })?;
+        self.flush_all()?;
+        self.write_committed(&locns)
+    }
+
+    /// Each area's committed pointer to `locns`, then a flush; clears
+    /// `failed` when done.
+    fn write_committed(&mut self, locns: &[RawLocn]) -> Result<()> {
+        let mut next = locns.iter();
+        for m in &mut self.members {
+            for (a, l) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
+                let mut h = a.header;
+                h.committed = *l;
+                h.precommitted = RawLocn::default();
+                write_header(&*m.pv.dev, &h)?;
+                a.header = h;
+            }
+        }
+        self.flush_all()?;
+        self.failed = false;
+        Ok(())
+    }
+
+    /// `text` at `offsets` (one per area in use), all at once.
+    fn write_texts(&self, offsets: &[u64], text: &[u8]) -> Result<()> {
+        std::thread::scope(|s| {
+            let texts: Vec<_> = self
+                .areas_in_use()
+                .zip(offsets)
+                .map(|((m, a), &at)| {
+                    let (dev, h) = (&*m.pv.dev, a.header);
+                    s.spawn(move || write_text(dev, &h, at, text))
+                })
+                .collect();
+            texts
+                .into_iter()
+                .try_for_each(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
+    }
+
+    /// Where the next commit's text of `len` bytes goes in each area in use.
+    /// Refuses a change based on a stale read (a header that moved), and
+    /// metadata that does not fit, before anything is written.
+    fn placements(&self, len: u64) -> Result<Vec<u64>> {
         let mut offsets = Vec::new();
         for (m, a) in self.areas_in_use() {
             let now = read_header(&*m.pv.dev, a.header.start, a.header.size)?;
@@ -550,48 +697,7 @@ impl OpenVg {
             }
             offsets.push(at);
         }
-        self.failed = true;
-        let locns: Vec<RawLocn> = offsets.iter().map(|&at| text_locn(at, text)).collect();
-        // The texts and the precommitted pointers to them share one flush,
-        // so nothing orders them on the device anyway (readers go by the
-        // committed pointer only, so a precommitted one whose text did not
-        // land is never followed). They go out together: under load each
-        // small write waits behind the data queued on the LUN, and waits
-        // in parallel cost one.
-        std::thread::scope(|s| -> Result<()> {
-            let texts: Vec<_> = self
-                .areas_in_use()
-                .zip(&offsets)
-                .map(|((m, a), &at)| {
-                    let (dev, h) = (&*m.pv.dev, a.header);
-                    s.spawn(move || write_text(dev, &h, at, text))
-                })
-                .collect();
-            let mut r = self.areas_in_use().zip(&locns).try_for_each(|((m, a), l)| {
-                let mut h = a.header;
-                h.precommitted = *l;
-                write_header(&*m.pv.dev, &h)
-            });
-            for t in texts {
-                let done = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                r = r.and(done);
-            }
-            r
-        })?;
-        self.flush_all()?;
-        let mut next = locns.iter();
-        for m in &mut self.members {
-            for (a, l) in m.areas.iter_mut().filter(|a| !a.ignored).zip(&mut next) {
-                let mut h = a.header;
-                h.committed = *l;
-                h.precommitted = RawLocn::default();
-                write_header(&*m.pv.dev, &h)?;
-                a.header = h;
-            }
-        }
-        self.flush_all()?;
-        self.failed = false;
-        Ok(())
+        Ok(offsets)
     }
 
     /// Every metadata area in use, with its PV.

@@ -360,6 +360,23 @@ impl Mailbox {
         Ok(Ticket(t))
     }
 
+    /// Adds a request without writing our record: for a host that keeps
+    /// the pool lease and commits it at once. [`Mailbox::publish`] writes
+    /// it if that commit did not serve it.
+    pub fn post_local(&self, req: Request) -> Ticket {
+        let mut l = lock(&self.local);
+        let t = l.next_ticket;
+        l.next_ticket += 1;
+        l.notices.retain(|n| n.lv != req.lv);
+        l.pending.push((t, req));
+        Ticket(t)
+    }
+
+    /// Writes our record as it stands.
+    pub fn publish(&self) -> Result<()> {
+        self.write(&mut lock(&self.local))
+    }
+
     /// Drops a request. Served ones stay in the record until the next
     /// write (they are no-ops: their LV has its minimum, and LVs do not
     /// shrink under a uuid); given-up ones are rewritten away at once so

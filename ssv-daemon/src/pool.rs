@@ -61,18 +61,114 @@ const HOLDER_GRACE: Duration = Duration::from_millis(100);
 /// the request: its minimum (pending) or its wanted size (pending or a
 /// notice). An LV not in `vg` counts if `unknown`.
 fn short_of(
-    vg: &OpenVg,
+    vg: &lvm::Vg,
     requests: &[(u64, Request)],
     unknown: bool,
     bound: fn(&Request) -> u64,
 ) -> bool {
-    let ext = vg.vg().extent_bytes();
-    requests
-        .iter()
-        .any(|(_, q)| match vg.vg().lvs.iter().find(|l| l.id == q.lv) {
-            Some(l) => l.extent_count() * ext < bound(q),
-            None => unknown,
-        })
+    requests.iter().any(|(_, q)| match lv_bytes(vg, q.lv) {
+        Some(size) => size < bound(q),
+        None => unknown,
+    })
+}
+
+/// Size of the LV `id` in `vg`, if it is there.
+fn lv_bytes(vg: &lvm::Vg, id: Uuid) -> Option<u64> {
+    let l = vg.lvs.iter().find(|l| l.id == id)?;
+    Some(l.extent_count() * vg.extent_bytes())
+}
+
+/// A combined growth commit: the VG it makes, the LVs it grows, for which
+/// other hosts.
+struct Plan {
+    new: lvm::Vg,
+    grown: Vec<String>,
+    hosts: Vec<u64>,
+    for_others: u64,
+}
+
+impl Plan {
+    fn description(&self) -> String {
+        let mut d = format!("ssvd: extend {}", self.grown.join(", "));
+        if !self.hosts.is_empty() {
+            let hosts: Vec<String> = self.hosts.iter().map(u64::to_string).collect();
+            d.push_str(&format!(" (for hosts {})", hosts.join(", ")));
+        }
+        d
+    }
+}
+
+/// Grows every LV of `vg` whose pending request it falls short of, up to
+/// [`MAX_COMBINED`]; then, in the same commit, notices (LVs at their
+/// minimum that want more): their writers will ask soon, and this commit
+/// is made anyway. With `ahead` the notices are grown even with no request
+/// pending. A request that does not fit is recorded in `served`.
+fn plan(
+    vg: &lvm::Vg,
+    requests: &[(Option<u64>, Request)],
+    served: &mut Served,
+    ahead: bool,
+) -> Plan {
+    let ext = vg.extent_bytes();
+    let mut p = Plan {
+        new: vg.clone(),
+        grown: Vec::new(),
+        hosts: Vec::new(),
+        for_others: 0,
+    };
+    for notices in [false, true] {
+        if notices && p.grown.is_empty() && !ahead {
+            break;
+        }
+        for (host, q) in requests {
+            if p.grown.len() >= MAX_COMBINED {
+                break;
+            }
+            let Some(lv) = p.new.lvs.iter().find(|l| l.id == q.lv) else {
+                continue; // gone: a stale request
+            };
+            if served.failed.iter().any(|(u, _)| *u == q.lv) || p.grown.contains(&lv.name) {
+                continue; // did not fit in an earlier round, or grown
+            }
+            let have = lv.extent_count();
+            let pending = have * ext < q.min_size;
+            if pending == notices || notices && have * ext >= q.want_size {
+                continue;
+            }
+            let name = lv.name.clone();
+            // extend_lv changes nothing when it fails (it allocates
+            // first), so a failure leaves the others' extensions intact.
+            let want = q.want_size.div_ceil(ext).saturating_sub(have);
+            let r = p.new.extend_lv(&name, want).or_else(|e| {
+                if notices {
+                    Err(e)
+                } else {
+                    p.new.extend_lv(&name, q.min_size.div_ceil(ext) - have)
+                }
+            });
+            match r {
+                Ok(()) => {
+                    if let Some(h) = *host {
+                        p.for_others += 1;
+                        if !p.hosts.contains(&h) {
+                            p.hosts.push(h);
+                        }
+                    }
+                    p.grown.push(name);
+                }
+                // A notice that does not fit waits for its request.
+                Err(e) if notices => {
+                    log::debug!("combined extension: noticed LV {name} does not fit: {e}")
+                }
+                Err(e) => {
+                    log::debug!("combined extension: LV {name} does not fit: {e}");
+                    served.failed.push((q.lv, Error::from(e)));
+                }
+            }
+        }
+    }
+    p.hosts.sort_unstable();
+    p
 }
 
 /// How a new pool is laid out.
@@ -390,13 +486,16 @@ impl Pool {
     ) -> Result<Extended> {
         let _urgent = UrgentIo::new();
         let mut trace = Trace::new();
+        let ticket;
         let uuid = {
             let mut vg = lock(&self.vg);
             trace.mark("locked");
             // Unknown here, or noticed: another host's commit may have
-            // grown it (or made it) already.
+            // grown it (or made it) already, unless this host keeps the
+            // lease (then no other host commits).
+            let kept = lock(&self.parked).is_some();
             let stale = vg.vg().lv(name).is_none_or(|l| self.mailbox.noticed(l.id));
-            if stale {
+            if stale && !kept {
                 vg.refresh()?;
                 trace.mark("reread");
             }
@@ -406,13 +505,38 @@ impl Pool {
                     own_commit: false,
                 });
             }
-            self.lv(&vg, name)?.id
+            let uuid = self.lv(&vg, name)?.id;
+            let req = Request {
+                lv: uuid,
+                min_size: min,
+                want_size: want.max(min),
+            };
+            // This host keeps the lease: commit at once, telling no one.
+            if let Some(held) = self.take_parked() {
+                ticket = self.mailbox.post_local(req);
+                trace.mark("held");
+                match self.serve_held(&mut vg, held, name, uuid, min, progress, &mut trace) {
+                    Ok(Some(done)) => {
+                        self.mailbox.withdraw(ticket, true);
+                        log::debug!("extension of {name}: {}", trace.steps);
+                        return Ok(done);
+                    }
+                    Ok(None) => {
+                        if let Err(e) = self.mailbox.publish() {
+                            self.mailbox.withdraw(ticket, false);
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => {
+                        self.mailbox.withdraw(ticket, false);
+                        return Err(e);
+                    }
+                }
+            } else {
+                ticket = self.mailbox.post(req)?;
+            }
+            uuid
         };
-        let ticket = self.mailbox.post(Request {
-            lv: uuid,
-            min_size: min,
-            want_size: want.max(min),
-        })?;
         trace.mark("posted");
         let r = self.wait_served(name, uuid, min, progress, &mut trace);
         self.mailbox.withdraw(ticket, r.is_ok());
@@ -450,7 +574,7 @@ impl Pool {
             return false;
         }
         match self.mailbox.read_lower() {
-            Ok(lower) if !short_of(&vg, &lower, true, |q| q.want_size) => {}
+            Ok(lower) if !short_of(vg.vg(), &lower, true, |q| q.want_size) => {}
             Ok(_) => return false,
             Err(e) => {
                 log::debug!("reading the growth mailbox: {e}");
@@ -548,36 +672,11 @@ impl Pool {
                     next_try = *window + DEFER_MAX;
                 } else if let Some(held) = self.take_lease(&vg)? {
                     trace.mark(if held.fresh { "leased" } else { "held" });
-                    let mut told = false;
-                    let r =
-                        self.serve_all(&mut vg, held.fresh, None, trace, &mut |vg, for_others| {
-                            (progress.for_others)(for_others);
-                            if !told {
-                                if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
-                                    (progress.served)(&Extended {
-                                        dev,
-                                        own_commit: true,
-                                    });
-                                    told = true;
-                                }
-                            }
-                        });
-                    match &r {
-                        Ok(_) => self.park(held),
-                        Err(_) => self.locks.release(&held.spec),
+                    match self.serve_held(&mut vg, held, name, uuid, min, progress, trace)? {
+                        Some(done) => return Ok(done),
+                        // Past the commit's cap (many local requests): again.
+                        None => continue,
                     }
-                    let mut served = r?;
-                    if let Some(dev) = self.served(&vg, name, Some(uuid), min)? {
-                        return Ok(Extended {
-                            dev,
-                            own_commit: true,
-                        });
-                    }
-                    if let Some(i) = served.failed.iter().position(|(u, _)| *u == uuid) {
-                        return Err(served.failed.swap_remove(i).1);
-                    }
-                    // Past the commit's cap (many local requests): again.
-                    continue;
                 } else {
                     trace.mark("busy");
                     next_try = Instant::now() + pause + leases::jitter(pause);
@@ -604,6 +703,51 @@ impl Pool {
         }
     }
 
+    /// With the pool lease `held`: serves the pending requests (ours and
+    /// the mailbox's), answering our writer at the first commit that grows
+    /// LV `name`, then keeps the lease (or releases it on failure). `None`:
+    /// past the commit's cap, not served yet.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_held(
+        &self,
+        vg: &mut OpenVg,
+        held: Held,
+        name: &str,
+        uuid: Uuid,
+        min: u64,
+        progress: &Progress<'_>,
+        trace: &mut Trace,
+    ) -> Result<Option<Extended>> {
+        let mut told = false;
+        let r = self.serve_all(vg, held.fresh, None, trace, &mut |vg, for_others| {
+            (progress.for_others)(for_others);
+            if !told {
+                if let Ok(Some(dev)) = self.served(vg, name, Some(uuid), min) {
+                    (progress.served)(&Extended {
+                        dev,
+                        own_commit: true,
+                    });
+                    told = true;
+                }
+            }
+        });
+        match &r {
+            Ok(_) => self.park(held),
+            Err(_) => self.locks.release(&held.spec),
+        }
+        let mut served = r?;
+        if let Some(dev) = self.served(vg, name, Some(uuid), min)? {
+            return Ok(Some(Extended {
+                dev,
+                own_commit: true,
+            }));
+        }
+        if let Some(i) = served.failed.iter().position(|(u, _)| *u == uuid) {
+            return Err(served.failed.swap_remove(i).1);
+        }
+        Ok(None)
+    }
+
     /// Whether a host with a lower id has a request pending in `vg` (an
     /// LV it names is smaller than asked, or not known to us yet).
     fn lower_host_waits(&self, vg: &OpenVg) -> bool {
@@ -615,7 +759,7 @@ impl Pool {
             }
         };
         // An LV we do not know yet was likely made since we read the VG.
-        short_of(vg, &lower, true, |q| q.min_size)
+        short_of(vg.vg(), &lower, true, |q| q.min_size)
     }
 
     /// The pool lease for a growth commit: the parked one, else a new one
@@ -701,13 +845,21 @@ impl Pool {
                 return;
             }
             let others = board.requests;
-            if others.is_empty() {
+            if others.is_empty() && self.mailbox.local().is_empty() {
                 continue;
             }
             trace.mark("board");
             let mut vg = lock(&self.vg);
             trace.mark("locked");
-            if !short_of(&vg, &others, false, |q| q.min_size) {
+            if !short_of(vg.vg(), &others, false, |q| q.min_size) {
+                // Notices only: their commit is written ahead, so the
+                // request that follows costs a header write. Only under
+                // the lease: the text goes where another holder's would.
+                // (Other threads take or release a parked lease only
+                // under the VG lock, which we hold.)
+                if lock(&self.parked).is_some() {
+                    self.prepare_ahead(&mut vg, others, &mut trace);
+                }
                 continue;
             }
             let Some(held) = self.take_parked() else {
@@ -759,6 +911,19 @@ impl Pool {
         Ok(served)
     }
 
+    /// Our requests and notices, then `others` (hosts after us first, so
+    /// no host id is always served last).
+    fn all_requests(&self, mut others: Vec<(u64, Request)>) -> Vec<(Option<u64>, Request)> {
+        let me = self.mailbox.host_id();
+        others.sort_by_key(|(h, _)| (*h <= me, *h));
+        self.mailbox
+            .local()
+            .into_iter()
+            .map(|q| (None, q))
+            .chain(others.into_iter().map(|(h, q)| (Some(h), q)))
+            .collect()
+    }
+
     /// One combined commit of the pending requests; returns the LVs grown.
     fn serve_round(
         &self,
@@ -767,8 +932,16 @@ impl Pool {
         read: Option<Vec<(u64, Request)>>,
         trace: &mut Trace,
     ) -> Result<usize> {
-        let me = self.mailbox.host_id();
-        let mut others = read.unwrap_or_else(|| {
+        // Our own pending requests served by the commit written ahead: no
+        // need to read the mailbox first (the next round does).
+        if read.is_none() {
+            let ours = self.all_requests(Vec::new());
+            if let Some(n) = self.commit_ahead(vg, &ours, served)? {
+                trace.mark(&format!("committed ahead {n}"));
+                return Ok(n);
+            }
+        }
+        let others = read.unwrap_or_else(|| {
             let others = self.mailbox.read_others().unwrap_or_else(|e| {
                 log::warn!("reading the growth mailbox of pool {}: {e}", self.name);
                 Vec::new()
@@ -776,88 +949,86 @@ impl Pool {
             trace.mark("mailbox");
             others
         });
-        // Hosts after us first, so no host id is always served last.
-        others.sort_by_key(|(h, _)| (*h <= me, *h));
-        let requests: Vec<(Option<u64>, Request)> = self
-            .mailbox
-            .local()
-            .into_iter()
-            .map(|q| (None, q))
-            .chain(others.into_iter().map(|(h, q)| (Some(h), q)))
-            .collect();
-        let ext = vg.vg().extent_bytes();
-        let mut new = vg.vg().clone();
-        let mut grown: Vec<String> = Vec::new();
-        let mut hosts: Vec<u64> = Vec::new();
-        // Pending requests first; then, in the same commit, notices (LVs
-        // at their minimum that want more): their writers will ask soon,
-        // and this commit is made anyway.
-        for notices in [false, true] {
-            if notices && grown.is_empty() {
-                break;
-            }
-            for (host, q) in &requests {
-                if grown.len() >= MAX_COMBINED {
-                    break;
-                }
-                let Some(lv) = new.lvs.iter().find(|l| l.id == q.lv) else {
-                    continue; // gone: a stale request
-                };
-                if served.failed.iter().any(|(u, _)| *u == q.lv) || grown.contains(&lv.name) {
-                    continue; // did not fit in an earlier round, or grown
-                }
-                let have = lv.extent_count();
-                let pending = have * ext < q.min_size;
-                if pending == notices || notices && have * ext >= q.want_size {
-                    continue;
-                }
-                let name = lv.name.clone();
-                // extend_lv changes nothing when it fails (it allocates
-                // first), so a failure leaves the others' extensions intact.
-                let want = q.want_size.div_ceil(ext).saturating_sub(have);
-                let r = new.extend_lv(&name, want).or_else(|e| {
-                    if notices {
-                        Err(e)
-                    } else {
-                        new.extend_lv(&name, q.min_size.div_ceil(ext) - have)
-                    }
-                });
-                match r {
-                    Ok(()) => {
-                        if let Some(h) = *host {
-                            served.for_others += 1;
-                            if !hosts.contains(&h) {
-                                hosts.push(h);
-                            }
-                        }
-                        grown.push(name);
-                    }
-                    // A notice that does not fit waits for its request.
-                    Err(e) if notices => {
-                        log::debug!("combined extension: noticed LV {name} does not fit: {e}")
-                    }
-                    Err(e) => {
-                        log::debug!("combined extension: LV {name} does not fit: {e}");
-                        served.failed.push((q.lv, Error::from(e)));
-                    }
-                }
-            }
+        let requests = self.all_requests(others);
+        if let Some(n) = self.commit_ahead(vg, &requests, served)? {
+            trace.mark(&format!("committed ahead {n}"));
+            return Ok(n);
         }
-        if grown.is_empty() {
+        let plan = plan(vg.vg(), &requests, served, false);
+        if plan.grown.is_empty() {
             return Ok(0);
         }
-        let mut description = format!("ssvd: extend {}", grown.join(", "));
-        if !hosts.is_empty() {
-            hosts.sort_unstable();
-            let hosts: Vec<String> = hosts.iter().map(u64::to_string).collect();
-            description.push_str(&format!(" (for hosts {})", hosts.join(", ")));
-        }
-        vg.change(&description, |v| {
-            *v = new;
+        vg.change(&plan.description(), |v| {
+            *v = plan.new;
             Ok(())
         })?;
-        trace.mark(&format!("committed {}", grown.len()));
-        Ok(grown.len())
+        served.for_others += plan.for_others;
+        trace.mark(&format!("committed {}", plan.grown.len()));
+        Ok(plan.grown.len())
+    }
+
+    /// Writes ahead the commit that grows the noticed LVs (`others` and
+    /// ours), unless the one written ahead grows them all already.
+    fn prepare_ahead(&self, vg: &mut OpenVg, others: Vec<(u64, Request)>, trace: &mut Trace) {
+        let requests = self.all_requests(others);
+        let next = vg.prepared().unwrap_or(vg.vg());
+        let covered = requests
+            .iter()
+            .all(|(_, q)| lv_bytes(next, q.lv).is_none_or(|size| size >= q.want_size));
+        if covered {
+            return;
+        }
+        let plan = plan(vg.vg(), &requests, &mut Served::default(), true);
+        if plan.grown.is_empty() {
+            return;
+        }
+        let n = plan.grown.len();
+        match vg.prepare(&plan.description(), |v| {
+            *v = plan.new;
+            Ok(())
+        }) {
+            Ok(()) => {
+                trace.mark(&format!("prepared {n}"));
+                log::debug!("growth commit written ahead: {}", trace.steps);
+            }
+            Err(e) => log::debug!("writing a growth commit ahead: {e}"),
+        }
+    }
+
+    /// Commits the commit written ahead if it serves every pending
+    /// request in `requests`; the LVs it grew, or `None` (nothing done).
+    fn commit_ahead(
+        &self,
+        vg: &mut OpenVg,
+        requests: &[(Option<u64>, Request)],
+        served: &mut Served,
+    ) -> Result<Option<usize>> {
+        let Some(ahead) = vg.prepared() else {
+            return Ok(None);
+        };
+        let now = vg.vg();
+        let mut pending = requests
+            .iter()
+            .filter(|(_, q)| lv_bytes(now, q.lv).is_some_and(|size| size < q.min_size))
+            .peekable();
+        if pending.peek().is_none()
+            || !pending.all(|(_, q)| lv_bytes(ahead, q.lv).is_some_and(|size| size >= q.min_size))
+        {
+            return Ok(None);
+        }
+        let ours = |id: Uuid| requests.iter().any(|(h, q)| h.is_none() && q.lv == id);
+        let grown: Vec<Uuid> = ahead
+            .lvs
+            .iter()
+            .filter(|l| lv_bytes(ahead, l.id) > lv_bytes(now, l.id))
+            .map(|l| l.id)
+            .collect();
+        let for_others = grown.iter().filter(|&&id| !ours(id)).count();
+        if !vg.commit_prepared()? {
+            return Ok(None);
+        }
+        served.for_others += for_others as u64;
+        Ok(Some(grown.len()))
     }
 
     /// Changes tags of LVs in one commit.

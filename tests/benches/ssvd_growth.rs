@@ -20,7 +20,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use ssv_tests::bench::{ms, ratio, stats};
-use ssv_tests::hosts::start_hosts;
+use ssv_tests::hosts::{start_hosts, HostProc};
 use ssv_tests::{find_tool, skip_reason, LoopDev, Lvm2, Scratch, Size, MIB};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,9 @@ struct Sizes {
     per_host: u64,
     extent: u64,
     chunk: u64,
+    /// Rounds of writing, each into new volumes: two give over 100
+    /// extensions, so that p99 is not simply the slowest one.
+    rounds: usize,
     baseline_extends: usize,
 }
 
@@ -44,7 +47,8 @@ impl Sizes {
                 per_host: 3 << 30,
                 extent: 128 * MIB,
                 chunk: 512 * MIB,
-                baseline_extends: 400,
+                rounds: 2,
+                baseline_extends: 800,
             }
         } else {
             Sizes {
@@ -53,6 +57,7 @@ impl Sizes {
                 per_host: 96 * MIB,
                 extent: 4 * MIB,
                 chunk: 16 * MIB,
+                rounds: 1,
                 baseline_extends: 4,
             }
         }
@@ -78,15 +83,6 @@ fn main() -> Result<()> {
                 "extent_size": sz.extent.to_string(), "initial": sz.chunk.to_string(),
                 "chunk": sz.chunk.to_string()}),
     )?;
-    let uris: Vec<String> = hosts
-        .iter()
-        .map(|h| h.open_new_volume(&format!("b{}", h.id), sz.per_host + sz.chunk))
-        .collect::<Result<_>>()?;
-    eprintln!(
-        "ssvd_growth: {} hosts writing {} MiB each",
-        sz.hosts,
-        sz.per_host / MIB
-    );
     let baseline = match skip_reason() {
         Some(why) => {
             println!("# baseline skipped: {why}");
@@ -94,12 +90,121 @@ fn main() -> Result<()> {
         }
         None => Some(Baseline::new(scratch.path(), &sz)?),
     };
+    let (mut ext, mut base, mut per_host) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut parked, mut park_p99, mut errors, mut wall) = (0, 0.0f64, 0, Duration::ZERO);
+    for round in 1..=sz.rounds {
+        eprintln!(
+            "ssvd_growth: round {round} of {}: {} hosts writing {} MiB each",
+            sz.rounds,
+            sz.hosts,
+            sz.per_host / MIB
+        );
+        let r = write_round(&hosts, &sz, round, baseline.as_ref(), base.len())?;
+        ext.extend(r.extensions);
+        base.extend(r.baseline);
+        per_host.extend(r.per_host);
+        parked += r.parked;
+        park_p99 = park_p99.max(r.park_p99);
+        errors += r.errors;
+        wall += r.wall;
+    }
+    // SSVD_GROWTH_LOGS=DIR keeps each host's ssvd log there.
+    if let Some(dir) = std::env::var_os("SSVD_GROWTH_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        for h in &hosts {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("ssvd{}.log", h.id)),
+                h.ssvd_log(),
+            )?;
+        }
+    }
+    for h in &mut hosts {
+        h.stop();
+    }
+    drop(hosts);
+    ensure!(!ext.is_empty(), "no extension happened");
+    let ours = stats(ext.clone());
+    let worst = ext.iter().max().copied().unwrap_or_default();
+
+    println!(
+        "# {} run; {} hosts (lockd io_timeout 1 s) on one sparse-file LUN, {} MiB extents; {} rounds: each host writes {} MiB sequentially (qemu-img bench, 1 MiB, depth 8) through NBD into a new volume of its own; LV starts at {} MiB and grows by {} MiB at 50%",
+        if sz.full { "full" } else { "smoke (figures mean nothing)" },
+        sz.hosts,
+        sz.extent / MIB,
+        sz.rounds,
+        sz.per_host / MIB,
+        sz.chunk / MIB,
+        sz.chunk / MIB
+    );
+    println!(
+        "# extensions {} in {:.1} s of writing; threshold crossing to mapped: p50 {} p99 {} max {}; parked writes {parked} (worst host p99 {park_p99:.1} ms); writer errors {errors}; goal p99 < 100 ms",
+        ext.len(),
+        wall.as_secs_f64(),
+        ms(ours.p50),
+        ms(ours.p99),
+        ms(worst)
+    );
+    // Each host's extensions in order: the bursts line up across hosts.
+    for line in &per_host {
+        println!("{line}");
+    }
+    if !base.is_empty() {
+        let b = base;
+        let s = stats(b.clone());
+        println!(
+            "# baseline: stock lvm2 lvextend by {} MiB, {} times while the hosts wrote: p50 {} p99 {}",
+            sz.chunk / MIB,
+            b.len(),
+            ms(s.p50),
+            ms(s.p99)
+        );
+        ratio(
+            &format!("growth_latency_p50_{}hosts_vs_lvm2_lvextend", sz.hosts),
+            ours.p50,
+            s.p50,
+        );
+        ratio(
+            &format!("growth_latency_p99_{}hosts_vs_lvm2_lvextend", sz.hosts),
+            ours.p99,
+            s.p99,
+        );
+    }
+    ensure!(errors == 0, "{errors} writers failed");
+    Ok(())
+}
+
+/// What one round measured.
+struct Round {
+    extensions: Vec<Duration>,
+    baseline: Vec<Duration>,
+    per_host: Vec<String>,
+    parked: u64,
+    park_p99: f64,
+    errors: usize,
+    wall: Duration,
+}
+
+/// Round `round`: every host opens a new volume and writes it through NBD
+/// while the baseline (if any) extends its LV, up to its limit less `done`;
+/// then the hosts close and delete their volumes.
+fn write_round(
+    hosts: &[HostProc],
+    sz: &Sizes,
+    round: usize,
+    baseline: Option<&Baseline>,
+    done: usize,
+) -> Result<Round> {
+    let name = |h: &HostProc| format!("b{}r{round}", h.id);
+    let uris: Vec<String> = hosts
+        .iter()
+        .map(|h| h.open_new_volume(&name(h), sz.per_host + sz.chunk))
+        .collect::<Result<_>>()?;
     let writing = AtomicBool::new(true);
     let started = Instant::now();
     let (results, base) = std::thread::scope(|s| {
-        let base = baseline
-            .as_ref()
-            .map(|b| s.spawn(|| b.extend_while(&writing, &sz)));
+        let base = baseline.map(|b| {
+            s.spawn(|| b.extend_while(&writing, sz.baseline_extends.saturating_sub(done), sz))
+        });
         let handles: Vec<_> = uris
             .iter()
             .map(|uri| {
@@ -143,92 +248,44 @@ fn main() -> Result<()> {
         });
         (results, base)
     });
-    let base = base.transpose()?;
     let wall = started.elapsed();
-    let errors = results.iter().filter(|r| r.is_err()).count();
-    for r in &results {
-        if let Err(e) = r {
-            eprintln!("ssvd_growth: {e}");
-        }
+    let mut r = Round {
+        extensions: Vec::new(),
+        baseline: base.transpose()?.unwrap_or_default(),
+        per_host: Vec::new(),
+        parked: 0,
+        park_p99: 0.0,
+        errors: 0,
+        wall,
+    };
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        eprintln!("ssvd_growth: {e}");
+        r.errors += 1;
     }
-    let (mut ext, mut parked, mut park_p99) = (Vec::new(), 0, 0.0f64);
-    let mut per_host = Vec::new();
-    for h in &hosts {
-        let v = h.client.get(&format!("/v1/volumes/b{}", h.id))?;
+    for h in hosts {
+        let v = h.client.get(&format!("/v1/volumes/{}", name(h)))?;
         let g = &v["growth"];
         let mut mine = Vec::new();
         for x in g["extension_ms"].as_array().context("no growth figures")? {
             let t = x.as_f64().unwrap_or(0.0);
             mine.push(format!("{t:.0}"));
-            ext.push(Duration::from_secs_f64(t / 1e3));
+            r.extensions.push(Duration::from_secs_f64(t / 1e3));
         }
-        per_host.push(format!("# host {}: {} ms", h.id, mine.join(" ")));
-        parked += g["parked_writes"].as_u64().unwrap_or(0);
-        park_p99 = park_p99.max(g["park_p99_ms"].as_f64().unwrap_or(0.0));
+        r.per_host.push(format!(
+            "# round {round} host {}: {} ms",
+            h.id,
+            mine.join(" ")
+        ));
+        r.parked += g["parked_writes"].as_u64().unwrap_or(0);
+        r.park_p99 = r.park_p99.max(g["park_p99_ms"].as_f64().unwrap_or(0.0));
         ensure!(g["failed_extensions"] == 0, "host {}: {g}", h.id);
     }
-    for h in &hosts {
-        h.client.delete(&format!("/v1/volumes/b{}/session", h.id))?;
+    for h in hosts {
+        h.client
+            .delete(&format!("/v1/volumes/{}/session", name(h)))?;
+        h.client.delete(&format!("/v1/volumes/{}", name(h)))?;
     }
-    // SSVD_GROWTH_LOGS=DIR keeps each host's ssvd log there.
-    if let Some(dir) = std::env::var_os("SSVD_GROWTH_LOGS") {
-        std::fs::create_dir_all(&dir)?;
-        for h in &hosts {
-            std::fs::write(
-                std::path::Path::new(&dir).join(format!("ssvd{}.log", h.id)),
-                h.ssvd_log(),
-            )?;
-        }
-    }
-    for h in &mut hosts {
-        h.stop();
-    }
-    drop(hosts);
-    ensure!(!ext.is_empty(), "no extension happened");
-    let ours = stats(ext.clone());
-
-    println!(
-        "# {} run; {} hosts (lockd io_timeout 1 s) on one sparse-file LUN, {} MiB extents; each writes {} MiB sequentially (qemu-img bench, 1 MiB, depth 8) through NBD into its own volume; LV starts at {} MiB and grows by {} MiB at 50%",
-        if sz.full { "full" } else { "smoke (figures mean nothing)" },
-        sz.hosts,
-        sz.extent / MIB,
-        sz.per_host / MIB,
-        sz.chunk / MIB,
-        sz.chunk / MIB
-    );
-    println!(
-        "# extensions {} in {:.1} s; threshold crossing to mapped: p50 {} p99 {}; parked writes {parked} (worst host p99 {park_p99:.1} ms); writer errors {errors}; goal p99 < 100 ms",
-        ext.len(),
-        wall.as_secs_f64(),
-        ms(ours.p50),
-        ms(ours.p99)
-    );
-    // Each host's extensions in order: the bursts line up across hosts.
-    for line in &per_host {
-        println!("{line}");
-    }
-    if let Some(b) = base {
-        let s = stats(b.clone());
-        println!(
-            "# baseline: stock lvm2 lvextend by {} MiB, {} times while the hosts wrote: p50 {} p99 {}",
-            sz.chunk / MIB,
-            b.len(),
-            ms(s.p50),
-            ms(s.p99)
-        );
-        ratio(
-            &format!("growth_latency_p50_{}hosts_vs_lvm2_lvextend", sz.hosts),
-            ours.p50,
-            s.p50,
-        );
-        ratio(
-            &format!("growth_latency_p99_{}hosts_vs_lvm2_lvextend", sz.hosts),
-            ours.p99,
-            s.p99,
-        );
-    }
-    ensure!(errors == 0, "{errors} writers failed");
-    Ok(())
+    Ok(r)
 }
 
 /// A VG of stock lvm2's own on a second sparse file, for the baseline.
@@ -250,10 +307,16 @@ impl Baseline {
         Ok(Baseline { lvm, _dev: dev })
     }
 
-    /// `lvextend` by one chunk, again and again while `writing` holds.
-    fn extend_while(&self, writing: &AtomicBool, sz: &Sizes) -> Result<Vec<Duration>> {
+    /// `lvextend` by one chunk, again and again while `writing` holds, at
+    /// most `limit` times.
+    fn extend_while(
+        &self,
+        writing: &AtomicBool,
+        limit: usize,
+        sz: &Sizes,
+    ) -> Result<Vec<Duration>> {
         let mut out = Vec::new();
-        while writing.load(Ordering::Relaxed) && out.len() < sz.baseline_extends {
+        while writing.load(Ordering::Relaxed) && out.len() < limit {
             let t = Instant::now();
             self.lvm
                 .lvextend("base0", "grown", Size::Bytes(sz.chunk), &[])?;

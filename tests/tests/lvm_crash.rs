@@ -126,6 +126,16 @@ fn ops() -> Vec<(&'static str, Op)> {
         ("vg tag", |d| {
             change(d, |v| v.change_tags(None, &["pool".into()], &[]))
         }),
+        ("lv extend, prepared then committed", |d| {
+            let mut vg = OpenVg::open(&d[..2], Some(VG))?;
+            vg.prepare("crash test", |v| v.extend_lv("first", 3))?;
+            match vg.commit_prepared()? {
+                true => Ok(()),
+                false => Err(lvm::Error::InvalidArgument(
+                    "the prepared commit was dropped".into(),
+                )),
+            }
+        }),
         ("vg extend", |d| {
             OpenVg::open(&d[..2], Some(VG))?.add_pv(&d[2])
         }),

@@ -283,3 +283,90 @@ fn a_stale_copy_is_repaired_and_lvm2_agrees() {
     let view = agree(&fx, "heal");
     assert_eq!(view.seqno, 3);
 }
+
+/// A commit written ahead (`OpenVg::prepare`) is invisible to both tools
+/// until it is committed; any other change, ours or another handle's or
+/// lvm2's, drops it rather than letting it overwrite that change.
+#[test]
+fn a_prepared_commit_shows_only_once_committed() {
+    skip_unless_lvm2!();
+    let fx = fixture(&[128 * MIB]).unwrap();
+    let d = devs(&fx);
+    format_pv(&*d[0].dev, &PvFormat::default()).unwrap();
+    let mut vg = OpenVg::create("prep", &d, 4 * MIB).unwrap();
+    vg.change("setup", |v| v.create_lv("a", 2, &[], &stamp()).map(drop))
+        .unwrap();
+    let size_of_a = |view: &VgView| view.lvs.iter().find(|l| l.name == "a").unwrap().size;
+
+    // Written ahead: nobody sees it; committed: both tools do.
+    let before = agree(&fx, "prep");
+    vg.prepare("grow a", |v| v.extend_lv("a", 3)).unwrap();
+    assert_eq!(vg.prepared().unwrap().lv("a").unwrap().extent_count(), 5);
+    assert_eq!(agree(&fx, "prep"), before);
+    assert_eq!(vg.vg().lv("a").unwrap().extent_count(), 2);
+    assert!(vg.commit_prepared().unwrap());
+    assert!(vg.prepared().is_none());
+    let after = agree(&fx, "prep");
+    assert_eq!(
+        (after.seqno, size_of_a(&after)),
+        (before.seqno + 1, 20 * MIB)
+    );
+    assert!(!vg.commit_prepared().unwrap(), "committed twice");
+
+    // Our own change in between drops it.
+    vg.prepare("grow a", |v| v.extend_lv("a", 1)).unwrap();
+    vg.change("tag", |v| v.change_tags(None, &["t".into()], &[]))
+        .unwrap();
+    assert!(!vg.commit_prepared().unwrap());
+    let view = agree(&fx, "prep");
+    assert_eq!(
+        (view.tags.clone(), size_of_a(&view)),
+        (vec!["t".to_string()], 20 * MIB)
+    );
+
+    // Another handle's commit (another host) and lvm2's each drop it:
+    // the header moved; nothing of ours is written.
+    vg.prepare("grow a", |v| v.extend_lv("a", 1)).unwrap();
+    let mut other = OpenVg::open(&d, Some("prep")).unwrap();
+    other
+        .change("other host", |v| {
+            v.create_lv("b", 1, &[], &stamp()).map(drop)
+        })
+        .unwrap();
+    assert!(!vg.commit_prepared().unwrap());
+    assert!(vg.refresh().unwrap());
+    vg.prepare("grow a", |v| v.extend_lv("a", 1)).unwrap();
+    fx.lvm.lvcreate("prep", "c", Size::Extents(1), &[]).unwrap();
+    assert!(!vg.commit_prepared().unwrap());
+    let view = agree(&fx, "prep");
+    assert_eq!(size_of_a(&view), 20 * MIB);
+    assert_eq!(
+        view.lvs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    // A stale handle cannot prepare; a refresh that sees a change drops
+    // what was prepared.
+    assert!(matches!(
+        vg.prepare("grow a", |v| v.extend_lv("a", 1)),
+        Err(lvm::Error::Stale { .. })
+    ));
+    assert!(vg.refresh().unwrap());
+    vg.prepare("grow a", |v| v.extend_lv("a", 1)).unwrap();
+    other.reload().unwrap();
+    other
+        .change("other host", |v| v.remove_lv("b").map(drop))
+        .unwrap();
+    assert!(vg.refresh().unwrap());
+    assert!(vg.prepared().is_none());
+    assert_eq!(size_of_a(&agree(&fx, "prep")), 20 * MIB);
+    // Another handle writing ahead over the same place (as a host that
+    // ignored the pool lease would): ours is not committed, theirs is.
+    vg.prepare("grow a", |v| v.extend_lv("a", 1)).unwrap();
+    other.reload().unwrap();
+    other
+        .prepare("other host", |v| v.extend_lv("a", 2))
+        .unwrap();
+    assert!(!vg.commit_prepared().unwrap());
+    assert!(other.commit_prepared().unwrap());
+    assert_eq!(size_of_a(&agree(&fx, "prep")), 28 * MIB);
+}

@@ -261,6 +261,15 @@ impl Local {
             .map(|(_, r)| *r)
             .chain(self.notices.iter().rev().copied())
     }
+
+    /// Adds a pending request, replacing the LV's notice; its ticket.
+    fn add(&mut self, req: Request) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        self.notices.retain(|n| n.lv != req.lv);
+        self.pending.push((t, req));
+        t
+    }
 }
 
 /// This host's view of the mailbox: its own record, written from the
@@ -349,10 +358,7 @@ impl Mailbox {
     /// Posts a request and writes our record. It replaces the LV's notice.
     pub fn post(&self, req: Request) -> Result<Ticket> {
         let mut l = lock(&self.local);
-        let t = l.next_ticket;
-        l.next_ticket += 1;
-        l.notices.retain(|n| n.lv != req.lv);
-        l.pending.push((t, req));
+        let t = l.add(req);
         if let Err(e) = self.write(&mut l) {
             l.pending.retain(|(x, _)| *x != t);
             return Err(e);
@@ -364,12 +370,7 @@ impl Mailbox {
     /// the pool lease and commits it at once. [`Mailbox::publish`] writes
     /// it if that commit did not serve it.
     pub fn post_local(&self, req: Request) -> Ticket {
-        let mut l = lock(&self.local);
-        let t = l.next_ticket;
-        l.next_ticket += 1;
-        l.notices.retain(|n| n.lv != req.lv);
-        l.pending.push((t, req));
-        Ticket(t)
+        Ticket(lock(&self.local).add(req))
     }
 
     /// Writes our record as it stands.

@@ -14,6 +14,7 @@ use lvm::names::Uuid;
 use lvm::{format_pv, OpenVg, PvDev, PvFormat, Stamp, Vg};
 use san::BlockDev;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ const HOLDER_GRACE: Duration = Duration::from_millis(100);
 /// the request: its minimum (pending) or its wanted size (pending or a
 /// notice). An LV not in `vg` counts if `unknown`.
 fn short_of(
-    vg: &lvm::Vg,
+    vg: &Vg,
     requests: &[(u64, Request)],
     unknown: bool,
     bound: fn(&Request) -> u64,
@@ -73,7 +74,7 @@ fn short_of(
 }
 
 /// Size of the LV `id` in `vg`, if it is there.
-fn lv_bytes(vg: &lvm::Vg, id: Uuid) -> Option<u64> {
+fn lv_bytes(vg: &Vg, id: Uuid) -> Option<u64> {
     let l = vg.lvs.iter().find(|l| l.id == id)?;
     Some(l.extent_count() * vg.extent_bytes())
 }
@@ -81,7 +82,7 @@ fn lv_bytes(vg: &lvm::Vg, id: Uuid) -> Option<u64> {
 /// A combined growth commit: the VG it makes, the LVs it grows, for which
 /// other hosts.
 struct Plan {
-    new: lvm::Vg,
+    new: Vg,
     grown: Vec<String>,
     hosts: Vec<u64>,
     for_others: u64,
@@ -103,12 +104,7 @@ impl Plan {
 /// minimum that want more): their writers will ask soon, and this commit
 /// is made anyway. With `ahead` the notices are grown even with no request
 /// pending. A request that does not fit is recorded in `served`.
-fn plan(
-    vg: &lvm::Vg,
-    requests: &[(Option<u64>, Request)],
-    served: &mut Served,
-    ahead: bool,
-) -> Plan {
+fn plan(vg: &Vg, requests: &[(Option<u64>, Request)], served: &mut Served, ahead: bool) -> Plan {
     let ext = vg.extent_bytes();
     let mut p = Plan {
         new: vg.clone(),
@@ -1017,10 +1013,12 @@ impl Pool {
             return Ok(None);
         }
         let ours = |id: Uuid| requests.iter().any(|(h, q)| h.is_none() && q.lv == id);
+        // One pass over each VG's LVs: a pool has thousands.
+        let before: HashMap<Uuid, u64> = now.lvs.iter().map(|l| (l.id, l.extent_count())).collect();
         let grown: Vec<Uuid> = ahead
             .lvs
             .iter()
-            .filter(|l| lv_bytes(ahead, l.id) > lv_bytes(now, l.id))
+            .filter(|l| before.get(&l.id).is_none_or(|&c| l.extent_count() > c))
             .map(|l| l.id)
             .collect();
         let for_others = grown.iter().filter(|&&id| !ours(id)).count();

@@ -90,8 +90,7 @@ fn main() -> Result<()> {
         }
         None => Some(Baseline::new(scratch.path(), &sz)?),
     };
-    let (mut ext, mut base, mut per_host) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut parked, mut park_p99, mut errors, mut wall) = (0, 0.0f64, 0, Duration::ZERO);
+    let mut all = Round::default();
     for round in 1..=sz.rounds {
         eprintln!(
             "ssvd_growth: round {round} of {}: {} hosts writing {} MiB each",
@@ -99,15 +98,23 @@ fn main() -> Result<()> {
             sz.hosts,
             sz.per_host / MIB
         );
-        let r = write_round(&hosts, &sz, round, baseline.as_ref(), base.len())?;
-        ext.extend(r.extensions);
-        base.extend(r.baseline);
-        per_host.extend(r.per_host);
-        parked += r.parked;
-        park_p99 = park_p99.max(r.park_p99);
-        errors += r.errors;
-        wall += r.wall;
+        all.add(write_round(
+            &hosts,
+            &sz,
+            round,
+            baseline.as_ref(),
+            all.baseline.len(),
+        )?);
     }
+    let Round {
+        extensions: ext,
+        baseline: base,
+        per_host,
+        parked,
+        park_p99,
+        errors,
+        wall,
+    } = all;
     // SSVD_GROWTH_LOGS=DIR keeps each host's ssvd log there.
     if let Some(dir) = std::env::var_os("SSVD_GROWTH_LOGS") {
         std::fs::create_dir_all(&dir)?;
@@ -149,12 +156,11 @@ fn main() -> Result<()> {
         println!("{line}");
     }
     if !base.is_empty() {
-        let b = base;
-        let s = stats(b.clone());
+        let s = stats(base.clone());
         println!(
             "# baseline: stock lvm2 lvextend by {} MiB, {} times while the hosts wrote: p50 {} p99 {}",
             sz.chunk / MIB,
-            b.len(),
+            base.len(),
             ms(s.p50),
             ms(s.p99)
         );
@@ -173,7 +179,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// What one round measured.
+/// What one round measured, or several together.
+#[derive(Default)]
 struct Round {
     extensions: Vec<Duration>,
     baseline: Vec<Duration>,
@@ -182,6 +189,18 @@ struct Round {
     park_p99: f64,
     errors: usize,
     wall: Duration,
+}
+
+impl Round {
+    fn add(&mut self, r: Round) {
+        self.extensions.extend(r.extensions);
+        self.baseline.extend(r.baseline);
+        self.per_host.extend(r.per_host);
+        self.parked += r.parked;
+        self.park_p99 = self.park_p99.max(r.park_p99);
+        self.errors += r.errors;
+        self.wall += r.wall;
+    }
 }
 
 /// Round `round`: every host opens a new volume and writes it through NBD

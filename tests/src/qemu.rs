@@ -20,3 +20,13 @@ pub fn qemu_io<S: AsRef<str> + std::fmt::Debug>(uri: &str, cmds: &[S]) -> Result
     );
     Ok(text)
 }
+
+/// Runs `qemu-img ARGS…`; its output, or an error with that output when
+/// it fails.
+pub fn qemu_img<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Result<String> {
+    let out = Command::new("qemu-img").args(args).output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "qemu-img {args:?}: {text}");
+    Ok(text)
+}

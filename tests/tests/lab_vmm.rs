@@ -29,6 +29,7 @@ use lab_vmm_support::{console, guest_lines, vmm_payload};
 use sha2::{Digest, Sha256};
 use ssv_tests::lab::Arch;
 use ssv_tests::lab_or_skip;
+use ssv_tests::qemu::qemu_img;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -58,34 +59,18 @@ fn lv_size(info: &serde_json::Value, i: usize) -> u64 {
     info["layers"][i]["lv_size"].as_u64().unwrap_or(0)
 }
 
-/// Runs qemu-img with `args`; its output, or a failure that shows it.
-fn qemu_img_ok(qemu_img: &std::path::Path, args: &[String]) -> String {
-    let o = std::process::Command::new(qemu_img)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "qemu-img {args:?}:\n{text}");
-    text
-}
-
 /// sha256 of each written chunk of the image `spec` (qemu-img's JSON
 /// syntax), converted to raw at `raw`.
-fn chunk_sums(
-    qemu_img: &std::path::Path,
-    spec: &serde_json::Value,
-    raw: &std::path::Path,
-) -> BTreeMap<u64, String> {
-    qemu_img_ok(
-        qemu_img,
-        &[
-            "convert".into(),
-            "-O".into(),
-            "raw".into(),
-            format!("json:{spec}"),
-            raw.display().to_string(),
-        ],
-    );
+fn chunk_sums(spec: &serde_json::Value, raw: &std::path::Path) -> BTreeMap<u64, String> {
+    let spec = format!("json:{spec}");
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        spec.as_ref(),
+        raw.as_os_str(),
+    ])
+    .unwrap();
     let data = std::fs::read(raw).unwrap();
     std::fs::remove_file(raw).unwrap();
     let chunk = (CHUNK_MIB << 20) as usize;
@@ -233,10 +218,10 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
     // read through QEMU: the volume (top over snapshot) holds what the
     // guest wrote, chunk by chunk; the snapshot the first half and nothing
     // after it.
-    let Some(qemu_img) = ssv_tests::find_tool("qemu-img") else {
+    if ssv_tests::find_tool("qemu-img").is_none() {
         eprintln!("note: no qemu-img here: the layers' content and qcow2 check are skipped");
         return;
-    };
+    }
     let layer = |name: &str, field: &str| {
         let lv = read_json(name)[field]
             .as_str()
@@ -256,7 +241,7 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
             "file": {"driver": "file", "filename": l}})
     };
     for l in [&top, &snapshot] {
-        let text = qemu_img_ok(&qemu_img, &["check".into(), format!("json:{}", alone(l))]);
+        let text = qemu_img(&["check".to_string(), format!("json:{}", alone(l))]).unwrap();
         assert!(text.contains("No errors were found"), "{text}");
     }
     let written = guest_sums(&lines);
@@ -264,7 +249,7 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
     let mut chain = alone(&top);
     chain["backing"] = alone(&snapshot);
     assert_eq!(
-        chunk_sums(&qemu_img, &chain, &out.join("volume.raw")),
+        chunk_sums(&chain, &out.join("volume.raw")),
         written,
         "volume content differs from the guest's"
     );
@@ -280,7 +265,7 @@ fn linux_writes_grows_and_reads_a_thin_disk(arch: Arch) {
         })
         .collect();
     assert_eq!(
-        chunk_sums(&qemu_img, &alone(&snapshot), &out.join("snapshot.raw")),
+        chunk_sums(&alone(&snapshot), &out.join("snapshot.raw")),
         first_half,
         "the snapshot is not the first half"
     );

@@ -435,13 +435,18 @@ impl Inner {
             reason,
         });
         if self.paths.iter().all(|p| lock(&p.lun).is_none()) {
-            let mut since = lock(&self.all_down_since);
-            if since.is_none() {
-                *since = Some(Instant::now());
-                drop(since);
-                self.emit(PathEvent::Queueing);
-            }
+            self.all_down(&mut lock(&self.all_down_since));
         }
+    }
+
+    /// When every path went down (`since`), set now and said as
+    /// `Queueing` if not yet: by whichever sees it first, the failing
+    /// path's own check or an I/O that found no path before it.
+    fn all_down(&self, since: &mut Option<Instant>) -> Instant {
+        *since.get_or_insert_with(|| {
+            self.emit(PathEvent::Queueing);
+            Instant::now()
+        })
     }
 
     fn path_up(&self, i: usize, lun: IscsiLun) {
@@ -483,17 +488,7 @@ impl Inner {
             if self.paths.iter().any(|p| lock(&p.lun).is_some()) {
                 return Ok(());
             }
-            // An I/O may find every path down before the failing path's
-            // own check does: whichever sees it first says so.
-            let start = match *since {
-                Some(t) => t,
-                None => {
-                    let t = Instant::now();
-                    *since = Some(t);
-                    self.emit(PathEvent::Queueing);
-                    t
-                }
-            };
+            let start = self.all_down(&mut since);
             let left = self.opts.no_path_retry.saturating_sub(start.elapsed());
             if left.is_zero() || self.stop.load(Ordering::Acquire) {
                 let reasons: Vec<String> = self

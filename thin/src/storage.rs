@@ -43,8 +43,8 @@ pub(crate) struct Backend {
 /// cluster before mapping it; one fallocate or BLKZEROOUT per cluster, under
 /// the engine's L2-table lock, was the largest cost of allocating writes.
 /// Instead, the first zeroing request past everything written zeroes
-/// [`ZERO_AHEAD`] bytes at once, and later requests inside that range skip
-/// their I/O.
+/// [`ZERO_AHEAD`] bytes or more at once, and later requests inside that
+/// range skip their I/O.
 ///
 /// Only space past the frontier is zeroed ahead: this handle has written
 /// nothing there, and nothing allocated when it opened lies there (it starts

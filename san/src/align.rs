@@ -52,6 +52,20 @@ fn huge_cache() -> MutexGuard<'static, HugeCache> {
     HUGE_CACHE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A new allocation of `layout` (non-zero size), advised into huge pages;
+/// null if the allocator failed.
+fn alloc_huge(layout: Layout) -> *mut u8 {
+    // SAFETY: `layout` has a non-zero size (the caller's contract).
+    let raw = unsafe { alloc::alloc(layout) };
+    if !raw.is_null() {
+        // Advice only: without huge pages the buffer works the same.
+        // SAFETY: `raw` starts `layout.size()` bytes we own, and
+        // MADV_HUGEPAGE changes how they are backed, not their contents.
+        unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+    }
+    raw
+}
+
 /// A cached allocation of exactly `layout`, if one is free.
 fn take_cached(layout: Layout) -> Option<NonNull<u8>> {
     let mut c = huge_cache();
@@ -99,19 +113,10 @@ impl AlignedBuf {
                 layout,
             };
         }
-        let raw = if let Some(ptr) = huge.then(|| take_cached(layout)).flatten() {
-            // SAFETY: a cached region is `layout.size()` >= `len` bytes we own.
-            unsafe { ptr.as_ptr().write_bytes(0, len) };
-            ptr.as_ptr()
-        } else if huge {
-            // SAFETY: `layout` has a non-zero size (len > 0 checked above).
-            let raw = unsafe { alloc::alloc(layout) };
+        let raw = if huge {
+            let raw = take_cached(layout).map_or_else(|| alloc_huge(layout), NonNull::as_ptr);
             if !raw.is_null() {
-                // Advice only: without huge pages the buffer works the same.
-                // SAFETY: `raw` starts `layout.size()` bytes we own, and
-                // MADV_HUGEPAGE changes how they are backed, not their contents.
-                unsafe { libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE) };
-                // SAFETY: `raw` is valid for writes of `len` <= `layout.size()` bytes.
+                // SAFETY: `raw` starts `layout.size()` >= `len` bytes we own.
                 unsafe { raw.write_bytes(0, len) };
             }
             raw

@@ -156,11 +156,12 @@ fn main() -> Result<()> {
         println!("{line}");
     }
     if !base.is_empty() {
-        let s = stats(base.clone());
+        let n = base.len();
+        let s = stats(base);
         println!(
             "# baseline: stock lvm2 lvextend by {} MiB, {} times while the hosts wrote: p50 {} p99 {}",
             sz.chunk / MIB,
-            base.len(),
+            n,
             ms(s.p50),
             ms(s.p99)
         );

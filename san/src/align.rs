@@ -20,9 +20,9 @@ pub struct AlignedBuf {
 /// Buffers this large or larger go in transparent huge pages. A direct I/O
 /// of 1 MiB from 4 KiB pages has 256 segments, more than a virtio-blk
 /// queue takes (254 here), so the kernel sends it as two requests; from one
-/// huge page it is one segment. 32 threads writing 1 MiB each with O_DIRECT
-/// to a file on this machine's virtio disk: 1.08 GB/s from 4 KiB pages,
-/// 1.39–1.48 GB/s from huge pages, half the device requests.
+/// huge page it is one segment. The thin bench's 1 MiB write rows went
+/// from 0.68–0.76× QEMU to 0.91–1.09× at depth 32 and on loop devices
+/// (BENCHMARKS.md).
 const HUGE_MIN: usize = 1 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 /// Freed huge-page buffers are kept (up to this many bytes per process) for

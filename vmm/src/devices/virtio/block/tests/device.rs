@@ -553,6 +553,16 @@ fn reset_stops_the_threads_and_activate_starts_again() {
     let mut h = start(disk, BlockOptions::new("vda"));
     assert_eq!(h.drivers[0].write(0, &[3u8; 512]), S_OK);
     h.dev.reset();
+    // The workers stop off the caller's thread; a driver waits for the reset
+    // to show (device status reads 0) before it touches the queue again.
+    let t0 = std::time::Instant::now();
+    while !h.dev.reset_done() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "reset never finished"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // Nobody serves the queue now.
     let p = h.drivers[0].submit(T_IN, 0, &[], 512);
     h.drivers[0].kick();

@@ -4,6 +4,7 @@
 //! device or (later) an iSCSI LUN can stand behind any of them.
 
 mod align;
+mod budget;
 pub mod discovery;
 mod error;
 mod fault;
@@ -17,6 +18,7 @@ mod vectored;
 mod window;
 
 pub use align::{is_zero, AlignedBuf};
+pub use budget::{Budgeted, IoBudget};
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultControl, FaultDev};
 pub use file::{FileDev, OpenOptions};

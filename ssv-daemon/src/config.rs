@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub growth: GrowthConfig,
     #[serde(default)]
+    pub io: IoConfig,
+    #[serde(default)]
     pub iscsi: IscsiConfig,
     #[serde(default)]
     pub export: ExportConfig,
@@ -137,6 +139,27 @@ impl Default for GrowthConfig {
             threshold_percent: default_threshold(),
             chunk: default_chunk(),
             notice_lead_percent: default_notice_lead(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    /// Volume data this host keeps in flight to one pool's LUNs; more waits
+    /// in ssvd. The pool's small synchronous I/O (LVM commits, the growth
+    /// mailbox) queues behind at most this much of this host's data, so
+    /// extensions stay fast while volumes are written at full speed. Raise
+    /// it for a host whose LUNs need more in flight to reach their
+    /// throughput. "0": no bound.
+    #[serde(default = "default_data_in_flight")]
+    pub data_in_flight: String,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            data_in_flight: default_data_in_flight(),
         }
     }
 }
@@ -348,6 +371,9 @@ fn default_lease_wait() -> u64 {
 fn default_chunk() -> String {
     "1g".into()
 }
+fn default_data_in_flight() -> String {
+    "1m".into()
+}
 fn default_threshold() -> u8 {
     thin::growth::DEFAULT_THRESHOLD_PERCENT
 }
@@ -401,6 +427,7 @@ impl Config {
         if chunk == 0 {
             return Err(Error::Invalid("[growth] chunk must not be 0".into()));
         }
+        parse_size(&self.io.data_in_flight).map_err(|e| e.context("[io] data_in_flight"))?;
         let mut seen = Vec::new();
         for p in &self.export.iscsi_portals {
             let a = parse_export_portal(p)?;
@@ -431,6 +458,11 @@ impl Config {
             chunk: parse_size(&self.growth.chunk).unwrap_or(thin::growth::DEFAULT_CHUNK),
             cap: None,
         }
+    }
+
+    /// The bound on volume data in flight per pool; `None`: unbounded.
+    pub fn data_in_flight(&self) -> Option<u64> {
+        parse_size(&self.io.data_in_flight).ok().filter(|&n| n > 0)
     }
 
     pub fn initial_lv_size(&self) -> u64 {
@@ -499,6 +531,19 @@ mod tests {
         assert_eq!(c.api.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.growth_policy(), thin::GrowthPolicy::default());
         assert_eq!(c.initial_lv_size(), 1 << 30);
+        assert_eq!(c.data_in_flight(), Some(1 << 20));
+    }
+
+    #[test]
+    fn data_in_flight() {
+        let c = Config::parse("host_id = 1\n[io]\ndata_in_flight = \"8m\"").unwrap();
+        assert_eq!(c.data_in_flight(), Some(8 << 20));
+        let c = Config::parse("host_id = 1\n[io]\ndata_in_flight = \"0\"").unwrap();
+        assert_eq!(c.data_in_flight(), None);
+        let e = Config::parse("host_id = 1\n[io]\ndata_in_flight = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[io] data_in_flight"), "{e}");
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Host {
             if lock(&self.pools).contains_key(&vg) {
                 continue;
             }
-            match Pool::attach(&vg, &pvs, self.locks.clone()) {
+            match Pool::attach(&vg, &pvs, self.locks.clone(), self.config.data_in_flight()) {
                 Ok(p) => {
                     self.events.emit(
                         "pool.attached",
@@ -300,7 +300,13 @@ impl Host {
         if let Ok(st) = self.locks.status() {
             opts.io_timeout = st.io_timeout.try_into().unwrap_or(u16::MAX);
         }
-        let pool = Arc::new(Pool::create(&req.name, &devs, &opts, self.locks.clone())?);
+        let pool = Arc::new(Pool::create(
+            &req.name,
+            &devs,
+            &opts,
+            self.locks.clone(),
+            self.config.data_in_flight(),
+        )?);
         lock(&self.pools).insert(req.name.clone(), pool.clone());
         self.events.emit(
             "pool.created",

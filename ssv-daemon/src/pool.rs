@@ -206,6 +206,9 @@ pub struct Pool {
     lingering: AtomicBool,
     /// When a waiting extension last saw another host's commit.
     foreign_change: Mutex<Option<Instant>>,
+    /// Bounds the volume data this host has in flight to the LUNs, so the
+    /// pool's own small I/O does not queue behind much of it.
+    data_budget: Option<Arc<san::IoBudget>>,
 }
 
 /// A pool lease held between commits. While it is held no other host
@@ -314,6 +317,7 @@ impl Pool {
         luns: &[PvDev],
         opts: &PoolOptions,
         locks: Arc<Locks>,
+        data_in_flight: Option<u64>,
     ) -> Result<Pool> {
         names::check_pool_name(name)?;
         if luns.is_empty() {
@@ -347,11 +351,16 @@ impl Pool {
         leases::init_pool_leases(dev.clone(), name, opts.io_timeout)?;
         Mailbox::init(&*dev)?;
         let mailbox = Mailbox::open(dev, locks.host_id())?;
-        Pool::joined(name, vg, locks, mailbox)
+        Pool::joined(name, vg, locks, mailbox, data_in_flight)
     }
 
     /// Attaches an existing pool found on `luns`.
-    pub fn attach(name: &str, luns: &[PvDev], locks: Arc<Locks>) -> Result<Pool> {
+    pub fn attach(
+        name: &str,
+        luns: &[PvDev],
+        locks: Arc<Locks>,
+        data_in_flight: Option<u64>,
+    ) -> Result<Pool> {
         let vg = OpenVg::open(luns, Some(name))?;
         if !names::has_tag(&vg.vg().tags, TAG_POOL) {
             return Err(Error::Invalid(format!(
@@ -367,11 +376,17 @@ impl Pool {
             )));
         }
         let mailbox = Mailbox::open(Arc::new(vg.lv_dev(LEASES_LV)?), locks.host_id())?;
-        Pool::joined(name, vg, locks, mailbox)
+        Pool::joined(name, vg, locks, mailbox, data_in_flight)
     }
 
     /// The pool, once this host has joined its lockspace.
-    fn joined(name: &str, vg: OpenVg, locks: Arc<Locks>, mailbox: Mailbox) -> Result<Pool> {
+    fn joined(
+        name: &str,
+        vg: OpenVg,
+        locks: Arc<Locks>,
+        mailbox: Mailbox,
+        data_in_flight: Option<u64>,
+    ) -> Result<Pool> {
         locks.join(vg.vg())?;
         Ok(Pool {
             name: name.to_string(),
@@ -381,6 +396,16 @@ impl Pool {
             parked: Mutex::new(None),
             lingering: AtomicBool::new(false),
             foreign_change: Mutex::new(None),
+            data_budget: data_in_flight.map(san::IoBudget::new),
+        })
+    }
+
+    /// An LV that holds volume data, as the volume's writer uses it.
+    fn data_dev(&self, vg: &OpenVg, name: &str) -> Result<Arc<dyn BlockDev>> {
+        let dev: Arc<dyn BlockDev> = Arc::new(vg.lv_dev(name)?);
+        Ok(match &self.data_budget {
+            Some(b) => Arc::new(san::Budgeted::new(dev, b.clone())),
+            None => dev,
         })
     }
 
@@ -632,7 +657,7 @@ impl Pool {
         if lv.extent_count() * vg.vg().extent_bytes() < min {
             return Ok(None);
         }
-        Ok(Some(Arc::new(vg.lv_dev(name)?)))
+        Ok(Some(self.data_dev(vg, name)?))
     }
 
     fn wait_served(
@@ -1167,7 +1192,7 @@ impl LvStore for Pool {
         if vg.vg().lv(name).is_none() {
             vg.refresh()?;
         }
-        Ok(Arc::new(vg.lv_dev(name)?))
+        self.data_dev(&vg, name).map_err(to_thin)
     }
 
     fn create(&self, name: &str, size: u64, tags: &[String]) -> thin::Result<Arc<dyn BlockDev>> {
@@ -1176,9 +1201,8 @@ impl LvStore for Pool {
             vg.change(&format!("ssvd: create {name}"), |v| {
                 v.create_lv(name, n, tags, &Stamp::now()).map(drop)
             })?;
-            Ok(vg.lv_dev(name)?)
+            self.data_dev(vg, name)
         })
-        .map(|d| Arc::new(d) as Arc<dyn BlockDev>)
         .map_err(to_thin)
     }
 
@@ -1194,9 +1218,8 @@ impl LvStore for Pool {
                     v.extend_lv(name, want - have)
                 })?;
             }
-            Ok(vg.lv_dev(name)?)
+            self.data_dev(vg, name)
         })
-        .map(|d| Arc::new(d) as Arc<dyn BlockDev>)
         .map_err(to_thin)
     }
 

@@ -23,8 +23,9 @@ Optional sections: [api] socket, tcp, token_file; [lockd] socket,
 lease_wait_secs; [nbd] socket, tcp; [export] iscsi_portals (e.g.
 ["192.0.2.1:3260"]: each open volume is also an iSCSI target there),
 iscsi_iqn_prefix (default "iqn.2026-11.io.ssv:export", the target being
-PREFIX:VOLUME-ID); [growth] initial, threshold_percent, chunk; [iscsi]
-initiator_name. More [[lun]] entries take `file = ...`, `device = ...` or
+PREFIX:VOLUME-ID); [growth] initial, threshold_percent, chunk,
+notice_lead_percent; [io] data_in_flight (default "1m", the volume data
+kept in flight per pool); [iscsi] initiator_name. More [[lun]] entries take `file = ...`, `device = ...` or
 `iscsi = "iscsi://IP:PORT/IQN/LUN"`."#;
 
 #[derive(Parser)]

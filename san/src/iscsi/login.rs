@@ -112,6 +112,11 @@ fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, IscsiError>
     Ok(s)
 }
 
+/// What one read of the socket takes in for PDU headers and small segments
+/// (several 4 KiB Data-In PDUs). Larger, and more of a big segment would be
+/// copied out of it instead of read into its caller's buffer directly.
+const READ_BUFFER: usize = 32 << 10;
+
 /// Logs in to `target` (None: a discovery session) at `addr`.
 pub fn login(
     addr: SocketAddr,
@@ -119,7 +124,7 @@ pub fn login(
     opts: &LoginOptions,
 ) -> Result<Connection, IscsiError> {
     let stream = connect(addr, opts.timeout)?;
-    let reader = BufReader::with_capacity(256 << 10, stream.try_clone().map_err(pdu_io)?);
+    let reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(pdu_io)?);
     let writer = BufWriter::with_capacity(256 << 10, stream);
     let mut c = Connection {
         reader,

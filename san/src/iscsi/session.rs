@@ -1020,10 +1020,20 @@ struct PduReader<'a> {
     until: Option<Instant>,
 }
 
+/// Reads this large or larger skip the connection's buffer once it is
+/// empty: a Data-In segment goes from the socket straight into the caller's
+/// buffer, not through the reader's and a second copy.
+const DIRECT_READ: usize = 4096;
+
 impl Read for PduReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.r.read(buf) {
+            let got = if buf.len() >= DIRECT_READ && self.r.buffer().is_empty() {
+                self.r.get_mut().read(buf)
+            } else {
+                self.r.read(buf)
+            };
+            match got {
                 Ok(n) => {
                     self.started |= n > 0;
                     return Ok(n);

@@ -25,8 +25,8 @@ lease_wait_secs; [nbd] socket, tcp; [export] iscsi_portals (e.g.
 iscsi_iqn_prefix (default "iqn.2026-11.io.ssv:export", the target being
 PREFIX:VOLUME-ID); [growth] initial, threshold_percent, chunk,
 notice_lead_percent; [io] data_in_flight (default "1m", the volume data
-kept in flight per pool); [iscsi] initiator_name. More [[lun]] entries take `file = ...`, `device = ...` or
-`iscsi = "iscsi://IP:PORT/IQN/LUN"`."#;
+kept in flight per pool); [iscsi] initiator_name. More [[lun]] entries
+take `file = ...`, `device = ...` or `iscsi = "iscsi://IP:PORT/IQN/LUN"`."#;
 
 #[derive(Parser)]
 #[command(name = "ssvd", version, about = "ssv's per-host service", after_help = EXAMPLE)]

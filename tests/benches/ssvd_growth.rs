@@ -20,6 +20,7 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use ssv_tests::bench::{ms, ratio, stats};
+use ssv_tests::diskstats::{self, DiskCounters};
 use ssv_tests::hosts::{start_hosts, HostProc};
 use ssv_tests::{find_tool, skip_reason, LoopDev, Lvm2, Scratch, Size, MIB};
 use std::process::Command;
@@ -90,6 +91,8 @@ fn main() -> Result<()> {
         }
         None => Some(Baseline::new(scratch.path(), &sz)?),
     };
+    // The disk under the LUN file: how long its requests waited.
+    let disk = diskstats::disk_of(&lun);
     let mut all = Round::default();
     for round in 1..=sz.rounds {
         eprintln!(
@@ -104,6 +107,7 @@ fn main() -> Result<()> {
             round,
             baseline.as_ref(),
             all.baseline.len(),
+            disk.as_deref(),
         )?);
     }
     let Round {
@@ -114,6 +118,7 @@ fn main() -> Result<()> {
         park_p99,
         errors,
         wall,
+        disk: disk_counts,
     } = all;
     // SSVD_GROWTH_LOGS=DIR keeps each host's ssvd log there.
     if let Some(dir) = std::env::var_os("SSVD_GROWTH_LOGS") {
@@ -151,6 +156,15 @@ fn main() -> Result<()> {
         ms(ours.p99),
         ms(worst)
     );
+    if let Some(d) = &disk {
+        // The writers only write: the reads are the pool's metadata,
+        // lockd's and the baseline's, which wait behind the data queued at
+        // the disk.
+        println!(
+            "# disk {d} while the hosts wrote: {}",
+            disk_counts.describe()
+        );
+    }
     // Each host's extensions in order: the bursts line up across hosts.
     for line in &per_host {
         println!("{line}");
@@ -190,6 +204,7 @@ struct Round {
     park_p99: f64,
     errors: usize,
     wall: Duration,
+    disk: DiskCounters,
 }
 
 impl Round {
@@ -201,6 +216,7 @@ impl Round {
         self.park_p99 = self.park_p99.max(r.park_p99);
         self.errors += r.errors;
         self.wall += r.wall;
+        self.disk.add(&r.disk);
     }
 }
 
@@ -213,6 +229,7 @@ fn write_round(
     round: usize,
     baseline: Option<&Baseline>,
     done: usize,
+    disk: Option<&str>,
 ) -> Result<Round> {
     let name = |h: &HostProc| format!("b{}r{round}", h.id);
     let uris: Vec<String> = hosts
@@ -220,6 +237,7 @@ fn write_round(
         .map(|h| h.open_new_volume(&name(h), sz.per_host + sz.chunk))
         .collect::<Result<_>>()?;
     let writing = AtomicBool::new(true);
+    let before = disk.and_then(diskstats::counters);
     let started = Instant::now();
     let (results, base) = std::thread::scope(|s| {
         let base = baseline.map(|b| {
@@ -269,6 +287,7 @@ fn write_round(
         (results, base)
     });
     let wall = started.elapsed();
+    let after = disk.and_then(diskstats::counters);
     let mut r = Round {
         extensions: Vec::new(),
         baseline: base.transpose()?.unwrap_or_default(),
@@ -277,6 +296,10 @@ fn write_round(
         park_p99: 0.0,
         errors: 0,
         wall,
+        disk: match (before, after) {
+            (Some(b), Some(a)) => a.since(&b),
+            _ => DiskCounters::default(),
+        },
     };
     for e in results.iter().filter_map(|r| r.as_ref().err()) {
         eprintln!("ssvd_growth: {e}");

@@ -23,6 +23,7 @@
 //! its files ([`LvmFixture`] does this for you).
 
 pub mod bench;
+pub mod diskstats;
 pub mod hosts;
 pub mod lab;
 pub mod leases;

@@ -26,9 +26,15 @@ pub struct IoBudget {
 struct State {
     in_flight: u64,
     /// Tickets: the next one handed out, and the one whose turn it is.
+    /// Those in between are waiting.
     next: u64,
     serving: u64,
-    waiting: usize,
+}
+
+impl State {
+    fn anyone_waiting(&self) -> bool {
+        self.next != self.serving
+    }
 }
 
 impl IoBudget {
@@ -62,13 +68,11 @@ impl IoBudget {
         let ticket = st.next;
         st.next += 1;
         while st.serving != ticket || (st.in_flight > 0 && st.in_flight + len > self.limit) {
-            st.waiting += 1;
             st = self.turn.wait(st).unwrap_or_else(PoisonError::into_inner);
-            st.waiting -= 1;
         }
         st.serving += 1;
         st.in_flight += len;
-        if st.waiting > 0 {
+        if st.anyone_waiting() {
             // The next ticket may fit beside this one.
             self.turn.notify_all();
         }
@@ -85,7 +89,7 @@ impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         let mut st = self.budget.lock();
         st.in_flight -= self.len;
-        if st.waiting > 0 {
+        if st.anyone_waiting() {
             self.budget.turn.notify_all();
         }
     }

@@ -51,42 +51,53 @@ impl DiskCounters {
 /// The disk (or partition) holding `path`: its name in `/proc/diskstats`.
 pub fn disk_of(path: &Path) -> Option<String> {
     let dev = std::fs::metadata(path).ok()?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let text = std::fs::read_to_string("/proc/diskstats").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let ours =
-            f.first()?.parse::<u32>().ok()? == major && f.get(1)?.parse::<u32>().ok()? == minor;
-        ours.then(|| f.get(2).map(|s| s.to_string()))?
-    })
+    let want = (u64::from(libc::major(dev)), u64::from(libc::minor(dev)));
+    lines()?
+        .into_iter()
+        .find(|l| (l.major, l.minor) == want)
+        .map(|l| l.name)
 }
 
 /// The counters of `disk` now.
 pub fn counters(disk: &str) -> Option<DiskCounters> {
+    lines()?
+        .into_iter()
+        .find(|l| l.name == disk)
+        .map(|l| l.counters)
+}
+
+/// One disk's line of `/proc/diskstats`.
+struct Line {
+    major: u64,
+    minor: u64,
+    name: String,
+    counters: DiskCounters,
+}
+
+/// The lines of `/proc/diskstats`.
+fn lines() -> Option<Vec<Line>> {
     let text = std::fs::read_to_string("/proc/diskstats").ok()?;
-    text.lines().find_map(|l| {
-        parse_line(l)
-            .filter(|(name, _)| name == disk)
-            .map(|(_, c)| c)
-    })
+    Some(text.lines().filter_map(parse_line).collect())
 }
 
 /// A `/proc/diskstats` line: major, minor, name, then reads completed,
 /// merged, sectors read, ms reading, writes completed, merged, sectors
 /// written, ms writing, ...
-fn parse_line(line: &str) -> Option<(String, DiskCounters)> {
+fn parse_line(line: &str) -> Option<Line> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let n = |i: usize| f.get(i)?.parse::<u64>().ok();
-    Some((
-        f.get(2)?.to_string(),
-        DiskCounters {
+    Some(Line {
+        major: n(0)?,
+        minor: n(1)?,
+        name: f.get(2)?.to_string(),
+        counters: DiskCounters {
             reads: n(3)?,
             read_ms: n(6)?,
             writes: n(7)?,
             write_ms: n(10)?,
             sectors_written: n(9)?,
         },
-    ))
+    })
 }
 
 #[cfg(test)]
@@ -95,11 +106,12 @@ mod tests {
 
     #[test]
     fn a_line_and_a_difference() {
-        let (name, c) = parse_line(
+        let l = parse_line(
             " 253       0 vda 3185 12 90000 8281 52475 100 50331648 330592 0 0 0 0 0 0 0 0 0",
         )
         .unwrap();
-        assert_eq!(name, "vda");
+        assert_eq!((l.major, l.minor, l.name.as_str()), (253, 0, "vda"));
+        let c = l.counters;
         assert_eq!(
             c,
             DiskCounters {

@@ -205,3 +205,90 @@ fn multipath_zeroes_with_write_same() {
     drop(mp);
     server.stop();
 }
+
+/// One thread with many reads in flight on one session (`start_read`), of
+/// every size from one block to several Data-In PDUs, waited for in
+/// reverse order, then in the order they end (`wait_any`): each buffer
+/// comes back with its own bytes. A read given up unwaited disturbs
+/// nothing after it; one over the LU's transfer limit is read in pieces
+/// when waited for; a unit attention or BUSY on a started read is retried
+/// when it is waited for; a read past the end is refused before it is
+/// sent.
+#[test]
+fn one_thread_keeps_many_reads_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = lun_file(dir.path());
+    let pattern: Vec<u8> = (0..SIZE).map(|i| (i * 13 / 512 + i) as u8).collect();
+    dev.write_at(&pattern, 0).unwrap();
+    let server = TargetServer::start(TargetConfig::new(
+        IQN,
+        vec!["127.0.0.1:0".parse().unwrap()],
+        vec![LunConfig::new(1, dev)],
+    ))
+    .unwrap();
+    let lun = open(&server, 1);
+    let sizes = [512usize, 4096, 64 << 10, 1 << 20];
+    let reads: Vec<(u64, usize)> = (0..40u64)
+        .map(|i| {
+            (
+                (i * 7919 % 24) * (512 << 10),
+                sizes[i as usize % sizes.len()],
+            )
+        })
+        .collect();
+    let check = |off: u64, got: &[u8]| {
+        let want = &pattern[off as usize..off as usize + got.len()];
+        assert!(got == want, "{} bytes at {off} differ", got.len());
+    };
+    let mut flight: Vec<_> = reads
+        .iter()
+        .map(|&(off, len)| (off, lun.start_read(vec![0u8; len], off).unwrap()))
+        .collect();
+    while let Some((off, p)) = flight.pop() {
+        check(off, &p.wait().unwrap());
+    }
+    drop(flight);
+    // The same, each waited for once it ended, in whatever order that is.
+    let mut offs: Vec<u64> = reads.iter().map(|r| r.0).collect();
+    let mut flight: Vec<_> = reads
+        .iter()
+        .map(|&(off, len)| lun.start_read(vec![0u8; len], off).unwrap())
+        .collect();
+    while let Some(i) = lun.wait_any(&flight).unwrap() {
+        check(offs.swap_remove(i), &flight.swap_remove(i).wait().unwrap());
+    }
+    assert!(offs.is_empty());
+    drop(flight);
+
+    // Given up: the target still answers it, into nobody's buffer.
+    for &(off, len) in &reads[..8] {
+        drop(lun.start_read(vec![0u8; len], off).unwrap());
+    }
+    let p = lun.start_read(vec![0u8; 1 << 20], 3 << 20).unwrap();
+    check(3 << 20, &p.wait().unwrap());
+
+    // Over the LU's transfer limit (8 MiB): read in pieces when waited for.
+    let big = vec![
+        lun.start_read(vec![0u8; 4096], 0).unwrap(),
+        lun.start_read(vec![0u8; 12 << 20], 2 << 20).unwrap(),
+    ];
+    assert_eq!(lun.wait_any(&big).unwrap(), Some(1), "nothing to wait for");
+    for (off, p) in [0, 2 << 20].into_iter().zip(big) {
+        check(off, &p.wait().unwrap());
+    }
+
+    let faults = server.faults();
+    faults.inject(Injection::sense(Sense::POWER_ON_RESET, 1).only(cdb::OP_READ_16));
+    faults.inject(Injection::status(Status::BUSY, 1).only(cdb::OP_READ_16));
+    let a = lun.start_read(vec![0u8; 4096], 4096).unwrap();
+    let b = lun.start_read(vec![0u8; 8192], 1 << 20).unwrap();
+    check(1 << 20, &b.wait().unwrap());
+    check(4096, &a.wait().unwrap());
+
+    let e = lun.start_read(vec![0u8; 4096], SIZE).err().unwrap();
+    assert!(matches!(e, san::Error::OutOfRange { .. }), "{e}");
+    let e = lun.start_read(vec![0u8; 100], 0).err().unwrap();
+    assert!(matches!(e, san::Error::Misaligned { .. }), "{e}");
+    drop(lun);
+    server.stop();
+}

@@ -1,9 +1,11 @@
 //! Two comparisons on one 1 GiB file of non-zero data, in the same run:
 //! - initiator: ours against libiscsi's `iscsi-perf`, both reading the same
 //!   tgtd LUN (page cache warm): 4 KiB at depth 32 and 1, 1 MiB at depth 8.
-//!   Ours: N threads sharing one session (`IscsiLun`), each issuing its next
-//!   request synchronously. iscsi-perf: `-m N -b BLOCKS -t SECS`, its own
-//!   "iops average";
+//!   Ours: one thread keeping N reads in flight on one session
+//!   (`IscsiLun::start_read`), as iscsi-perf's event loop does; and, as a
+//!   second figure, N threads sharing the session, each issuing its next
+//!   read synchronously (`BlockDev::read_at`). iscsi-perf: `-m N -b BLOCKS
+//!   -t SECS`, its own "iops average";
 //! - target: `iscsi-perf` reading the file through our target (in this
 //!   process, `FileDev` with O_DIRECT) against tgtd serving it with
 //!   `--bsoflags direct`, same rows.
@@ -52,8 +54,31 @@ const ROWS: [Row; 3] = [
     },
 ];
 
-/// Requests per second of `row` through our initiator for `secs`.
+/// Requests per second of `row` through our initiator for `secs`: one
+/// thread keeps `row.depth` reads in flight, refilling in the order they
+/// end.
 fn ours(lun: &IscsiLun, row: &Row, secs: f64) -> Result<f64> {
+    let per = lun.size() / row.bytes;
+    let mut next = (0..).map(|i: u64| i % per * row.bytes);
+    let mut flight = Vec::with_capacity(row.depth);
+    let mut done = 0u64;
+    let t0 = Instant::now();
+    for (_, at) in (0..row.depth).zip(&mut next) {
+        flight.push(lun.start_read(vec![0u8; row.bytes as usize], at)?);
+    }
+    while let Some(i) = lun.wait_any(&flight)? {
+        let buf = flight.swap_remove(i).wait()?;
+        done += 1;
+        if t0.elapsed().as_secs_f64() < secs {
+            let at = next.next().context("offsets ran out")?;
+            flight.push(lun.start_read(buf, at)?);
+        }
+    }
+    Ok(done as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The same with `row.depth` threads, each reading synchronously.
+fn ours_threads(lun: &IscsiLun, row: &Row, secs: f64) -> Result<f64> {
     let per = lun.size() / row.bytes;
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -199,7 +224,7 @@ fn main() -> Result<()> {
     )?;
     let lun = IscsiLun::open(Session::new(c), 1)?;
     // Warm the target's page cache for both sides alike.
-    ours(&lun, &ROWS[2], if full { 2.0 } else { 0.1 })?;
+    ours_threads(&lun, &ROWS[2], if full { 2.0 } else { 0.1 })?;
 
     println!(
         "# tgtd (tgt 1.0.85, rdwr backend) on 127.0.0.1, {} MiB LUN; {} run, {rounds} round(s) of {secs} s per side",
@@ -213,6 +238,12 @@ fn main() -> Result<()> {
             || libiscsi(&url, row, secs),
         )?;
         report("initiator", row, "iscsi-perf", o, b);
+        let (o, b) = pair(
+            rounds,
+            || ours_threads(&lun, row, ours_secs),
+            || libiscsi(&url, row, secs),
+        )?;
+        report("initiator_threads", row, "iscsi-perf", o, b);
     }
 
     // The target: the same file through ours and through tgtd, both O_DIRECT.

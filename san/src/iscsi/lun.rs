@@ -3,7 +3,7 @@
 //! SYNCHRONIZE CACHE(16). Unit attentions are retried here; everything a
 //! path can fail with is reported for the multipath layer to act on.
 
-use super::session::{Completion, DataPhase, Session};
+use super::session::{Completion, DataPhase, Owned, Pending, Session};
 use super::{pdu, IscsiError};
 use crate::scsi::{
     Action, BlockLimits, CapacityData, Cdb, DeviceIdentification, Provisioning, Sense, Status,
@@ -252,6 +252,51 @@ impl IscsiLun {
         Ok(())
     }
 
+    /// Starts reading `buf.len()` bytes at `offset` and returns at once,
+    /// so that one thread keeps several reads in flight (see
+    /// [`Session::start`]); [`PendingRead::wait`] gives the buffer back
+    /// filled. Alignment and range as for [`BlockDev::read_at`].
+    pub fn start_read(&self, buf: Vec<u8>, offset: u64) -> Result<PendingRead<'_>> {
+        crate::check_range(self.block, self.size, offset, buf.len() as u64)?;
+        let read = if buf.len() as u64 > self.max_transfer {
+            Started::Later(buf)
+        } else {
+            let cdb = Cdb::Read16 {
+                lba: offset / u64::from(self.block),
+                blocks: (buf.len() / self.block as usize) as u32,
+                fua: false,
+                dpo: false,
+            };
+            let n = buf.len();
+            let bytes = cdb.encode();
+            let started = self
+                .session
+                .start(self.lun, &bytes[..cdb.len()], Owned::In(buf));
+            Started::Now(started.map_err(|e| self.io_err("read", offset, n, e))?)
+        };
+        Ok(PendingRead {
+            lun: self,
+            offset,
+            read,
+        })
+    }
+
+    /// Waits until one of `reads`, all started on this LUN's session, can
+    /// be waited for without waiting on the target; returns its index,
+    /// `None` when `reads` is empty (see [`Session::wait_any`]).
+    pub fn wait_any(&self, reads: &[PendingRead<'_>]) -> Result<Option<usize>> {
+        let mut started = Vec::with_capacity(reads.len());
+        for (i, r) in reads.iter().enumerate() {
+            match &r.read {
+                Started::Now(p) => started.push(p),
+                Started::Later(_) => return Ok(Some(i)),
+            }
+        }
+        self.session
+            .wait_any(&started)
+            .map_err(|e| self.io_err("read", 0, 0, e))
+    }
+
     pub fn write(&self, buf: &[u8], offset: u64) -> Result<(), IscsiError> {
         let mut at = offset;
         for chunk in buf.chunks(self.max_transfer as usize) {
@@ -418,6 +463,48 @@ pub(crate) fn zero_range<D: BlockDev + ?Sized>(
         }
     }
     crate::write_zero_buffers(dev, offset, len)
+}
+
+/// A read started by [`IscsiLun::start_read`].
+#[must_use = "a started read is waited for, or dropped to give it up"]
+pub struct PendingRead<'l> {
+    lun: &'l IscsiLun,
+    offset: u64,
+    read: Started<'l>,
+}
+
+enum Started<'l> {
+    Now(Pending<'l>),
+    /// Over the LU's transfer limit: read in pieces when waited for.
+    Later(Vec<u8>),
+}
+
+impl PendingRead<'_> {
+    /// Waits for the read; gives the buffer back filled.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        let lun = self.lun;
+        let (ended, mut buf) = match self.read {
+            Started::Now(p) => {
+                let (r, data) = p.wait();
+                (Some(r), data.into_buf())
+            }
+            Started::Later(b) => (None, b),
+        };
+        let n = buf.len();
+        match ended {
+            Some(Ok(c)) if matches!(c.status, Status::GOOD | Status::CONDITION_MET) => {
+                return Ok(buf)
+            }
+            Some(Err(e)) => return Err(lun.io_err("read", self.offset, n, e)),
+            // A unit attention, BUSY, an error status: the read again on
+            // the waiting path, which retries what can be retried and
+            // reports the rest.
+            Some(Ok(_)) | None => {}
+        }
+        lun.read(&mut buf, self.offset)
+            .map_err(|e| lun.io_err("read", self.offset, n, e))?;
+        Ok(buf)
+    }
 }
 
 impl BlockDev for IscsiLun {

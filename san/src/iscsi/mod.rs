@@ -12,10 +12,10 @@ pub mod text;
 pub mod uri;
 
 pub use login::{discover, login, Chap, Connection, DiscoveredTarget, LoginOptions};
-pub use lun::IscsiLun;
+pub use lun::{IscsiLun, PendingRead};
 pub use multipath::{Multipath, MultipathOptions, PathConfig, PathEvent, PathStatus, Selector};
 pub use pdu::{Digests, Opcode, Pdu, PduError};
-pub use session::{Completion, DataPhase, Session, SessionOptions};
+pub use session::{Completion, DataPhase, Owned, Pending, Session, SessionOptions};
 pub use uri::{
     initiator_name, is_iscsi_uri, lockd_initiator_name, open_uri, open_uri_with,
     ssvd_initiator_name, IscsiUri, UriError, LOCKD_ISID_QUALIFIER,

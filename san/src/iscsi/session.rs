@@ -10,6 +10,9 @@
 //! task and wakes its caller; once its own command has news it hands the
 //! reading on to another waiting caller. A lone command thus costs one
 //! wakeup (the socket's), not two (a reader thread's, then its caller's).
+//! One thread may also keep many commands in flight ([`Session::start`],
+//! [`Session::wait_any`]), as an event loop does: then it reads the
+//! answers of all of them and no thread switches per command.
 //! A keeper thread reads while nobody waits: it answers the target's NOP-In
 //! pings, notices a closed connection, and pings an idle one (keepalive).
 //!
@@ -94,6 +97,70 @@ pub enum DataPhase<'a> {
     In(&'a mut [u8]),
     /// Write from this buffer.
     Out(&'a [u8]),
+}
+
+/// The data phase of a started command ([`Session::start`]), with a
+/// buffer the command owns until it ends.
+pub enum Owned {
+    None,
+    /// Read into this buffer (its length is the expected transfer length).
+    In(Vec<u8>),
+    /// Write from this buffer.
+    Out(Vec<u8>),
+}
+
+impl Owned {
+    fn phase(&mut self) -> DataPhase<'_> {
+        match self {
+            Owned::None => DataPhase::None,
+            Owned::In(b) => DataPhase::In(b),
+            Owned::Out(b) => DataPhase::Out(b),
+        }
+    }
+
+    /// The buffer back (empty for `None`).
+    pub fn into_buf(self) -> Vec<u8> {
+        match self {
+            Owned::None => Vec::new(),
+            Owned::In(b) | Owned::Out(b) => b,
+        }
+    }
+}
+
+/// A command started by [`Session::start`]. Its end is noted by whichever
+/// thread reads the connection, and woken on the thread that started it,
+/// so it is waited for there (it is not `Send`). Dropped unwaited, it
+/// stops listening: the command still runs at the target, and its data
+/// is dropped on arrival.
+#[must_use = "a started command is waited for, or dropped to give it up"]
+pub struct Pending<'s> {
+    // Before `data`: on drop the task gives the buffer back first.
+    task: TaskGuard<'s>,
+    session: &'s Session,
+    lun: [u8; 8],
+    data: Owned,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Pending<'_> {
+    /// Waits for the command's end; gives back its buffer with it.
+    pub fn wait(self) -> (Result<Completion, IscsiError>, Owned) {
+        let Pending {
+            mut task,
+            session,
+            lun,
+            data,
+            ..
+        } = self;
+        // A read buffer stays untouched here until the task gave it back.
+        let phase = match &data {
+            Owned::Out(b) => DataPhase::Out(b),
+            _ => DataPhase::None,
+        };
+        let r = session.finish(&mut task, lun, &phase);
+        drop(task);
+        (r, data)
+    }
 }
 
 /// How a command ended at the SCSI level.
@@ -373,6 +440,44 @@ impl Session {
         cdb: &[u8],
         mut data: DataPhase<'_>,
     ) -> Result<Completion, IscsiError> {
+        // The guard is dropped before `data`, so the reader lets go of the
+        // buffer before its borrow ends.
+        let mut task = self.begin(lun, cdb, &mut data)?;
+        self.finish(&mut task, lun, &data)
+    }
+
+    /// Starts one SCSI command on `lun` with a buffer the command owns, and
+    /// returns at once: one thread keeps several commands in flight, as an
+    /// event loop does, and waits for each with [`Pending::wait`]. This
+    /// costs no thread switch per command where `execute` from several
+    /// threads costs one or two.
+    pub fn start(&self, lun: [u8; 8], cdb: &[u8], data: Owned) -> Result<Pending<'_>, IscsiError> {
+        let mut data = data;
+        let task = {
+            let mut phase = data.phase();
+            self.begin(lun, cdb, &mut phase)?
+        };
+        // The reader holds a pointer into the Vec's heap buffer, which does
+        // not move with the Vec; the buffer goes back to the caller only
+        // after the task gave it up (`Pending::wait`), and a Pending that is
+        // leaked leaks the buffer with it.
+        Ok(Pending {
+            task,
+            session: self,
+            lun,
+            data,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// Checks `cdb`, lends a read buffer to the reader and sends the
+    /// command with its immediate and unsolicited data.
+    fn begin(
+        &self,
+        lun: [u8; 8],
+        cdb: &[u8],
+        data: &mut DataPhase<'_>,
+    ) -> Result<TaskGuard<'_>, IscsiError> {
         if cdb.len() > pdu::CDB_LEN {
             return Err(IscsiError::Protocol(format!(
                 "CDB of {} bytes needs an AHS, which we do not send",
@@ -380,7 +485,7 @@ impl Session {
             )));
         }
         let p = &self.inner.params;
-        let (flags, len) = match &data {
+        let (flags, len) = match &*data {
             DataPhase::None => (0, 0),
             DataPhase::In(b) => (CMD_READ, b.len()),
             DataPhase::Out(b) => (CMD_WRITE, b.len()),
@@ -395,7 +500,7 @@ impl Session {
         // to FirstBurstLength when InitialR2T=No.
         let mut immediate = 0usize;
         let mut unsolicited_end = 0usize;
-        if let DataPhase::Out(b) = &data {
+        if let DataPhase::Out(b) = &*data {
             let first = (p.first_burst_length as usize).min(b.len());
             if p.immediate_data {
                 immediate = first
@@ -411,39 +516,48 @@ impl Session {
         // for data it was not told about, then resets on the duplicate).
         cmd.set_flags(flags | ATTR_SIMPLE | if more { 0 } else { pdu::FLAG_FINAL });
 
-        let read_to = match &mut data {
+        let read_to = match data {
             DataPhase::In(b) => Some(ReadTo {
                 ptr: b.as_mut_ptr(),
                 len: b.len(),
             }),
             _ => None,
         };
-        let data = data;
         let mut task = TaskGuard {
             inner: &self.inner,
             task: Task::new(read_to),
             itt: None,
             ended: false,
         };
-        let first: &[u8] = match &data {
+        let first: &[u8] = match &*data {
             DataPhase::Out(b) => &b[..immediate],
             _ => &[],
         };
         self.send_command(&mut cmd, first, &mut task)?;
-        let itt = cmd.itt();
-        if let (DataPhase::Out(b), true) = (&data, more) {
+        if let (DataPhase::Out(b), true) = (&*data, more) {
             self.data_out(
-                itt,
+                cmd.itt(),
                 lun,
                 pdu::RESERVED_TAG,
                 &b[immediate..unsolicited_end],
                 immediate,
             )?;
         }
+        Ok(task)
+    }
+
+    /// Waits for the end of a begun command, answering its R2Ts from `data`.
+    fn finish(
+        &self,
+        task: &mut TaskGuard<'_>,
+        lun: [u8; 8],
+        data: &DataPhase<'_>,
+    ) -> Result<Completion, IscsiError> {
+        let itt = task.itt.unwrap_or(pdu::RESERVED_TAG);
         loop {
             match self.next_event(&task.task)? {
                 Event::R2t(r) => {
-                    let DataPhase::Out(b) = &data else {
+                    let DataPhase::Out(b) = data else {
                         return Err(self.protocol("R2T for a command without write data"));
                     };
                     let end = r
@@ -475,14 +589,32 @@ impl Session {
         }
     }
 
-    /// What the reader has for `task`. Reads itself when nobody does;
-    /// else a few yields (see [`YIELDS_BEFORE_SLEEP`]), then a sleep, all
-    /// bounded by the command timeout, after which the path is failed.
+    /// Waits until one of `pending`, all started on this session, has news
+    /// (its end came, or an R2T to answer), so that its
+    /// [`Pending::wait`] does not wait on the target; returns its index,
+    /// `None` when `pending` is empty. With it, one thread refills its
+    /// commands in the order they end, as an event loop does.
+    pub fn wait_any(&self, pending: &[&Pending<'_>]) -> Result<Option<usize>, IscsiError> {
+        if pending.iter().any(|p| !std::ptr::eq(p.session, self)) {
+            return Err(IscsiError::Protocol(
+                "waiting on a command of another session".into(),
+            ));
+        }
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let ready = || {
+            pending
+                .iter()
+                .position(|p| p.task.task.ready.load(Ordering::Acquire))
+        };
+        self.wait_until(ready).map(Some)
+    }
+
+    /// What the reader has for `task`.
     fn next_event(&self, task: &Task) -> Result<Event, IscsiError> {
-        let inner = &self.inner;
-        let deadline = Instant::now() + inner.timeout;
-        let mut yields = 0;
         loop {
+            self.wait_until(|| task.ready.load(Ordering::Acquire).then_some(0))?;
             if task.ready.swap(false, Ordering::Acquire) {
                 let mut st = task.lock();
                 let ev = match st.r2ts.pop_front() {
@@ -495,7 +627,21 @@ impl Session {
                 if let Some(ev) = ev {
                     return Ok(ev);
                 }
-                continue;
+            }
+        }
+    }
+
+    /// Waits until `ready` says which task has news. Reads itself when
+    /// nobody does; else a few yields (see [`YIELDS_BEFORE_SLEEP`]), then
+    /// a sleep, all bounded by the command timeout, after which the path
+    /// is failed.
+    fn wait_until(&self, ready: impl Fn() -> Option<usize>) -> Result<usize, IscsiError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.timeout;
+        let mut yields = 0;
+        loop {
+            if let Some(i) = ready() {
+                return Ok(i);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -507,9 +653,9 @@ impl Session {
                 return Err(inner.down_error(&why));
             }
             if inner.try_lead() {
-                let r = inner.lead(task, deadline);
+                let r = inner.lead(|| ready().is_some(), deadline);
                 if let Err(why) = r {
-                    // Our task ends with the others: next turn.
+                    // Our tasks end with the others: next turn.
                     inner.fail(why);
                 }
                 inner.release_lead();
@@ -726,12 +872,12 @@ impl Inner {
         }
     }
 
-    /// Leading: reads PDUs for everyone until `task` has news (and what
-    /// was already received is dealt with) or its deadline passes. An error
-    /// is the connection's end.
-    fn lead(&self, task: &Task, deadline: Instant) -> Result<(), String> {
+    /// Leading: reads PDUs for everyone until `ready` (one of ours has
+    /// news, and what was already received is dealt with) or the deadline
+    /// passes. An error is the connection's end.
+    fn lead(&self, ready: impl Fn() -> bool, deadline: Instant) -> Result<(), String> {
         let mut rx = self.lock_rx();
-        while !task.ready.load(Ordering::Acquire) || !rx.reader.buffer().is_empty() {
+        while !ready() || !rx.reader.buffer().is_empty() {
             if !self.read_one(&mut rx)? && Instant::now() >= deadline {
                 break;
             }

@@ -231,19 +231,17 @@ fn main() -> Result<()> {
         lun_bytes / MIB,
         if full { "full" } else { "smoke (figures mean nothing)" }
     );
+    type Way = fn(&IscsiLun, &Row, f64) -> Result<f64>;
+    let ways: [(&str, Way); 2] = [("initiator", ours), ("initiator_threads", ours_threads)];
     for row in &ROWS {
-        let (o, b) = pair(
-            rounds,
-            || ours(&lun, row, ours_secs),
-            || libiscsi(&url, row, secs),
-        )?;
-        report("initiator", row, "iscsi-perf", o, b);
-        let (o, b) = pair(
-            rounds,
-            || ours_threads(&lun, row, ours_secs),
-            || libiscsi(&url, row, secs),
-        )?;
-        report("initiator_threads", row, "iscsi-perf", o, b);
+        for (what, way) in ways {
+            let (o, b) = pair(
+                rounds,
+                || way(&lun, row, ours_secs),
+                || libiscsi(&url, row, secs),
+            )?;
+            report(what, row, "iscsi-perf", o, b);
+        }
     }
 
     // The target: the same file through ours and through tgtd, both O_DIRECT.

@@ -451,8 +451,12 @@ impl Session {
     /// event loop does, and waits for each with [`Pending::wait`]. This
     /// costs no thread switch per command where `execute` from several
     /// threads costs one or two.
-    pub fn start(&self, lun: [u8; 8], cdb: &[u8], data: Owned) -> Result<Pending<'_>, IscsiError> {
-        let mut data = data;
+    pub fn start(
+        &self,
+        lun: [u8; 8],
+        cdb: &[u8],
+        mut data: Owned,
+    ) -> Result<Pending<'_>, IscsiError> {
         let task = {
             let mut phase = data.phase();
             self.begin(lun, cdb, &mut phase)?

@@ -250,7 +250,7 @@ mod platform {
     //! hole on IOAPIC pins (below 1 MiB, on one vCPU, for a real-mode
     //! guest).
     use super::*;
-    use vmm::arch::x86_64::{acpi_pm, layout, linux, machine, realmode, regs};
+    use vmm::arch::x86_64::{acpi_pm, cpuid, layout, linux, machine, realmode, regs};
     use vmm::devices::exit_port::{ExitPort, EXIT_PORT};
     use vmm::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 
@@ -351,10 +351,7 @@ mod platform {
                     &line,
                     &m,
                 )?;
-                let supported = vm
-                    .kvm()
-                    .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                    .context("reading KVM's CPUID")?;
+                let supported = cpuid::supported(vm.kvm()).context("reading KVM's CPUID")?;
                 vm.create_vcpus(vcpus, &|_, fd, id| {
                     regs::setup_vcpu(fd, &boot, &supported, usize::from(id), usize::from(vcpus))
                         .map_err(|e| e.to_string())

@@ -1,5 +1,5 @@
-//! The CPUID a vCPU shows its guest: what KVM supports on this host, with
-//! the leaves that describe one CPU among several set per vCPU (its APIC id,
+//! The CPUID a vCPU shows its guest: what KVM supports on this host
+//! ([`supported`]), with the leaves that describe one CPU among several set per vCPU (its APIC id,
 //! the topology: one package, one thread per core, a core per vCPU) and the
 //! hypervisor bit set, so the kernel takes its paravirtual paths.
 
@@ -102,7 +102,7 @@ pub fn supported(kvm: &kvm_ioctls::Kvm) -> Result<CpuId, kvm_ioctls::Error> {
 }
 
 /// The CPUID of vCPU `index` (also its APIC id) out of `vcpus`, from the
-/// host's supported CPUID (`Kvm::get_supported_cpuid`).
+/// VM's [`supported`] CPUID.
 pub fn for_vcpu(supported: &CpuId, index: u8, vcpus: u8) -> CpuId {
     let mut cpuid = supported.clone();
     for e in cpuid.as_mut_slice() {

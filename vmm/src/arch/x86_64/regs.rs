@@ -96,7 +96,7 @@ pub fn lapic_register(lapic: &kvm_lapic_state, offset: usize) -> u32 {
 }
 
 /// Sets up vCPU `index` of `vcpus` for booting `boot`. `supported_cpuid` is
-/// `Kvm::get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)`, read once per VM.
+/// [`cpuid::supported`], read once per VM.
 /// The VM's in-kernel irqchip must exist already.
 pub fn setup_vcpu(
     vcpu: &VcpuFd,
@@ -212,7 +212,7 @@ mod tests {
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();
         vm.create_pit2(kvm_pit_config::default()).unwrap();
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let supported = cpuid::supported(&kvm).unwrap();
         let boot = BootSetup {
             entry: GuestAddress(0x10_0200),
             zero_page: GuestAddress(ZERO_PAGE_ADDR),

@@ -8,11 +8,15 @@
 //!   -t SECS`, its own "iops average";
 //! - target: `iscsi-perf` reading the file through our target (in this
 //!   process, `FileDev` with O_DIRECT) against tgtd serving it with
-//!   `--bsoflags direct`, same rows.
+//!   `--bsoflags direct`, the rows of depth above 1.
 //!
-//! `cargo bench -p ssv-tests --bench iscsi_ops` (root, tgt and libiscsi-bin
-//! installed); under `cargo test` the same rows run for a fraction of a
-//! second each (a smoke run, figures mean nothing).
+//! Each row also prints the CPU per request of the bench process, of
+//! iscsi-perf and of tgtd, summed over that side's rounds.
+//!
+//! `cargo bench -p ssv-tests --bench iscsi_ops [ROW...]` (root, tgt and
+//! libiscsi-bin installed; a ROW picks the rows whose `RATIO` name holds
+//! it, e.g. `initiator_read_1m`); under `cargo test` the same rows run for
+//! a fraction of a second each (a smoke run, figures mean nothing).
 
 use anyhow::{bail, Context, Result};
 use san::iscsi::{login, login::isid, IscsiLun, LoginOptions, Session};
@@ -133,30 +137,121 @@ fn libiscsi(url: &str, row: &Row, secs: u64) -> Result<f64> {
     }
 }
 
-/// Medians of `rounds` alternating runs of `a` and `b`, with the ranges.
-fn pair(
-    rounds: usize,
-    mut a: impl FnMut() -> Result<f64>,
-    mut b: impl FnMut() -> Result<f64>,
-) -> Result<([f64; 3], [f64; 3])> {
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            x.push(a()?);
-            y.push(b()?);
-        } else {
-            y.push(b()?);
-            x.push(a()?);
-        }
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        [v[v.len() / 2], v[0], v[v.len() - 1]]
-    };
-    Ok((med(&mut x), med(&mut y)))
+/// CPU seconds used so far: by this process, by its reaped children
+/// (iscsi-perf), and by tgtd.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    me: f64,
+    children: f64,
+    tgtd: f64,
 }
 
-fn report(what: &str, row: &Row, base: &str, o: [f64; 3], b: [f64; 3]) {
+impl Cpu {
+    fn now(tgtd: u32) -> Cpu {
+        let usage = |who| {
+            // SAFETY: getrusage fills the zeroed struct it is given.
+            let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid `who` and a pointer to a live rusage.
+            unsafe { libc::getrusage(who, &mut u) };
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            secs(u.ru_utime) + secs(u.ru_stime)
+        };
+        Cpu {
+            me: usage(libc::RUSAGE_SELF),
+            children: usage(libc::RUSAGE_CHILDREN),
+            tgtd: proc_cpu(tgtd).unwrap_or(f64::NAN),
+        }
+    }
+
+    fn since(self, then: Cpu) -> Cpu {
+        Cpu {
+            me: self.me - then.me,
+            children: self.children - then.children,
+            tgtd: self.tgtd - then.tgtd,
+        }
+    }
+
+    fn add(&mut self, o: Cpu) {
+        self.me += o.me;
+        self.children += o.children;
+        self.tgtd += o.tgtd;
+    }
+}
+
+/// utime + stime of `pid` from /proc, in seconds.
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// One side of a comparison: its rates, and the CPU its runs took per
+/// request.
+#[derive(Default)]
+struct Side {
+    rates: Vec<f64>,
+    cpu: Cpu,
+    requests: f64,
+}
+
+impl Side {
+    fn run(&mut self, tgtd: u32, secs: f64, f: &mut impl FnMut() -> Result<f64>) -> Result<()> {
+        let t0 = Cpu::now(tgtd);
+        let rate = f()?;
+        self.cpu.add(Cpu::now(tgtd).since(t0));
+        self.requests += rate * secs;
+        self.rates.push(rate);
+        Ok(())
+    }
+
+    /// Median, lowest, highest.
+    fn spread(&mut self) -> [f64; 3] {
+        let v = &mut self.rates;
+        v.sort_by(f64::total_cmp);
+        [v[v.len() / 2], v[0], v[v.len() - 1]]
+    }
+
+    /// "bench process X µs, iscsi-perf Y µs, tgtd Z µs" per request.
+    fn cpu_per_request(&self) -> String {
+        let us = |s: f64| s / self.requests * 1e6;
+        format!(
+            "bench process {:.0} µs, iscsi-perf {:.0} µs, tgtd {:.0} µs",
+            us(self.cpu.me),
+            us(self.cpu.children),
+            us(self.cpu.tgtd)
+        )
+    }
+}
+
+/// `rounds` alternating runs of `a` and `b`, of `secs[0]` and `secs[1]`.
+fn pair(
+    rounds: usize,
+    tgtd: u32,
+    secs: [f64; 2],
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Side, Side)> {
+    let (mut x, mut y) = (Side::default(), Side::default());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            x.run(tgtd, secs[0], &mut a)?;
+            y.run(tgtd, secs[1], &mut b)?;
+        } else {
+            y.run(tgtd, secs[1], &mut b)?;
+            x.run(tgtd, secs[0], &mut a)?;
+        }
+    }
+    Ok((x, y))
+}
+
+fn report(what: &str, row: &Row, base: &str, mut ours: Side, mut theirs: Side) {
+    let (o, b) = (ours.spread(), theirs.spread());
     println!(
         "# {what} {}: {} B requests, depth {}: ours {} [{}..{}], {base} {} [{}..{}]",
         row.name,
@@ -168,6 +263,11 @@ fn report(what: &str, row: &Row, base: &str, o: [f64; 3], b: [f64; 3]) {
         fmt(row, b[0]),
         fmt(row, b[1]),
         fmt(row, b[2]),
+    );
+    println!(
+        "#   CPU per request: ours: {}; {base}: {}",
+        ours.cpu_per_request(),
+        theirs.cpu_per_request()
     );
     println!(
         "RATIO {what}_{}_vs_{} ours={} baseline={} speedup={:.2}",
@@ -197,7 +297,15 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let (secs, rounds) = if full { (5u64, 3) } else { (1, 1) };
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |what: &str, row: &Row| {
+        let name = format!("{what}_{}", row.name);
+        picked.is_empty() || picked.iter().any(|p| name.contains(p.as_str()))
+    };
+    let (secs, rounds) = if full { (5u64, 5) } else { (1, 1) };
     let lun_bytes = if full { 1024 * MIB } else { 64 * MIB };
     let ours_secs = if full { secs as f64 } else { 0.2 };
     let scratch = Scratch::new(Some(Path::new(env!("CARGO_TARGET_TMPDIR"))))?;
@@ -234,9 +342,11 @@ fn main() -> Result<()> {
     type Way = fn(&IscsiLun, &Row, f64) -> Result<f64>;
     let ways: [(&str, Way); 2] = [("initiator", ours), ("initiator_threads", ours_threads)];
     for row in &ROWS {
-        for (what, way) in ways {
+        for (what, way) in ways.into_iter().filter(|(w, _)| wanted(w, row)) {
             let (o, b) = pair(
                 rounds,
+                t.pid(),
+                [ours_secs, secs as f64],
                 || way(&lun, row, ours_secs),
                 || libiscsi(&url, row, secs),
             )?;
@@ -262,9 +372,11 @@ fn main() -> Result<()> {
         vec![LunConfig::new(1, Arc::new(dev)).read_only(true)],
     ))?;
     let ours_url = format!("iscsi://{}/{IQN}/1", server.portals()[0]);
-    for row in ROWS.iter().filter(|r| r.depth > 1) {
+    for row in ROWS.iter().filter(|r| r.depth > 1 && wanted("target", r)) {
         let (o, b) = pair(
             rounds,
+            t.pid(),
+            [secs as f64; 2],
             || libiscsi(&ours_url, row, secs),
             || libiscsi(&tgtd_url, row, secs),
         )?;

@@ -305,6 +305,21 @@ fn main() -> Result<()> {
         let name = format!("{what}_{}", row.name);
         picked.is_empty() || picked.iter().any(|p| name.contains(p.as_str()))
     };
+    let names: Vec<String> = ["initiator", "initiator_threads", "target"]
+        .iter()
+        .flat_map(|w| ROWS.iter().map(move |r| (w, r)))
+        .filter(|(w, r)| **w != "target" || r.depth > 1)
+        .map(|(w, r)| format!("{w}_{}", r.name))
+        .collect();
+    if let Some(p) = picked
+        .iter()
+        .find(|p| !names.iter().any(|n| n.contains(p.as_str())))
+    {
+        bail!(
+            "no row's name holds {p:?}; the rows are {}",
+            names.join(", ")
+        );
+    }
     let (secs, rounds) = if full { (5u64, 5) } else { (1, 1) };
     let lun_bytes = if full { 1024 * MIB } else { 64 * MIB };
     let ours_secs = if full { secs as f64 } else { 0.2 };

@@ -324,6 +324,8 @@ struct Rx {
     last: Instant,
     /// Our unanswered keepalive ping, since when.
     ping: Option<Instant>,
+    /// The last PDU's data segment was large (see [`PduReader::direct`]).
+    big: bool,
 }
 
 /// One connection shared by any number of threads.
@@ -382,6 +384,7 @@ impl Session {
                 reader,
                 last: Instant::now(),
                 ping: None,
+                big: false,
             }),
             state: Mutex::new(State {
                 cmd_sn,
@@ -894,6 +897,7 @@ impl Inner {
     fn read_one(&self, rx: &mut Rx) -> Result<bool, String> {
         let mut r = PduReader {
             r: &mut rx.reader,
+            direct: rx.big,
             started: false,
             patience: self.patience,
             until: None,
@@ -901,6 +905,7 @@ impl Inner {
         let max = self.params.max_recv_data_segment_length;
         match Pdu::read_head(&mut r, self.digests, max) {
             Ok((p, len)) => {
+                rx.big = len >= BIG_SEGMENT;
                 take_pdu(self, &mut r, p, len)?;
                 // Anything from the target shows the connection lives.
                 rx.ping = None;
@@ -1165,6 +1170,11 @@ fn is_timeout(e: &io::Error) -> bool {
 /// connection).
 struct PduReader<'a> {
     r: &'a mut BufReader<TcpStream>,
+    /// Every read skips the connection's buffer once it is empty. Set after
+    /// a large data segment, as another is likely next: buffering its
+    /// header would pull the first `READ_BUFFER` bytes of its segment into
+    /// the buffer, to be copied a second time.
+    direct: bool,
     started: bool,
     patience: Duration,
     until: Option<Instant>,
@@ -1175,11 +1185,14 @@ struct PduReader<'a> {
 /// buffer, not through the reader's and a second copy.
 const DIRECT_READ: usize = 4096;
 
+/// A data segment this large or larger makes the next PDU's reads direct.
+const BIG_SEGMENT: usize = 64 << 10;
+
 impl Read for PduReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let got = if buf.len() >= DIRECT_READ && self.r.buffer().is_empty() {
-                self.r.get_mut().read(buf)
+            let got = if (self.direct || buf.len() >= DIRECT_READ) && self.r.buffer().is_empty() {
+                recv_all(self.r.get_ref(), buf)
             } else {
                 self.r.read(buf)
             };
@@ -1198,6 +1211,31 @@ impl Read for PduReader<'_> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// One `recv` that waits for all of `buf` (MSG_WAITALL), so a large segment
+/// takes one call, not one per arriving burst; the socket's read timeout
+/// still ends it early, with what came or with a timeout error.
+fn recv_all(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes for
+        // the whole call, and the descriptor is the open socket we borrow.
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_WAITALL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

@@ -110,6 +110,16 @@ fn ours_threads(lun: &IscsiLun, row: &Row, secs: f64) -> Result<f64> {
 }
 
 /// iscsi-perf's "iops average" for `row` over `secs` (whole seconds, >= 1).
+type Way = fn(&IscsiLun, &Row, f64) -> Result<f64>;
+
+/// Our initiator's ways of reading, by the name their rows carry.
+const WAYS: [(&str, Way); 2] = [("initiator", ours), ("initiator_threads", ours_threads)];
+
+/// The rows the target is measured on: depth 1 says nothing of a target.
+fn target_rows() -> impl Iterator<Item = &'static Row> {
+    ROWS.iter().filter(|r| r.depth > 1)
+}
+
 fn libiscsi(url: &str, row: &Row, secs: u64) -> Result<f64> {
     let out = Command::new("iscsi-perf")
         .args(["-i", "iqn.2026-11.org.ssv.bench:libiscsi"])
@@ -305,11 +315,10 @@ fn main() -> Result<()> {
         let name = format!("{what}_{}", row.name);
         picked.is_empty() || picked.iter().any(|p| name.contains(p.as_str()))
     };
-    let names: Vec<String> = ["initiator", "initiator_threads", "target"]
+    let names: Vec<String> = WAYS
         .iter()
-        .flat_map(|w| ROWS.iter().map(move |r| (w, r)))
-        .filter(|(w, r)| **w != "target" || r.depth > 1)
-        .map(|(w, r)| format!("{w}_{}", r.name))
+        .flat_map(|(w, _)| ROWS.iter().map(move |r| format!("{w}_{}", r.name)))
+        .chain(target_rows().map(|r| format!("target_{}", r.name)))
         .collect();
     if let Some(p) = picked
         .iter()
@@ -354,10 +363,8 @@ fn main() -> Result<()> {
         lun_bytes / MIB,
         if full { "full" } else { "smoke (figures mean nothing)" }
     );
-    type Way = fn(&IscsiLun, &Row, f64) -> Result<f64>;
-    let ways: [(&str, Way); 2] = [("initiator", ours), ("initiator_threads", ours_threads)];
     for row in &ROWS {
-        for (what, way) in ways.into_iter().filter(|(w, _)| wanted(w, row)) {
+        for (what, way) in WAYS.into_iter().filter(|(w, _)| wanted(w, row)) {
             let (o, b) = pair(
                 rounds,
                 t.pid(),
@@ -387,7 +394,7 @@ fn main() -> Result<()> {
         vec![LunConfig::new(1, Arc::new(dev)).read_only(true)],
     ))?;
     let ours_url = format!("iscsi://{}/{IQN}/1", server.portals()[0]);
-    for row in ROWS.iter().filter(|r| r.depth > 1 && wanted("target", r)) {
+    for row in target_rows().filter(|r| wanted("target", r)) {
         let (o, b) = pair(
             rounds,
             t.pid(),

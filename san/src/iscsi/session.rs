@@ -1217,27 +1217,23 @@ impl Read for PduReader<'_> {
 
 /// One `recv` that waits for all of `buf` (MSG_WAITALL), so a large segment
 /// takes one call, not one per arriving burst; the socket's read timeout
-/// still ends it early, with what came or with a timeout error.
+/// still ends it early, with what came or with a timeout error. EINTR is
+/// passed on, as `Read::read` does, for `read_exact` to retry.
 fn recv_all(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes for
-        // the whole call, and the descriptor is the open socket we borrow.
-        let n = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_WAITALL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes for the
+    // whole call, and the descriptor is the open socket we borrow.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_WAITALL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(n as usize)
 }
 
 /// Acts on one PDU from the target whose header was read; reads its data

@@ -46,19 +46,24 @@ qemu() {
         "$append ssv.mode=$1" -smp 2 -m 512M \
         -drive file=/tmp/content.qcow2,format=qcow2,if=virtio
 }
+# Whether a boot in mode $2 whose console is $1 and exit status $3 went
+# well: the guest reached its init (and read, in randread mode) and powered
+# off cleanly; else the boot is shown as "LAB: $4 failed".
+booted() {
+    grep -q "SSV-IO: stamp $marker [0-9]" "$1" && ! grep -q "SSV-GUEST: FAIL" "$1" &&
+        { [ "$2" != randread ] || grep -q "SSV-IO: randread" "$1"; } &&
+        [ "$3" = 0 ] && return 0
+    echo "LAB: $4 failed (status $3); its console's end:"
+    tail -n 60 "$1" | sed "s/^/LAB: | /"
+    return 1
+}
 # Runs "$1 $2" (ours|qemu, mode), its console in out/$1-$2-$3.log, until
-# the guest reached its init and powered off cleanly; a failed boot is shown
-# (LAB: ... failed) and tried once more, a second failure ends the run.
+# it booted; a failed boot is tried once more, a second failure ends the run.
 boot() {
     log=$out/$1-$2-$3.log
     for try in 1 2; do
         $1 "$2" >"$log" 2>&1
-        status=$?
-        grep -q "SSV-IO: stamp $marker [0-9]" "$log" && ! grep -q "SSV-GUEST: FAIL" "$log" &&
-            { [ "$2" != randread ] || grep -q "SSV-IO: randread" "$log"; } &&
-            [ "$status" = 0 ] && return 0
-        echo "LAB: $1 $2 round $3 try $try failed (status $status); its console's end:"
-        tail -n 60 "$log" | sed "s/^/LAB: | /"
+        booted "$log" "$2" $? "$1 $2 round $3 try $try" && return 0
         cp "$log" "$log.failed$try"
     done
     exit 20
@@ -73,13 +78,10 @@ if [ "${RANDREAD_BOOTS:-0}" -gt 0 ]; then
     while [ "$n" -le "$RANDREAD_BOOTS" ]; do
         log=$out/ours-randread-$n.log
         ours randread >"$log" 2>&1
-        status=$?
-        if [ "$status" = 0 ] && grep -q "SSV-IO: randread" "$log"; then
+        if booted "$log" randread $? "randread boot $n"; then
             echo "LAB: randread boot $n: $(grep -a 'SSV-IO: randread' "$log" | tr -d '\r')"
         else
             fails=$((fails + 1))
-            echo "LAB: randread boot $n failed (status $status); its console's end:"
-            tail -n 25 "$log" | sed "s/^/LAB: | /"
         fi
         n=$((n + 1))
     done

@@ -12,6 +12,8 @@
 #   SSV_LAB_RESULTS  where /payload/out is copied (default PAYLOAD_DIR/out)
 #   SSV_LAB_MEM, SSV_LAB_SMP   lab VM memory and CPUs (default 4G, 2)
 #   SSV_LAB_CPU      QEMU -cpu (default max; aarch64: max,pauth-impdef=on)
+#   SSV_LAB_ACCEL    QEMU -accel (default tcg; tcg,thread=single runs all the
+#                    lab VM's CPUs on one host thread)
 #   SSV_LAB_QUIET=1  console only to the log, not stdout
 # Exit status: the payload's; 124 on timeout; 125 if the lab VM stopped
 # without reporting one; 2 if the lab could not be built or started; 3 if
@@ -39,7 +41,7 @@ kib=$(du -sk --apparent-size "$PAYLOAD" | cut -f1)
 mke2fs -q -t ext4 -L ssvpayload -d "$PAYLOAD" "$WORK/payload.img" "$((kib * 5 / 4 + 512 * 1024))K" >/dev/null ||
     lab_die "mke2fs of the payload failed"
 
-args=(-m "${SSV_LAB_MEM:-4G}" -smp "${SSV_LAB_SMP:-2}" -accel tcg
+args=(-m "${SSV_LAB_MEM:-4G}" -smp "${SSV_LAB_SMP:-2}" -accel "${SSV_LAB_ACCEL:-tcg}"
     -display none -monitor none -serial stdio -nic none -no-reboot
     -kernel "$BUILT/kernel" -initrd "$BUILT/lab-initramfs.cpio.gz"
     -append "console=$CONSOLE panic=-1 loglevel=4"

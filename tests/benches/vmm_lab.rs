@@ -17,7 +17,9 @@
 //!
 //! `SSV_LAB_RANDREAD_BOOTS=N cargo bench -p ssv-tests --bench vmm_lab` runs
 //! only N randread boots of ours (full sizes, 150 s each at most) and
-//! prints how many failed, no ratios.
+//! prints how many failed, no ratios. `SSV_LAB_TRACE`, `SSV_LAB_RANDREAD_SIDE`,
+//! `SSV_LAB_QEMU_DISK` and `SSV_LAB_APPEND_EXTRA` set `lab-bench.sh`'s
+//! experiment variables of the same names (without the prefix).
 
 #[path = "../tests/lab_vmm_support/mod.rs"]
 mod lab_vmm_support;
@@ -112,7 +114,8 @@ fn main() -> Result<()> {
         sz.limit = 150;
     }
     p.payload.set_run_script(&format!(
-        "RANDREAD_BOOTS={randread_boots} ROUNDS={} SECS={} SPAN={} JOBS={} LIMIT={}\n. ./lab-bench.sh\n",
+        "RANDREAD_BOOTS={randread_boots} {}ROUNDS={} SECS={} SPAN={} JOBS={} LIMIT={}\n. ./lab-bench.sh\n",
+        experiment_vars(),
         sz.rounds, sz.secs, sz.span_mib, sz.jobs, sz.limit
     ))?;
     // A smoke run takes 2-3 min; one whose lab VM hangs must not cost CI more.
@@ -182,4 +185,16 @@ fn main() -> Result<()> {
         ours_iops / qemu_iops
     );
     Ok(())
+}
+
+/// `lab-bench.sh`'s experiment settings, from `SSV_LAB_<NAME>`, as
+/// `NAME='value' ` for its run script.
+fn experiment_vars() -> String {
+    ["TRACE", "RANDREAD_SIDE", "QEMU_DISK", "APPEND_EXTRA"]
+        .iter()
+        .filter_map(|name| {
+            let v = std::env::var(format!("SSV_LAB_{name}")).ok()?;
+            Some(format!("{name}='{}' ", v.replace('\'', "")))
+        })
+        .collect()
 }

@@ -112,6 +112,8 @@ disk)
     ;;
 randread)
     ssv-io randread /dev/vda "$(arg span 256)" "$(arg secs 10)" "$(arg jobs 1)" || fail "randread"
+    # Where the disk's interrupts went, and the IPIs between the CPUs.
+    grep -E "virtio|CAL|RES" /proc/interrupts | tr -s ' ' | sed 's/^/SSV-GUEST: irq /'
     ;;
 *) fail "unknown ssv.mode=$mode" ;;
 esac

@@ -19,7 +19,7 @@ out=/payload/out
 pv=/tmp/pv.img
 ssvadm=/usr/local/bin/ssvadm
 marker="SSV-GUEST: init reached"
-append="loglevel=4 ssv.span=$SPAN ssv.secs=$SECS ssv.jobs=$JOBS"
+append="loglevel=4 ssv.span=$SPAN ssv.secs=$SECS ssv.jobs=$JOBS ${APPEND_EXTRA:-}"
 
 dd if=/dev/urandom of=/tmp/content.raw bs=1M count="$SPAN" 2>/dev/null || exit 10
 truncate -s 2G $pv
@@ -44,7 +44,7 @@ ours() {
 qemu() {
     /payload/ssv-io stamp -t $LIMIT "$marker" sh /payload/qemu-boot.sh guest/bzImage guest/vmm-initramfs.cpio.gz \
         "$append ssv.mode=$1" -smp 2 -m 512M \
-        -drive file=/tmp/content.qcow2,format=qcow2,if=virtio
+        ${QEMU_DISK:--drive file=/tmp/content.qcow2,format=qcow2,if=virtio}
 }
 # Whether a boot in mode $2 whose console is $1 and exit status $3 went
 # well: the guest reached its init (and read, in randread mode) and powered
@@ -69,18 +69,59 @@ boot() {
     exit 20
 }
 
-# RANDREAD_BOOTS=N: only N randread boots of ours, one after another; each
-# failure is shown and counted and none ends the run (how often a boot
-# fails under the lab's nested KVM: BENCHMARKS.md, issue 7).
+# TRACE=1 (randread boots only): the lab kernel counts its KVM's exits,
+# hypercalls and accepted interrupts (printed after each boot) and traces
+# exits and injected events (a failed boot's last lines are shown); the
+# guest runs without KASLR, so its RIPs match the kernel's System.map.
+tracing=/sys/kernel/tracing
+trace_hists="kvm_exit:exit_reason,vcpu_id kvm_hypercall:nr kvm_apic_accept_irq:apicid,vec"
+trace_start() {
+    [ "${TRACE:-0}" = 1 ] || return 0
+    [ -e $tracing/trace ] || mount -t tracefs nodev $tracing || return 0
+    echo 0 >$tracing/tracing_on
+    echo 16384 >$tracing/buffer_size_kb
+    for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_userspace_exit; do
+        echo 1 >$tracing/events/kvm/$e/enable
+    done
+    for h in $trace_hists; do
+        echo "!hist:keys=${h#*:}" >$tracing/events/kvm/${h%%:*}/trigger 2>/dev/null
+        echo "hist:keys=${h#*:}" >$tracing/events/kvm/${h%%:*}/trigger
+    done
+    : >$tracing/trace
+    echo 1 >$tracing/tracing_on
+}
+trace_hist() {
+    [ "${TRACE:-0}" = 1 ] || return 0
+    for h in $trace_hists; do
+        grep -a "hitcount" $tracing/events/kvm/${h%%:*}/hist | sed "s/^/LAB: hist $1 ${h%%:*} | /"
+    done
+}
+trace_show() {
+    [ "${TRACE:-0}" = 1 ] || return 0
+    echo 0 >$tracing/tracing_on
+    tail -n "$2" $tracing/trace | sed "s/^/LAB: trace $1 | /"
+}
+[ "${TRACE:-0}" = 1 ] && append="$append nokaslr"
+
+# RANDREAD_BOOTS=N: only N randread boots of ours (RANDREAD_SIDE=qemu:
+# QEMU's), one after another, traced if TRACE=1; each failure is shown and
+# counted and none ends the run (how often a boot fails under the lab's
+# nested KVM: BENCHMARKS.md, issue 7). QEMU_DISK replaces QEMU's disk
+# options and APPEND_EXTRA adds to both kernel command lines.
 if [ "${RANDREAD_BOOTS:-0}" -gt 0 ]; then
     n=1
     fails=0
     while [ "$n" -le "$RANDREAD_BOOTS" ]; do
-        log=$out/ours-randread-$n.log
-        ours randread >"$log" 2>&1
-        if booted "$log" randread $? "randread boot $n"; then
+        log=$out/${RANDREAD_SIDE:-ours}-randread-$n.log
+        trace_start
+        ${RANDREAD_SIDE:-ours} randread >"$log" 2>&1
+        status=$?
+        trace_hist "$n"
+        if booted "$log" randread $status "randread boot $n"; then
             echo "LAB: randread boot $n: $(grep -a 'SSV-IO: randread' "$log" | tr -d '\r')"
+            grep -a 'SSV-GUEST: \(vda\|irq\)' "$log" | tr -d '\r' | sed "s/^/LAB: randread boot $n: /"
         else
+            trace_show "$n" 400
             fails=$((fails + 1))
         fi
         n=$((n + 1))
@@ -105,5 +146,5 @@ for side in ours qemu; do
     echo "LAB: $side $line"
     echo "$side ${line##*iops=}" | tr -d '\r' >>$out/iops.txt
 done
-grep -a 'SSV-GUEST: vda' $out/ours-randread-1.log $out/qemu-randread-1.log
+grep -a 'SSV-GUEST: \(vda\|irq\)' $out/ours-randread-1.log $out/qemu-randread-1.log
 exit 0

@@ -109,7 +109,7 @@ fn ours_threads(lun: &IscsiLun, row: &Row, secs: f64) -> Result<f64> {
     Ok(done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// iscsi-perf's "iops average" for `row` over `secs` (whole seconds, >= 1).
+/// One of our initiator's ways of reading a row, in reads (or bytes) per second.
 type Way = fn(&IscsiLun, &Row, f64) -> Result<f64>;
 
 /// Our initiator's ways of reading, by the name their rows carry.
@@ -120,6 +120,7 @@ fn target_rows() -> impl Iterator<Item = &'static Row> {
     ROWS.iter().filter(|r| r.depth > 1)
 }
 
+/// iscsi-perf's "iops average" for `row` over `secs` (whole seconds, >= 1).
 fn libiscsi(url: &str, row: &Row, secs: u64) -> Result<f64> {
     let out = Command::new("iscsi-perf")
         .args(["-i", "iqn.2026-11.org.ssv.bench:libiscsi"])

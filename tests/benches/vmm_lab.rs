@@ -18,7 +18,8 @@
 //! `SSV_LAB_RANDREAD_BOOTS=N cargo bench -p ssv-tests --bench vmm_lab` runs
 //! only N randread boots of ours (full sizes, 150 s each at most) and
 //! prints how many failed, no ratios. `SSV_LAB_TRACE`, `SSV_LAB_RANDREAD_SIDE`,
-//! `SSV_LAB_QEMU_DISK` and `SSV_LAB_APPEND_EXTRA` set `lab-bench.sh`'s
+//! `SSV_LAB_QEMU_DISK`, `SSV_LAB_APPEND_EXTRA` and `SSV_LAB_OURS_EXTRA` (more
+//! ssv-vmm options, e.g. `--virtio-transport mmio`) set `lab-bench.sh`'s
 //! experiment variables of the same names (without the prefix).
 
 #[path = "../tests/lab_vmm_support/mod.rs"]
@@ -190,11 +191,17 @@ fn main() -> Result<()> {
 /// `lab-bench.sh`'s experiment settings, from `SSV_LAB_<NAME>`, as
 /// `NAME='value' ` for its run script.
 fn experiment_vars() -> String {
-    ["TRACE", "RANDREAD_SIDE", "QEMU_DISK", "APPEND_EXTRA"]
-        .iter()
-        .filter_map(|name| {
-            let v = std::env::var(format!("SSV_LAB_{name}")).ok()?;
-            Some(format!("{name}='{}' ", v.replace('\'', "")))
-        })
-        .collect()
+    [
+        "TRACE",
+        "RANDREAD_SIDE",
+        "QEMU_DISK",
+        "APPEND_EXTRA",
+        "OURS_EXTRA",
+    ]
+    .iter()
+    .filter_map(|name| {
+        let v = std::env::var(format!("SSV_LAB_{name}")).ok()?;
+        Some(format!("{name}='{}' ", v.replace('\'', "")))
+    })
+    .collect()
 }

@@ -16,6 +16,17 @@ pub struct VmConfig {
     /// Guest-physical address of the first virtio-mmio window; the others
     /// follow every 4 KiB.
     pub virtio_mmio_base: u64,
+    pub transport: Transport,
+}
+
+/// How the guest reaches its virtio devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// virtio-mmio: one interrupt per device; what a real-mode guest and
+    /// aarch64 guests use.
+    Mmio,
+    /// virtio-pci with an MSI-X vector per queue (x86_64 Linux guests).
+    Pci,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

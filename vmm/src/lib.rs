@@ -5,7 +5,8 @@
 //!
 //! - [`memory`]: guest RAM (vm-memory).
 //! - [`vm`]: KVM, the device buses, the vCPU threads (pause, resume, stop).
-//! - [`devices`]: virtio over MMIO, virtio-blk on thin, the serial console.
+//! - [`devices`]: virtio over PCI (MSI-X) and MMIO, virtio-blk on thin, the
+//!   serial console.
 //! - [`arch`]: what differs between x86_64 and aarch64 (boot, registers,
 //!   interrupt controller, device tree).
 //! - [`config`]: what a VM is made of, as the command line gives it.

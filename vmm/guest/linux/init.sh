@@ -111,6 +111,8 @@ disk)
     echo "SSV-GUEST: disk ok: $mib MiB written, read back and compared"
     ;;
 randread)
+    # What the CPU offers the guest (the VMMs' CPUID differ).
+    grep -m1 "^flags" /proc/cpuinfo | sed 's/^/SSV-GUEST: cpu /'
     ssv-io randread /dev/vda "$(arg span 256)" "$(arg secs 10)" "$(arg jobs 1)" || fail "randread"
     # Where the disk's interrupts went, and the IPIs between the CPUs.
     grep -E "virtio|CAL|RES" /proc/interrupts | tr -s ' ' | sed 's/^/SSV-GUEST: irq /'

@@ -38,7 +38,7 @@ LIMIT=${LIMIT:-300}
 ours() {
     /payload/ssv-io stamp -t $LIMIT "$marker" /usr/local/bin/ssv-vmm --memory 512 --vcpus 2 \
         --kernel guest/bzImage --initrd guest/vmm-initramfs.cpio.gz \
-        --cmdline "console=ttyS0 pci=off panic=-1 $append ssv.mode=$1" \
+        --cmdline "console=ttyS0 panic=-1 $append ssv.mode=$1" ${OURS_EXTRA:-} \
         --disk "vg=vg0,lv=disk,pv=$pv"
 }
 qemu() {

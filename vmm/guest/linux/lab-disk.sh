@@ -66,7 +66,7 @@ ssvctl --json volume show disk >$out/info-before.json 2>>$out/ssvctl.log || exit
 echo "LAB: ssv-vmm starts at $(uptime_s)s"
 ssvctl vm start guest --memory 512 --vcpus "$VCPUS" \
     --kernel "/payload/guest/$KERNEL" --initrd /payload/guest/vmm-initramfs.cpio.gz \
-    --cmdline "console=$CONSOLE pci=off panic=-1 loglevel=4 ssv.mode=disk ssv.mib=$MIB ssv.hold=$HOLD" \
+    --cmdline "console=$CONSOLE panic=-1 loglevel=4 ssv.mode=disk ssv.mib=$MIB ssv.hold=$HOLD" \
     --disk disk >>$out/ssvctl.log 2>&1 || { cat $out/ssvctl.log; exit 12; }
 exited() { ssvctl --json vm show guest | grep -q '"exit"'; }
 

@@ -4,6 +4,10 @@
 //! ssv-vmm --memory MiB --vcpus N (--realmode IMAGE | --kernel K [--initrd I] [--cmdline C])
 //!         --disk SPEC... --serial PATH|stdout
 //! ```
+//! Disks are virtio-pci functions on x86_64 Linux guests (an MSI-X vector
+//! per queue) and virtio-mmio windows otherwise; `--virtio-transport mmio`
+//! chooses MMIO on x86_64 too.
+//!
 //! A disk SPEC is `dir=DIR,top=NAME[,readonly]` or
 //! `vg=VG,lv=TOP,pv=PATH[,pv=PATH...][,readonly]`, with `threshold=PCT` and
 //! `chunk=SIZE` to set the growth policy and `queues=N` (default: one per
@@ -22,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use vmm::config::{Boot, DiskSpec, DiskStore, SerialOutput, VmConfig, MIB};
+use vmm::config::{Boot, DiskSpec, DiskStore, SerialOutput, Transport, VmConfig, MIB};
 use vmm::devices::serial::Serial;
 use vmm::devices::virtio::block::{Block, BlockOptions, Fence, ThinDisk};
 use vmm::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
@@ -63,6 +67,10 @@ struct Args {
     /// Serve the control API on this Unix socket.
     #[arg(long)]
     api: Option<PathBuf>,
+    /// How disks are attached (default: pci for an x86_64 Linux guest,
+    /// else mmio).
+    #[arg(long, value_enum)]
+    virtio_transport: Option<Transport>,
 }
 
 impl Args {
@@ -76,6 +84,9 @@ impl Args {
             },
         };
         let virtio_mmio_base = platform::virtio_mmio_base(&boot);
+        let transport = self
+            .virtio_transport
+            .unwrap_or_else(|| platform::default_transport(&boot));
         VmConfig {
             memory_mib: self.memory,
             vcpus: self.vcpus,
@@ -83,6 +94,7 @@ impl Args {
             disks: self.disk,
             serial: self.serial,
             virtio_mmio_base,
+            transport,
         }
     }
 }
@@ -157,7 +169,14 @@ fn run(
         .ok_or_else(|| anyhow!("--memory {} MiB is too large", cfg.memory_mib))?;
     let mut vm = Vm::new(&platform::ram_ranges(&cfg.boot, bytes))?;
     platform::before_vcpus(&vm)?;
-    let windows: Vec<platform::Window> = (0..cfg.disks.len() + ssvd_specs.len())
+    let pci = cfg.transport == Transport::Pci;
+    platform::check_transport(&cfg.boot, cfg.transport)?;
+    let mmio_disks = if pci {
+        0
+    } else {
+        cfg.disks.len() + ssvd_specs.len()
+    };
+    let windows: Vec<platform::Window> = (0..mmio_disks)
         .map(|i| platform::window(cfg.virtio_mmio_base, i))
         .collect::<Result<_>>()?;
     let out: Box<dyn std::io::Write + Send> = match &cfg.serial {
@@ -180,26 +199,13 @@ fn run(
         vmm::disks::open_all(ssvd_specs, queues_for(cfg.vcpus), &hub, &space, &mut blocks)?;
 
     let vcpus = cfg.vcpus;
-    let _irqchip = platform::create_vcpus(&mut vm, &cfg.boot, vcpus, &windows)?;
+    let _irqchip = platform::create_vcpus(&mut vm, &cfg.boot, vcpus, &windows, pci)?;
     let serial = Serial::new(out, Some(irqfd(&vm, platform::SERIAL_GSI)?));
     platform::add_devices(&mut vm, serial)?;
-    for (block, window) in blocks.into_iter().zip(&windows) {
-        let transport = MmioTransport::new(
-            Box::new(block),
-            vm.memory().clone(),
-            Some(irqfd(&vm, window.gsi)?),
-        )?;
-        for (q, fd) in transport.notify_fds().iter().enumerate() {
-            vm.fd()
-                .register_ioevent(
-                    fd,
-                    &kvm_ioctls::IoEventAddress::Mmio(window.addr + QUEUE_NOTIFY),
-                    q as u32,
-                )
-                .context("registering a queue's ioeventfd")?;
-        }
-        vm.mmio_bus()
-            .insert(window.addr, WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
+    if pci {
+        platform::add_pci(&mut vm, blocks)?;
+    } else {
+        add_mmio(&mut vm, blocks, &windows)?;
     }
     let running: RunningVm = vm.run()?;
     let running = Arc::new(running);
@@ -227,6 +233,29 @@ fn run(
     Ok(why)
 }
 
+/// The disks as virtio-mmio windows, each on its own interrupt line.
+fn add_mmio(vm: &mut Vm, blocks: Vec<Block>, windows: &[platform::Window]) -> Result<()> {
+    for (block, window) in blocks.into_iter().zip(windows) {
+        let transport = MmioTransport::new(
+            Box::new(block),
+            vm.memory().clone(),
+            Some(irqfd(vm, window.gsi)?),
+        )?;
+        for (q, fd) in transport.notify_fds().iter().enumerate() {
+            vm.fd()
+                .register_ioevent(
+                    fd,
+                    &kvm_ioctls::IoEventAddress::Mmio(window.addr + QUEUE_NOTIFY),
+                    q as u32,
+                )
+                .context("registering a queue's ioeventfd")?;
+        }
+        vm.mmio_bus()
+            .insert(window.addr, WINDOW_SIZE, Arc::new(Mutex::new(transport)))?;
+    }
+    Ok(())
+}
+
 /// Opens the kernel and initrd and makes the command line.
 struct LinuxFiles {
     kernel: std::fs::File,
@@ -246,13 +275,16 @@ fn open_linux(kernel: &std::path::Path, initrd: Option<&std::path::Path>) -> Res
 #[cfg(target_arch = "x86_64")]
 mod platform {
     //! x86_64: the in-kernel PIC/IOAPIC/PIT, COM1, the exit port and the
-    //! ACPI sleep registers on port I/O; virtio-mmio windows in the 32-bit
-    //! hole on IOAPIC pins (below 1 MiB, on one vCPU, for a real-mode
+    //! ACPI sleep registers on port I/O; disks as virtio-pci functions on
+    //! bus 0 with their BARs in the 32-bit hole, or as virtio-mmio windows
+    //! there on IOAPIC pins (below 1 MiB, on one vCPU, for a real-mode
     //! guest).
     use super::*;
     use vmm::arch::x86_64::{acpi_pm, cpuid, layout, linux, machine, realmode, regs};
     use vmm::devices::exit_port::{ExitPort, EXIT_PORT};
+    use vmm::devices::pci::{ConfigPorts, PciBus, PciWindow, CONFIG_PORTS, CONFIG_PORTS_LEN};
     use vmm::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+    use vmm::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 
     pub const SERIAL_GSI: u32 = COM1_IRQ;
     pub type Window = layout::MmioDevice;
@@ -269,6 +301,56 @@ mod platform {
             Boot::RealMode { .. } => realmode::ram_ranges(bytes),
             Boot::Linux { .. } => layout::ram_ranges(bytes),
         }
+    }
+
+    pub fn default_transport(boot: &Boot) -> Transport {
+        match boot {
+            Boot::RealMode { .. } => Transport::Mmio,
+            Boot::Linux { .. } => Transport::Pci,
+        }
+    }
+
+    pub fn check_transport(boot: &Boot, t: Transport) -> Result<()> {
+        if matches!(boot, Boot::RealMode { .. }) && t == Transport::Pci {
+            bail!("a real-mode guest has no PCI: use --virtio-transport mmio");
+        }
+        Ok(())
+    }
+
+    /// Bus 0 with the host bridge and each disk as a virtio-pci function,
+    /// its BAR placed in the window.
+    pub fn add_pci(vm: &mut Vm, blocks: Vec<Block>) -> Result<()> {
+        let mut bus = PciBus::new();
+        let fd = vm.fd().clone();
+        for block in blocks {
+            let slot = bus.next_slot();
+            let bar = layout::pci_bar(slot, BAR_SIZE)
+                .filter(|_| slot < vmm::devices::pci::SLOTS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "too many disks: {} at most on PCI",
+                        vmm::devices::pci::SLOTS - 1
+                    )
+                })?;
+            let dev = VirtioPciDevice::new(
+                Box::new(block),
+                vm.memory().clone(),
+                bar,
+                fd.clone(),
+                Some(fd.clone()),
+            )?;
+            bus.add(Arc::new(Mutex::new(dev)))?;
+        }
+        let ports = ConfigPorts::new(bus.clone());
+        vm.pio_bus()
+            .insert(CONFIG_PORTS, CONFIG_PORTS_LEN, Arc::new(Mutex::new(ports)))?;
+        let window = PciWindow::new(bus, layout::PCI_WINDOW_BASE);
+        vm.mmio_bus().insert(
+            layout::PCI_WINDOW_BASE,
+            layout::PCI_WINDOW_SIZE,
+            Arc::new(Mutex::new(window)),
+        )?;
+        Ok(())
     }
 
     /// The irqchip and PIT, which irqfds need.
@@ -317,6 +399,7 @@ mod platform {
         boot: &Boot,
         vcpus: u8,
         windows: &[Window],
+        pci: bool,
     ) -> Result<IrqChip> {
         match boot {
             Boot::RealMode { image } => {
@@ -343,6 +426,7 @@ mod platform {
                 let m = linux::Machine {
                     vcpus: usize::from(vcpus),
                     virtio_mmio: windows,
+                    pci,
                 };
                 let boot = linux::load(
                     vm.memory(),
@@ -388,6 +472,22 @@ mod platform {
         layout::ram_ranges(bytes)
     }
 
+    pub fn default_transport(_: &Boot) -> Transport {
+        Transport::Mmio
+    }
+
+    /// MSI-X on aarch64 needs a GICv3 ITS, which this VMM does not make.
+    pub fn check_transport(_: &Boot, t: Transport) -> Result<()> {
+        if t == Transport::Pci {
+            bail!("virtio-pci is for x86_64 guests: use --virtio-transport mmio");
+        }
+        Ok(())
+    }
+
+    pub fn add_pci(_: &mut Vm, _: Vec<Block>) -> Result<()> {
+        bail!("virtio-pci is for x86_64 guests")
+    }
+
     /// Nothing: the GIC comes once the vCPUs exist.
     pub fn before_vcpus(_: &Vm) -> Result<()> {
         Ok(())
@@ -422,6 +522,7 @@ mod platform {
         boot: &Boot,
         vcpus: u8,
         windows: &[Window],
+        _pci: bool,
     ) -> Result<kvm_ioctls::DeviceFd> {
         let Boot::Linux {
             kernel,

@@ -1,6 +1,7 @@
-//! ACPI tables: how the kernel finds the vCPUs (MADT), the IOAPIC, and the
+//! ACPI tables: how the kernel finds the vCPUs (MADT), the IOAPIC, the
 //! virtio-mmio devices (DSDT devices with the `LNRO0005` id the virtio-mmio
-//! driver matches). ACPI rather than an MP table or `virtio_mmio.device=`:
+//! driver matches) and the PCI root bus, when there is one (`PNP0A03`,
+//! with bus 0, the configuration ports and the BAR window as resources). ACPI rather than an MP table or `virtio_mmio.device=`:
 //! distribution kernels (Debian's cloud kernel among them) build neither
 //! MP-table parsing nor command-line virtio-mmio devices.
 //!
@@ -14,9 +15,11 @@
 
 use super::acpi_pm::{SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_TYP_S5};
 use super::layout::{
-    MmioDevice, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS, SERIAL_GSI, SERIAL_PORT,
+    MmioDevice, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS, PCI_WINDOW_BASE,
+    PCI_WINDOW_SIZE, SERIAL_GSI, SERIAL_PORT,
 };
 use super::Error;
+use crate::devices::pci::{CONFIG_PORTS, CONFIG_PORTS_LEN};
 use crate::memory::GuestMemory;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -78,6 +81,36 @@ fn com1() -> Encoded {
     Encoded(to_bytes(&device))
 }
 
+/// The ACPI id of a PCI root bridge.
+pub const PCI_ROOT_HID: &str = "PNP0A03";
+
+/// The PCI root: segment 0, bus 0, the mechanism #1 ports and the window
+/// the BARs are placed in. No `_PRT`: the devices use MSI-X only.
+fn pci_root() -> Encoded {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new(PCI_ROOT_HID));
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let ports = aml::IO::new(
+        CONFIG_PORTS as u16,
+        CONFIG_PORTS as u16,
+        1,
+        CONFIG_PORTS_LEN as u8,
+    );
+    let window = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_WINDOW_BASE as u32,
+        (PCI_WINDOW_BASE + PCI_WINDOW_SIZE - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &ports, &window]);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let device = aml::Device::new("PCI0".into(), vec![&hid, &adr, &seg, &uid, &crs_name]);
+    Encoded(to_bytes(&device))
+}
+
 /// `_S5_`: the soft-off state's SLP_TYP, which the kernel writes to the
 /// sleep control register to power off.
 fn s5() -> Encoded {
@@ -85,9 +118,9 @@ fn s5() -> Encoded {
     Encoded(to_bytes(&aml::Name::new("_S5_".into(), &typ)))
 }
 
-/// The DSDT: COM1, `_S5_`, and one device per virtio-mmio window, with its
-/// MMIO range and its edge-triggered GSI.
-pub fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, Error> {
+/// The DSDT: COM1, `_S5_`, one device per virtio-mmio window, with its
+/// MMIO range and its edge-triggered GSI, and the PCI root if `pci`.
+pub fn dsdt(devices: &[MmioDevice], pci: bool) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     s5().to_aml_bytes(&mut body);
     let mut names = Vec::with_capacity(devices.len());
@@ -108,6 +141,9 @@ pub fn dsdt(devices: &[MmioDevice]) -> Result<Vec<u8>, Error> {
         let crs_name = aml::Name::new("_CRS".into(), &crs);
         let device = aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs_name]);
         device_aml.push(Encoded(to_bytes(&device)));
+    }
+    if pci {
+        device_aml.push(pci_root());
     }
     let children: Vec<&dyn Aml> = device_aml.iter().map(|d| d as &dyn Aml).collect();
     let scope = aml::Scope::new("_SB_".into(), children);
@@ -143,8 +179,13 @@ pub fn madt(vcpus: usize) -> Result<Vec<u8>, Error> {
 }
 
 /// Writes RSDP, XSDT, FADT, MADT and DSDT from [`ACPI_START`] on.
-pub fn write(mem: &GuestMemory, vcpus: usize, devices: &[MmioDevice]) -> Result<AcpiTables, Error> {
-    let dsdt = dsdt(devices)?;
+pub fn write(
+    mem: &GuestMemory,
+    vcpus: usize,
+    devices: &[MmioDevice],
+    pci: bool,
+) -> Result<AcpiTables, Error> {
+    let dsdt = dsdt(devices, pci)?;
     let madt = madt(vcpus)?;
     let align = |a: u64| (a + 15) & !15;
 
@@ -234,7 +275,7 @@ mod tests {
     fn kernel_finds_cpus_ioapic_and_devices_from_the_rsdp() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let devices: Vec<MmioDevice> = (0..3).map(|i| virtio_mmio_device(i).unwrap()).collect();
-        let tables = write(&mem, 4, &devices).unwrap();
+        let tables = write(&mem, 4, &devices, true).unwrap();
         assert!(tables.end.0 <= BIOS_END);
 
         // The kernel scans 0xe0000..0x100000 on 16-byte boundaries.
@@ -286,6 +327,15 @@ mod tests {
         // Each device's id, window and GSI are encoded in the DSDT.
         let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
         assert_eq!(count(VIRTIO_MMIO_HID.as_bytes()), 3);
+        // The PCI root: PNP0A03 as an EISA id, the mechanism #1 ports, and
+        // the window as a DWord memory range (tag 0x87, length 23).
+        assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]), 1, "_HID PNP0A03");
+        assert_eq!(count(&[0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]), 1);
+        let mut window = vec![0x87, 23, 0, 0];
+        window.extend_from_slice(&[0x0c, 0x01, 0, 0, 0, 0]);
+        window.extend_from_slice(&(PCI_WINDOW_BASE as u32).to_le_bytes());
+        window.extend_from_slice(&((PCI_WINDOW_BASE + PCI_WINDOW_SIZE - 1) as u32).to_le_bytes());
+        assert_eq!(count(&window), 1, "the BAR window");
         // COM1: PNP0501 as an EISA id, its ports (IO descriptor: decode16,
         // min, max, alignment 1, 8 ports) and GSI 4, edge-triggered.
         assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1, "_HID PNP0501");
@@ -314,7 +364,7 @@ mod tests {
         assert!(matches!(madt(MAX_VCPUS + 1), Err(Error::VcpuCount(_))));
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let all: Vec<MmioDevice> = (0..19).filter_map(virtio_mmio_device).collect();
-        let tables = write(&mem, MAX_VCPUS, &all).unwrap();
+        let tables = write(&mem, MAX_VCPUS, &all, true).unwrap();
         assert!(tables.end.0 <= BIOS_END);
     }
 }

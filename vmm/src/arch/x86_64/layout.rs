@@ -9,10 +9,11 @@
 //! 0x0009_fc00  EBDA .. 1 MiB: reserved; ACPI tables at 0xe_0000
 //! 0x0010_0000  kernel (bzImage at 1 MiB; an ELF vmlinux at its own address)
 //!  ...         initrd at the top of RAM below the hole
-//! 0xc000_0000  MMIO hole up to 4 GiB: virtio-mmio, IOAPIC, LAPIC
+//! 0xc000_0000  MMIO hole up to 4 GiB: virtio-mmio, PCI BARs, IOAPIC, LAPIC
 //! 0x1_0000_0000 RAM beyond the first 3 GiB
 //! ```
-//! The serial console is COM1 on port I/O (0x3f8, IRQ 4).
+//! The serial console is COM1 on port I/O (0x3f8, IRQ 4); PCI configuration
+//! mechanism #1 is at ports 0xcf8..0xd00.
 
 use vm_memory::GuestAddress;
 
@@ -64,6 +65,10 @@ pub const IOAPIC_PINS: u32 = 24;
 /// How many virtio-mmio devices fit on the IOAPIC.
 pub const VIRTIO_MMIO_MAX_DEVICES: usize = (IOAPIC_PINS - VIRTIO_MMIO_FIRST_GSI) as usize;
 
+/// The PCI MMIO window the VMM places BARs in (declared in the DSDT).
+pub const PCI_WINDOW_BASE: u64 = 0xe000_0000;
+pub const PCI_WINDOW_SIZE: u64 = 0x1000_0000;
+
 /// KVM's in-kernel IOAPIC.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APICs.
@@ -81,6 +86,17 @@ pub const MAX_VCPUS: usize = 254;
 // the hole.
 const _: () = assert!(BOOT_STACK_TOP < PML4_ADDR && BOOT_STACK_TOP > ZERO_PAGE_ADDR + 0x1000);
 const _: () = assert!(VIRTIO_MMIO_BASE >= MMIO_HOLE_START);
+const _: () = assert!(
+    VIRTIO_MMIO_BASE + VIRTIO_MMIO_MAX_DEVICES as u64 * VIRTIO_MMIO_SIZE <= PCI_WINDOW_BASE
+        && PCI_WINDOW_BASE + PCI_WINDOW_SIZE <= IOAPIC_ADDR
+);
+
+/// Where the VMM places slot `slot`'s BAR of `size` bytes (a power of two
+/// up to 8 MiB, so 32 slots fit the window); None past the window.
+pub fn pci_bar(slot: usize, size: u64) -> Option<u64> {
+    let addr = PCI_WINDOW_BASE.checked_add((slot as u64).checked_mul(size)?)?;
+    (size.is_power_of_two() && addr + size <= PCI_WINDOW_BASE + PCI_WINDOW_SIZE).then_some(addr)
+}
 
 /// A virtio-mmio device's window and interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +163,20 @@ mod tests {
         assert!(last.addr + last.size <= IOAPIC_ADDR);
         assert_eq!(virtio_mmio_device(VIRTIO_MMIO_MAX_DEVICES), None);
         assert_ne!(virtio_mmio_device(0).unwrap().gsi, SERIAL_GSI);
+    }
+
+    #[test]
+    fn pci_bars_are_aligned_and_stay_in_the_window() {
+        let size = 0x8000;
+        assert_eq!(pci_bar(1, size), Some(PCI_WINDOW_BASE + size));
+        for slot in 0..32 {
+            let bar = pci_bar(slot, size).unwrap();
+            assert_eq!(bar % size, 0);
+            assert!(bar + size <= PCI_WINDOW_BASE + PCI_WINDOW_SIZE);
+        }
+        assert_eq!(pci_bar(usize::MAX, size), None);
+        assert_eq!(pci_bar(1, PCI_WINDOW_SIZE), None);
+        assert_eq!(pci_bar(1, 0x3000), None, "not a power of two");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Machine<'a> {
     pub vcpus: usize,
     /// The virtio-mmio devices, from [`super::layout::virtio_mmio_device`].
     pub virtio_mmio: &'a [MmioDevice],
+    /// Whether there is a PCI bus (the DSDT then declares its root).
+    pub pci: bool,
 }
 
 /// Where things were put; what the vCPU setup needs.
@@ -187,7 +189,7 @@ where
         }
     };
 
-    let tables = acpi::write(mem, machine.vcpus, machine.virtio_mmio)?;
+    let tables = acpi::write(mem, machine.vcpus, machine.virtio_mmio, machine.pci)?;
 
     // The zero page.
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
@@ -283,6 +285,7 @@ mod tests {
         let machine = Machine {
             vcpus: 2,
             virtio_mmio: &devices(),
+            pci: false,
         };
         let boot = load(&mem, &mut kernel, Some(&mut initrd), &cmdline, &machine).unwrap();
 
@@ -350,6 +353,7 @@ mod tests {
         let machine = Machine {
             vcpus: 1,
             virtio_mmio: &[],
+            pci: false,
         };
         let boot = load(&mem, &mut kernel, Some(&mut initrd), &cmdline, &machine).unwrap();
         let (addr, size) = boot.initrd.unwrap();
@@ -363,6 +367,7 @@ mod tests {
         let machine = Machine {
             vcpus: 1,
             virtio_mmio: &[],
+            pci: false,
         };
         let short = Cmdline::try_from("x", 16).unwrap();
 
@@ -436,7 +441,7 @@ mod tests {
             img[off..off + 4].copy_from_slice(&cmdline_size.to_le_bytes());
             let mut initrd = Cursor::new(vec![7u8; initrd_len]);
             let cmdline = Cmdline::try_from("console=ttyS0", 64).unwrap();
-            let machine = Machine { vcpus: 1, virtio_mmio: &[] };
+            let machine = Machine { vcpus: 1, virtio_mmio: &[], pci: false };
             if let Ok(boot) = load(&mem, &mut Cursor::new(img), Some(&mut initrd), &cmdline, &machine) {
                 proptest::prop_assert!(boot.kernel_end.0 <= 32 << 20);
                 let (addr, size) = boot.initrd.unwrap();
@@ -486,6 +491,7 @@ mod tests {
         let machine = Machine {
             vcpus: 1,
             virtio_mmio: &[],
+            pci: false,
         };
         let boot = load(
             &mem,
@@ -521,6 +527,7 @@ mod tests {
         let machine = Machine {
             vcpus: 4,
             virtio_mmio: &devices(),
+            pci: false,
         };
         let boot = load(&mem, &mut kernel, Some(&mut initrd), &cmdline, &machine).unwrap();
         let hdr = zero_page(&mem).hdr;

@@ -1,13 +1,18 @@
 //! Virtio devices and their transport.
 //!
-//! The seam is [`VirtioDevice`]: the MMIO transport ([`mmio`]) negotiates
-//! features, sets up the queues and then hands them to the device, which
-//! serves them on its own threads and signals the guest through a
-//! [`VirtioInterrupt`]. A device never sees the transport, so it is tested
-//! alone against guest memory.
+//! The seam is [`VirtioDevice`]: a transport (MMIO, [`mmio`], or PCI,
+//! [`pci`], both on [`transport::DeviceState`]) negotiates features, sets up
+//! the queues and then hands them to the device, which serves them on its
+//! own threads and signals the guest through a [`VirtioInterrupt`]. A
+//! device never sees the transport, so it is tested alone against guest
+//! memory.
 
 pub mod block;
 pub mod mmio;
+pub mod pci;
+#[cfg(test)]
+mod test_device;
+pub mod transport;
 
 use crate::memory::GuestMemory;
 use std::sync::Arc;

@@ -2,103 +2,16 @@
 //! writes that must never panic nor activate a device with a bad queue.
 
 use super::*;
-use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::test_device::{test_device, Log, FEATURE_X, MEM};
+use crate::devices::virtio::transport::status;
+use crate::devices::virtio::F_VERSION_1;
 use proptest::prelude::*;
 use std::sync::Mutex;
-use vm_memory::GuestAddress;
-
-const MEM: usize = 0x10_0000;
-const FEATURE_X: u64 = 1 << 3;
-
-/// A queue as handed over: (index, size, desc, avail, used).
-type SeenQueue = (u16, u16, u64, u64, u64);
-
-#[derive(Default)]
-struct Log {
-    acked: Option<u64>,
-    /// Per activation: (index, size, desc, avail, used) of each queue.
-    activations: Vec<Vec<SeenQueue>>,
-    resets: usize,
-    interrupt: Option<Arc<dyn VirtioInterrupt>>,
-    notify: Vec<EventFd>,
-}
-
-struct TestDev {
-    log: Arc<Mutex<Log>>,
-    config: [u8; 8],
-}
-
-impl VirtioDevice for TestDev {
-    fn device_type(&self) -> u32 {
-        42
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[16, 8]
-    }
-    fn features(&self) -> u64 {
-        F_VERSION_1 | FEATURE_X
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.log.lock().unwrap().acked = Some(features);
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.config.get(o as usize).copied())
-                .unwrap_or(0);
-        }
-    }
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            if let Some(c) = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.config.get_mut(o as usize))
-            {
-                *c = *b;
-            }
-        }
-    }
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActiveQueue>,
-    ) -> Result<(), ActivateError> {
-        let mut log = self.log.lock().unwrap();
-        let mut seen = Vec::new();
-        for q in &queues {
-            // What the transport promises every device.
-            assert!(
-                q.queue.ready() && q.queue.is_valid(&mem),
-                "bad queue handed over"
-            );
-            seen.push((
-                q.index,
-                q.queue.size(),
-                q.queue.desc_table(),
-                q.queue.avail_ring(),
-                q.queue.used_ring(),
-            ));
-        }
-        log.activations.push(seen);
-        log.interrupt = Some(interrupt);
-        log.notify = queues.into_iter().map(|q| q.notify).collect();
-        Ok(())
-    }
-    fn reset(&mut self) {
-        self.log.lock().unwrap().resets += 1;
-    }
-}
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 fn transport(irq: Option<EventFd>) -> (MmioTransport, Arc<Mutex<Log>>) {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let dev = TestDev {
-        log: log.clone(),
-        config: *b"ssvconf!",
-    };
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-    (MmioTransport::new(Box::new(dev), mem, irq).unwrap(), log)
+    let (dev, mem, log) = test_device();
+    (MmioTransport::new(dev, mem, irq).unwrap(), log)
 }
 
 fn rd(t: &mut MmioTransport, off: u64) -> u32 {
@@ -179,7 +92,7 @@ fn features_ok_only_for_a_subset_with_version_1() {
     // Features are frozen after FEATURES_OK.
     wr(&mut t, 0x24, 0);
     wr(&mut t, 0x20, 0);
-    assert_eq!(t.driver_features, F_VERSION_1 | FEATURE_X);
+    assert_eq!(t.state.driver_features(), F_VERSION_1 | FEATURE_X);
 }
 
 #[test]
@@ -237,7 +150,7 @@ fn invalid_sizes_and_driver_ok_before_features_ok_are_ignored() {
     wr(&mut t, 0x38, 32); // above the maximum
     wr(&mut t, 0x38, 12); // not a power of two
     wr(&mut t, 0x38, 0x1_0008); // not 16 bits
-    assert_eq!(t.queues[0].size(), 16);
+    assert_eq!(t.state.queue(0).unwrap().size(), 16);
     wr(
         &mut t,
         0x70,
@@ -263,7 +176,11 @@ fn reset_resets_the_device_and_every_register() {
     assert!(!t.is_active());
     wr(&mut t, 0x30, 1);
     assert_eq!(rd(&mut t, 0x44), 0);
-    assert_eq!(t.queues[1].size(), 8, "size back to the maximum");
+    assert_eq!(
+        t.state.queue(1).unwrap().size(),
+        8,
+        "size back to the maximum"
+    );
     // The device can be brought up again.
     assert_eq!(negotiate(&mut t, F_VERSION_1), OK);
     setup_queue(&mut t, 0, 2, 0x7000, 0x7100, 0x7200);

@@ -119,7 +119,7 @@ if [ "${RANDREAD_BOOTS:-0}" -gt 0 ]; then
         trace_hist "$n"
         if booted "$log" randread $status "randread boot $n"; then
             echo "LAB: randread boot $n: $(grep -a 'SSV-IO: randread' "$log" | tr -d '\r')"
-            grep -a 'SSV-GUEST: \(vda\|irq\)' "$log" | tr -d '\r' | sed "s/^/LAB: randread boot $n: /"
+            grep -a 'SSV-GUEST: \(vda\|irq\|cpu\)' "$log" | tr -d '\r' | sed "s/^/LAB: randread boot $n: /"
         else
             trace_show "$n" 400
             fails=$((fails + 1))
@@ -146,5 +146,5 @@ for side in ours qemu; do
     echo "LAB: $side $line"
     echo "$side ${line##*iops=}" | tr -d '\r' >>$out/iops.txt
 done
-grep -a 'SSV-GUEST: \(vda\|irq\)' $out/ours-randread-1.log $out/qemu-randread-1.log
+grep -a 'SSV-GUEST: \(vda\|irq\|cpu\)' $out/ours-randread-1.log $out/qemu-randread-1.log
 exit 0

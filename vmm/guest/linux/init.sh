@@ -111,8 +111,10 @@ disk)
     echo "SSV-GUEST: disk ok: $mib MiB written, read back and compared"
     ;;
 randread)
-    # What the CPU offers the guest (the VMMs' CPUID differ).
+    # What the CPU offers the guest, and where the modules are (a failed
+    # boot's trace names a RIP).
     grep -m1 "^flags" /proc/cpuinfo | sed 's/^/SSV-GUEST: cpu /'
+    sed 's/^/SSV-GUEST: module /' /proc/modules
     ssv-io randread /dev/vda "$(arg span 256)" "$(arg secs 10)" "$(arg jobs 1)" || fail "randread"
     # Where the disk's interrupts went, and the IPIs between the CPUs.
     grep -E "virtio|CAL|RES" /proc/interrupts | tr -s ' ' | sed 's/^/SSV-GUEST: irq /'

@@ -1,9 +1,10 @@
 //! ACPI tables: how the kernel finds the vCPUs (MADT), the IOAPIC, the
 //! virtio-mmio devices (DSDT devices with the `LNRO0005` id the virtio-mmio
-//! driver matches) and the PCI root bus, when there is one (`PNP0A03`,
-//! with bus 0, the configuration ports and the BAR window as resources). ACPI rather than an MP table or `virtio_mmio.device=`:
-//! distribution kernels (Debian's cloud kernel among them) build neither
-//! MP-table parsing nor command-line virtio-mmio devices.
+//! driver matches) and the PCI root bus, when there is one (`PNP0A03`, with
+//! bus 0, the configuration ports and the BAR window as resources). ACPI
+//! rather than an MP table or `virtio_mmio.device=`: distribution kernels
+//! (Debian's cloud kernel among them) build neither MP-table parsing nor
+//! command-line virtio-mmio devices.
 //!
 //! The platform is declared hardware-reduced: no PM timer, SCI or legacy
 //! PIC to emulate; interrupts go through the IOAPIC. Without a legacy PIC
@@ -336,6 +337,10 @@ mod tests {
         window.extend_from_slice(&(PCI_WINDOW_BASE as u32).to_le_bytes());
         window.extend_from_slice(&((PCI_WINDOW_BASE + PCI_WINDOW_SIZE - 1) as u32).to_le_bytes());
         assert_eq!(count(&window), 1, "the BAR window");
+        let no_pci = super::dsdt(&devices, false).unwrap();
+        assert!(!no_pci
+            .windows(5)
+            .any(|w| w == [0x0c, 0x41, 0xd0, 0x0a, 0x03]));
         // COM1: PNP0501 as an EISA id, its ports (IO descriptor: decode16,
         // min, max, alignment 1, 8 ports) and GSI 4, edge-triggered.
         assert_eq!(count(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), 1, "_HID PNP0501");

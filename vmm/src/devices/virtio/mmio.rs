@@ -4,8 +4,10 @@
 //! guest reaches from any mode (the real-mode test guest, below 1 MiB), and
 //! on aarch64 (a device tree node), where MSI-X would need a GICv3 ITS. Its
 //! cost: one interrupt per device, whatever the number of queues, and a
-//! status read and acknowledge (two exits) per interrupt. Queue notifications should arrive on the queues' eventfds
-//! through ioeventfds registered by the VMM ([`MmioTransport::notify_fds`]);
+//! status read and acknowledge (two exits) per interrupt.
+//!
+//! Queue notifications should arrive on the queues' eventfds through
+//! ioeventfds registered by the VMM ([`MmioTransport::notify_fds`]);
 //! a notification that exits to the VMM instead (another access width, no
 //! ioeventfd) is written to the same eventfd. Interrupts leave through an
 //! irqfd when one is given, and the interrupt status register is kept right

@@ -42,7 +42,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// Installs the kick signal's handler (idempotent).
 pub(super) fn install_kick_handler() -> std::io::Result<()> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        .map_err(std::io::Error::from)
 }
 
 /// Makes the vCPU thread `t` leave (or not enter) KVM_RUN.

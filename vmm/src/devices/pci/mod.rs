@@ -38,7 +38,6 @@ pub mod reg {
     pub const STATUS: usize = 0x06;
     pub const REVISION: usize = 0x08;
     pub const CLASS_PROG: usize = 0x09;
-    pub const HEADER_TYPE: usize = 0x0e;
     pub const BAR0: usize = 0x10;
     pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
     pub const SUBSYSTEM_ID: usize = 0x2e;
@@ -159,9 +158,7 @@ impl ConfigSpace {
 
     /// Reads `data.len()` bytes at `offset`; beyond the space reads zero.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = self.bytes.get(offset + i).copied().unwrap_or(0);
-        }
+        super::read_image(&self.bytes, offset as u64, data);
     }
 
     /// Writes what the writable mask lets through.
@@ -205,11 +202,11 @@ pub trait IoEvents: Send + Sync {
 impl IoEvents for VmFd {
     fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
         self.register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            .map_err(std::io::Error::from)
     }
     fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
         self.unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+            .map_err(std::io::Error::from)
     }
 }
 

@@ -41,9 +41,7 @@ impl MsiSink for VmFd {
         };
         // 0: the guest had the interrupt blocked (e.g. an APIC disabled);
         // that is the guest's business, not an error.
-        self.signal_msi(m)
-            .map(drop)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        self.signal_msi(m).map(drop).map_err(std::io::Error::from)
     }
 }
 

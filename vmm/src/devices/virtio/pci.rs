@@ -330,13 +330,7 @@ impl VirtioPciDevice {
             put(common::QUEUE_DRIVER, &q.avail_ring().to_le_bytes());
             put(common::QUEUE_DEVICE, &q.used_ring().to_le_bytes());
         }
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = (offset as usize)
-                .checked_add(i)
-                .and_then(|o| c.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::read_image(&c, offset, data);
     }
 
     fn write_common(&mut self, offset: u64, data: &[u8]) {

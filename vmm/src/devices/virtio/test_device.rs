@@ -43,12 +43,7 @@ impl VirtioDevice for TestDev {
         self.log.lock().unwrap().acked = Some(features);
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.config.get(o as usize).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::read_image(&self.config, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {

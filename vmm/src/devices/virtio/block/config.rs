@@ -73,14 +73,7 @@ impl BlockConfig {
     /// Any offset and length the driver asks: bytes past the end read as
     /// zero, and no offset overflows.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.to_bytes();
-        for (i, out) in data.iter_mut().enumerate() {
-            *out = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| bytes.get(at).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::read_image(&self.to_bytes(), offset, data);
     }
 }
 

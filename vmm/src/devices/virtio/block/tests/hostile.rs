@@ -280,13 +280,16 @@ fn in_memory(addr: u64, len: u32) -> bool {
 fn writable_disk_ranges(mem: &[(u64, Vec<u8>)], chain: &[RawDesc]) -> Vec<(u64, u64)> {
     let mut bytes = Vec::new();
     for d in chain.iter().filter(|d| d.flags & DESC_F_WRITE == 0) {
-        if !in_memory(d.addr, d.len) {
-            return Vec::new();
-        }
-        let (at, region) = mem
+        // A buffer outside memory fails the request, so it writes nothing.
+        // An empty one may sit at a region's very end, so it is found by
+        // its whole range, not by its first byte.
+        let end = d.addr.saturating_add(u64::from(d.len));
+        let Some((at, region)) = mem
             .iter()
-            .find(|(at, r)| d.addr >= *at && d.addr < at + r.len() as u64)
-            .unwrap();
+            .find(|(at, r)| d.addr >= *at && end <= at + r.len() as u64)
+        else {
+            return Vec::new();
+        };
         let start = (d.addr - at) as usize;
         bytes.extend_from_slice(&region[start..start + d.len as usize]);
     }
@@ -432,6 +435,25 @@ fn run_hostile(dir: &Path, c: &Case) -> Result<(), TestCaseError> {
         );
     }
     Ok(())
+}
+
+/// The checker itself once panicked on an empty buffer at the end of a
+/// memory region (CI, 2026-11-24): such a buffer adds nothing, and the rest
+/// of the chain still names the bytes it may write.
+#[test]
+fn an_empty_buffer_at_a_regions_end_adds_nothing_to_a_write() {
+    let mut r2 = vec![0u8; R2.1 as usize];
+    r2[0..4].copy_from_slice(&T_OUT.to_le_bytes());
+    r2[8..16].copy_from_slice(&3u64.to_le_bytes());
+    let mem = vec![(R1.0, vec![0u8; R1.1 as usize]), (R2.0, r2)];
+    let desc = |addr, len| RawDesc {
+        addr,
+        len,
+        flags: DESC_F_NEXT,
+        next: 0,
+    };
+    let chain = [desc(R2.0, 16), desc(R2.0 + 16, 512), desc(R1.0 + R1.1, 0)];
+    assert_eq!(writable_disk_ranges(&mem, &chain), vec![(3 * 512, 512)]);
 }
 
 #[test]

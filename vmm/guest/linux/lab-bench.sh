@@ -14,6 +14,7 @@
 #   iops: one boot each with ssv.mode=randread (ssv-io randread, 4 KiB,
 #         O_DIRECT, JOBS jobs, SECS seconds over the SPAN MiB)
 #         -> out/iops.txt "ours|qemu IOPS"
+#         (ROUNDS=0, the smoke round: these boots' times go to boot.txt)
 cd /payload || exit 2
 out=/payload/out
 pv=/tmp/pv.img
@@ -56,6 +57,10 @@ booted() {
     echo "LAB: $4 failed (status $3); its console's end:"
     tail -n 60 "$1" | sed "s/^/LAB: | /"
     return 1
+}
+# The time to init that `ssv-io stamp` measured, in the console log $1.
+time_to_init() {
+    sed -n "s/^SSV-IO: stamp $marker \([0-9.]*\)$/\1/p" "$1"
 }
 # Runs "$1 $2" (ours|qemu, mode), its console in out/$1-$2-$3.log, until
 # it booted; a failed boot is tried once more, a second failure ends the run.
@@ -134,7 +139,7 @@ i=1
 while [ "$i" -le "$ROUNDS" ]; do
     for side in ours qemu; do
         boot $side none "$i"
-        t=$(sed -n "s/^SSV-IO: stamp $marker \([0-9.]*\)$/\1/p" $out/$side-none-$i.log)
+        t=$(time_to_init $out/$side-none-$i.log)
         echo "$side $t" >>$out/boot.txt
         echo "LAB: boot $side round $i: $t s to init"
     done
@@ -142,6 +147,9 @@ while [ "$i" -le "$ROUNDS" ]; do
 done
 for side in ours qemu; do
     boot $side randread 1
+    if [ "$ROUNDS" = 0 ]; then
+        echo "$side $(time_to_init $out/$side-randread-1.log)" >>$out/boot.txt
+    fi
     line=$(grep -a 'SSV-IO: randread' $out/$side-randread-1.log)
     echo "LAB: $side $line"
     echo "$side ${line##*iops=}" | tr -d '\r' >>$out/iops.txt

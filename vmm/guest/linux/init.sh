@@ -11,7 +11,8 @@
 #             SECS seconds (the host snapshots and pauses the VM meanwhile),
 #             then writes the second half
 #   randread  ssv-io randread over the first ssv.span MiB (default 256)
-#             for ssv.secs seconds (default 10) with ssv.jobs jobs (1)
+#             for ssv.secs seconds (default 10) with ssv.jobs jobs (1),
+#             each at most ssv.rate reads a second (0: unpaced)
 #   (none)    nothing more
 # and powers off (ACPI S5; the VMM's sleep control register ends the VM).
 # Result lines start with "SSV-GUEST:"; a failure prints "SSV-GUEST: FAIL".
@@ -115,7 +116,7 @@ randread)
     # boot's trace names a RIP).
     grep -m1 "^flags" /proc/cpuinfo | sed 's/^/SSV-GUEST: cpu /'
     sed 's/^/SSV-GUEST: module /' /proc/modules
-    ssv-io randread /dev/vda "$(arg span 256)" "$(arg secs 10)" "$(arg jobs 1)" || fail "randread"
+    ssv-io randread /dev/vda "$(arg span 256)" "$(arg secs 10)" "$(arg jobs 1)" "$(arg rate 0)" || fail "randread"
     # Where the disk's interrupts went, and the IPIs between the CPUs.
     grep -E "virtio|CAL|RES" /proc/interrupts | tr -s ' ' | sed 's/^/SSV-GUEST: irq /'
     ;;

@@ -3,10 +3,11 @@
  * the inner guest (and the lab VM, same architecture). Busybox has no fio
  * and no clock finer than /proc/uptime, so:
  *
- *   ssv-io randread DEV SPAN_MIB SECONDS [JOBS]
+ *   ssv-io randread DEV SPAN_MIB SECONDS [JOBS [RATE]]
  *       4 KiB reads at random 4 KiB-aligned offsets below SPAN_MIB, with
  *       O_DIRECT (no page cache), one outstanding read per job, JOBS
- *       processes (default 1) for SECONDS. Prints
+ *       processes (default 1) for SECONDS; with RATE, each job reads at
+ *       most RATE times a second (0: as fast as it can). Prints
  *       "SSV-IO: randread jobs=J ios=N secs=S iops=I".
  *
  *   ssv-io stamp [-t SECONDS] MARKER CMD [ARGS...]
@@ -62,7 +63,8 @@ static uint64_t next_random(uint64_t *s)
 }
 
 /* One job: reads until `secs` have passed; writes its count to `out`. */
-static void randread_job(const char *dev, uint64_t blocks, double secs, int seed, int out)
+static void randread_job(const char *dev, uint64_t blocks, double secs, double rate, int seed,
+                         int out)
 {
     int fd = open(dev, O_RDONLY | O_DIRECT);
     if (fd < 0)
@@ -72,10 +74,18 @@ static void randread_job(const char *dev, uint64_t blocks, double secs, int seed
         die("posix_memalign");
     uint64_t state = 0x9E3779B97F4A7C15ULL * (uint64_t)(seed + 1);
     uint64_t ios = 0;
-    double end = now() + secs;
+    double start = now(), end = start + secs;
     for (;;) {
-        /* Check the clock every 64 reads: a read takes far longer. */
-        if ((ios & 63) == 0 && now() >= end)
+        /* Paced: sleep until this read's turn. */
+        double due = rate > 0 ? start + ios / rate : 0;
+        for (double t = now(); due > t; t = now()) {
+            double wait = due - t;
+            struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+        /* Check the clock every 64 reads, a read takes far longer; every
+         * read when paced. */
+        if (((ios & 63) == 0 || rate > 0) && now() >= end)
             break;
         off_t at = (off_t)(next_random(&state) % blocks) * BLOCK;
         ssize_t n = pread(fd, buf, BLOCK, at);
@@ -94,15 +104,16 @@ static void randread_job(const char *dev, uint64_t blocks, double secs, int seed
 static int randread(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS]\n");
+        fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS [RATE]]\n");
         return 2;
     }
     const char *dev = argv[2];
     uint64_t blocks = strtoull(argv[3], NULL, 10) * (1024 * 1024 / BLOCK);
     double secs = atof(argv[4]);
     int jobs = argc > 5 ? atoi(argv[5]) : 1;
-    if (blocks == 0 || secs <= 0 || jobs < 1 || jobs > 64) {
-        fprintf(stderr, "ssv-io randread: bad span, time or job count\n");
+    double rate = argc > 6 ? atof(argv[6]) : 0;
+    if (blocks == 0 || secs <= 0 || jobs < 1 || jobs > 64 || rate < 0) {
+        fprintf(stderr, "ssv-io randread: bad span, time, job count or rate\n");
         return 2;
     }
     int p[2];
@@ -115,7 +126,7 @@ static int randread(int argc, char **argv)
             die("fork");
         if (pid == 0) {
             close(p[0]);
-            randread_job(dev, blocks, secs, j, p[1]);
+            randread_job(dev, blocks, secs, rate, j, p[1]);
             _exit(0);
         }
     }
@@ -281,6 +292,6 @@ int main(int argc, char **argv)
         return randread(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "stamp") == 0)
         return stamp(argc, argv);
-    fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS] | stamp [-t SECONDS] MARKER CMD [ARGS...]\n");
+    fprintf(stderr, "usage: ssv-io randread DEV SPAN_MIB SECONDS [JOBS [RATE]] | stamp [-t SECONDS] MARKER CMD [ARGS...]\n");
     return 2;
 }

@@ -21,7 +21,9 @@
 //! prints how many failed, no ratios. `SSV_LAB_TRACE`, `SSV_LAB_RANDREAD_SIDE`,
 //! `SSV_LAB_QEMU_DISK`, `SSV_LAB_APPEND_EXTRA` and `SSV_LAB_OURS_EXTRA` (more
 //! ssv-vmm options, e.g. `--virtio-transport mmio`) set `lab-bench.sh`'s
-//! experiment variables of the same names (without the prefix).
+//! experiment variables of the same names (without the prefix); e.g.
+//! `SSV_LAB_APPEND_EXTRA='ssv.rate=185'` paces each guest read job to 185
+//! reads a second, QEMU's unpaced rate in the lab.
 
 #[path = "../tests/lab_vmm_support/mod.rs"]
 mod lab_vmm_support;

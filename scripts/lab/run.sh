@@ -10,7 +10,8 @@
 #   SSV_LAB_DIR      state dir (default <repo>/state/lab); built on first use
 #   SSV_LAB_LOG      console log file (default $SSV_LAB_DIR/runs/ARCH-<time>-<pid>.log)
 #   SSV_LAB_RESULTS  where /payload/out is copied (default PAYLOAD_DIR/out)
-#   SSV_LAB_MEM, SSV_LAB_SMP   lab VM memory and CPUs (default 4G, 2)
+#   SSV_LAB_MEM      lab VM memory (default 4G)
+#   SSV_LAB_SMP      lab VM CPUs (default 1 on x86_64, 2 on aarch64)
 #   SSV_LAB_CPU      QEMU -cpu (default max; aarch64: max,pauth-impdef=on)
 #   SSV_LAB_ACCEL    QEMU -accel (default tcg; tcg,thread=single runs all the
 #                    lab VM's CPUs on one host thread)
@@ -41,7 +42,11 @@ kib=$(du -sk --apparent-size "$PAYLOAD" | cut -f1)
 mke2fs -q -t ext4 -L ssvpayload -d "$PAYLOAD" "$WORK/payload.img" "$((kib * 5 / 4 + 512 * 1024))K" >/dev/null ||
     lab_die "mke2fs of the payload failed"
 
-args=(-m "${SSV_LAB_MEM:-4G}" -smp "${SSV_LAB_SMP:-2}" -accel "${SSV_LAB_ACCEL:-tcg}"
+# One CPU for the x86_64 lab: with two, TCG's emulation of nested SVM fails
+# nested guests of both VMMs under I/O (triple faults, stalled CPUs, the lab
+# kernel's own crash); with one, none failed in 32 boots (BENCHMARKS.md, issue 7).
+case "$ARCH" in x86_64) smp=${SSV_LAB_SMP:-1} ;; *) smp=${SSV_LAB_SMP:-2} ;; esac
+args=(-m "${SSV_LAB_MEM:-4G}" -smp "$smp" -accel "${SSV_LAB_ACCEL:-tcg}"
     -display none -monitor none -serial stdio -nic none -no-reboot
     -kernel "$BUILT/kernel" -initrd "$BUILT/lab-initramfs.cpio.gz"
     -append "console=$CONSOLE panic=-1 loglevel=4"

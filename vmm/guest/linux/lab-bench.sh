@@ -16,6 +16,7 @@
 #         -> out/iops.txt "ours|qemu IOPS"
 #         (ROUNDS=0, the smoke round: these boots' times go to boot.txt)
 cd /payload || exit 2
+echo "LAB: lab VM CPUs: $(nproc)"
 out=/payload/out
 pv=/tmp/pv.img
 ssvadm=/usr/local/bin/ssvadm

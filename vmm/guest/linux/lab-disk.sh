@@ -33,7 +33,7 @@ stop_daemons() {
 mkdir -p $st
 truncate -s 2G $lun
 # io_timeout 1 s: joining the pool's lockspace takes seconds.
-RUST_LOG=warn $bin/lockd daemon --socket $st/lockd.sock -o 1 --watchdog-fire 3 \
+RUST_LOG=info $bin/lockd daemon --socket $st/lockd.sock -o 1 --watchdog-fire 3 \
     --watchdog $st/watchdog 2>$out/lockd.log &
 lockd=$!
 cat >$st/ssv.toml <<TOML
@@ -69,9 +69,19 @@ ssvctl vm start guest --memory 512 --vcpus "$VCPUS" \
     --cmdline "console=$CONSOLE panic=-1 loglevel=4 ssv.mode=disk ssv.mib=$MIB ssv.hold=$HOLD" \
     --disk disk >>$out/ssvctl.log 2>&1 || { cat $out/ssvctl.log; exit 12; }
 exited() { ssvctl --json vm show guest | grep -q '"exit"'; }
+# ssvd or lockd gone ends the run at once, with their logs' ends.
+daemons_alive() {
+    kill -0 "$ssvd" 2>/dev/null && kill -0 "$lockd" 2>/dev/null && return 0
+    echo "LAB: a daemon exited at $(uptime_s)s; the ends of ssvd's, lockd's and the guest's logs:"
+    tail -n 30 $out/ssvd.log
+    tail -n 30 $out/lockd.log
+    tail -n 20 $vm/console.log
+    exit 16
+}
 
 # The guest holds after its first half: snapshot, pause, resume.
 until grep -q 'SSV-GUEST: wrote chunks .* holding' $vm/console.log 2>/dev/null; do
+    daemons_alive
     exited && break
     sleep 0.2
 done
@@ -84,7 +94,10 @@ if ! exited; then
     ssvctl --json vm resume guest >$out/resumed.json 2>>$out/ssvctl.log || exit 15
     echo "LAB: paused and resumed by $(uptime_s)s"
 fi
-until exited; do sleep 0.5; done
+until exited; do
+    daemons_alive
+    sleep 0.5
+done
 ssvctl --json vm show guest >$out/vm.json
 cp $vm/console.log $out/guest.log
 cp $vm/vmm.log $out/vmm.err
@@ -103,4 +116,7 @@ for lv in $top $snap; do
     $bin/ssvadm lv read "pool0/$lv" --to "$out/$lv.qcow2" $lun >>$out/ssvadm.log 2>&1 || exit 24
 done
 echo "LAB: layers copied out by $(uptime_s)s"
+# How near the lab's load came to fencing (a failed renewal is one whose
+# I/O took over io_timeout; 8 s of them stop ssvd and the VM).
+echo "LAB: lockd renewals that failed: $(grep -c 'renewal failed\|no renewal' $out/lockd.log)"
 exit 0

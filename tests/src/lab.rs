@@ -158,7 +158,19 @@ impl Lab {
     /// Boots the lab VM with `payload` at /payload, runs its run.sh and
     /// waits (at most `timeout`, then QEMU is stopped). The payload's files
     /// under /payload/out are in [`LabRun::results`] afterwards.
+    /// A console silent for [`SILENCE_LIMIT`] stops the VM too.
     pub fn run(&self, payload: &Payload, timeout: Duration) -> Result<LabRun> {
+        self.run_until_silent(payload, timeout, SILENCE_LIMIT)
+    }
+
+    /// [`Lab::run`], with the VM stopped once its console has said nothing
+    /// for `silence` (status 126).
+    pub fn run_until_silent(
+        &self,
+        payload: &Payload,
+        timeout: Duration,
+        silence: Duration,
+    ) -> Result<LabRun> {
         let log = payload.work.path().join("console.log");
         let results = payload.work.path().join("out");
         let started = Instant::now();
@@ -187,27 +199,35 @@ impl Lab {
         });
         // run.sh enforces the timeout itself; this is the backstop.
         let deadline = started + timeout + Duration::from_secs(60);
+        let (mut console_len, mut console_grew) = (0, Instant::now());
         let status = loop {
             if let Some(status) = child.try_wait()? {
-                break status;
+                break Some(status);
             }
-            if Instant::now() > deadline {
-                // SAFETY: kill has no memory-safety preconditions; the group
-                // is the one run.sh leads (its pid), started above.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-                let _ = child.wait();
+            let now = Instant::now();
+            if now > deadline {
+                stop_group(&mut child);
                 bail!("lab run.sh overran its timeout; killed process group {pid}");
+            }
+            // The silence counts from the console's first line: building
+            // the lab (apt, the first time) prints nothing there.
+            let len = std::fs::metadata(&log).map_or(0, |m| m.len());
+            if len != console_len || len == 0 {
+                (console_len, console_grew) = (len, now);
+            } else if now - console_grew > silence {
+                stop_group(&mut child);
+                break None;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
         let stderr = stderr_reader.join().unwrap_or_default();
         let console = std::fs::read_to_string(&log).unwrap_or_default();
-        let code = status.code().unwrap_or(-1);
+        let code = status.map_or(LAB_VM_SILENT, |s| s.code().unwrap_or(-1));
         // 2 and 3 are also run.sh's own failures: a payload's status is
         // only one the VM reported.
         if (code == 2 || code == UNAVAILABLE) && !console.contains("SSV-LAB-EXIT:") {
             bail!(
-                "lab run.sh {} failed ({status}): {stderr}",
+                "lab run.sh {} failed (status {code}): {stderr}",
                 self.arch.name()
             );
         }
@@ -221,11 +241,31 @@ impl Lab {
     }
 }
 
+/// Stops run.sh's process group (`child` leads it): SIGTERM first, so its
+/// exit trap removes its work files, then SIGKILL.
+fn stop_group(child: &mut std::process::Child) {
+    let group = -(child.id() as i32);
+    for (sig, grace) in [(libc::SIGTERM, 10), (libc::SIGKILL, 0)] {
+        // SAFETY: kill has no memory-safety preconditions; the group is
+        // the one `child` leads.
+        unsafe { libc::kill(group, sig) };
+        let end = Instant::now() + Duration::from_secs(grace);
+        while Instant::now() < end {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = child.wait();
+}
+
 /// What a lab run returned.
 #[derive(Debug)]
 pub struct LabRun {
     /// The payload's exit status; 124 on timeout; 125 if the VM stopped
-    /// without reporting one.
+    /// without reporting one; 126 if its console went silent (it was
+    /// stopped then).
     pub status: i32,
     /// The serial console, each line prefixed `[   s.mmm]` (seconds since
     /// QEMU started).
@@ -239,6 +279,15 @@ pub struct LabRun {
 
 /// run.sh's status when the lab VM stopped without reporting the payload's.
 const LAB_VM_STOPPED: i32 = 125;
+
+/// A lab VM whose console says nothing for this long is stopped: it froze
+/// (its emulated CPU spinning, BENCHMARKS.md, issue 7). Every payload prints
+/// more often: the benchmark's boots are limited to 300 s each and print
+/// when they end, `lab_vmm` runs are limited to 300 s in all.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(360);
+
+/// [`LabRun::status`] of a lab VM stopped for [`SILENCE_LIMIT`].
+const LAB_VM_SILENT: i32 = 126;
 
 /// Console lines by which the lab's nested virtualization (KVM in the lab
 /// VM, itself under QEMU's software emulation of SVM) shows it failed
@@ -267,10 +316,15 @@ impl LabRun {
         if self.status == 0 {
             return None;
         }
+        let last = self.console.lines().last().unwrap_or("(no console output)");
         if self.status == LAB_VM_STOPPED {
-            let last = self.console.lines().last().unwrap_or("(no console output)");
             return Some(format!(
                 "the lab VM stopped without a payload status; its console's last line: {last}"
+            ));
+        }
+        if self.status == LAB_VM_SILENT {
+            return Some(format!(
+                "the lab VM froze: its console went silent and it was stopped; its last line: {last}"
             ));
         }
         let lines: Vec<&str> = self
@@ -422,6 +476,10 @@ mod tests {
         // As another CI run printed it: the lab VM reset with no word.
         let silent = "[  18.960] kvm [160]: vcpu0, Unhandled WRMSR(0xc0010007) = 0xffff\n";
         let lines = run(125, silent).nested_failure().unwrap();
+        assert!(lines.contains("Unhandled WRMSR"), "{lines}");
+        // The lab VM froze and was stopped.
+        let lines = run(LAB_VM_SILENT, silent).nested_failure().unwrap();
+        assert!(lines.contains("froze"), "{lines}");
         assert!(lines.contains("Unhandled WRMSR"), "{lines}");
         // lockd's lockspace failed, as lab-disk.sh prints lockd's log.
         let fenced = "[ 95.1] LAB: a daemon exited at 94.9s; the ends of ssvd's, lockd's and the guest's logs:\n[ 95.2] [2026-11-24T08:53:01Z ERROR lockd::daemon::space] lockspace pool0 host id 1: renewal failing for 8.01s: timeout; its leases are lost, stopping their holders\n";

@@ -7,11 +7,16 @@
 
 use ssv_tests::lab::{Arch, Payload};
 use ssv_tests::lab_or_skip;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// One lab VM at a time: the last test counts run.sh's work dirs.
+static ONE_LAB: Mutex<()> = Mutex::new(());
 
 #[test]
 #[ignore = "lab self-test, not in CI for its time (lab_vmm covers it there): cargo test -p ssv-tests --test lab_payload -- --ignored"]
 fn status_results_and_host_binaries_come_through() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_or_skip!(Arch::X86_64);
     let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref())).unwrap();
     // Coreutils' sha256sum, dynamically linked, where busybox has an
@@ -52,6 +57,7 @@ fn status_results_and_host_binaries_come_through() {
 #[test]
 #[ignore = "lab self-test, not in CI for its time (lab_vmm covers it there): cargo test -p ssv-tests --test lab_payload -- --ignored"]
 fn a_payload_that_hangs_is_stopped_at_the_timeout() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let lab = lab_or_skip!(Arch::X86_64);
     let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref())).unwrap();
     payload
@@ -63,4 +69,39 @@ fn a_payload_that_hangs_is_stopped_at_the_timeout() {
     assert_eq!(run.status, 124, "{}", run.console);
     assert!(run.console.contains("hanging"), "{}", run.console);
     assert!(run.elapsed < Duration::from_secs(100), "{:?}", run.elapsed);
+}
+
+#[test]
+#[ignore = "lab self-test, not in CI for its time (lab_vmm covers it there): cargo test -p ssv-tests --test lab_payload -- --ignored"]
+fn a_lab_vm_that_goes_silent_is_stopped_as_frozen() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = lab_or_skip!(Arch::X86_64);
+    let payload = Payload::new(Some(env!("CARGO_TARGET_TMPDIR").as_ref())).unwrap();
+    payload
+        .set_run_script("echo going quiet; sleep 1000\n")
+        .unwrap();
+    let work_dirs = || {
+        std::fs::read_dir(lab.dir().parent().unwrap().join("runs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("work."))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = work_dirs();
+    let run = lab
+        .run_until_silent(&payload, Duration::from_secs(300), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(run.status, 126, "{}", run.console);
+    let why = run
+        .nested_failure()
+        .expect("a frozen lab VM is the lab's failure");
+    assert!(
+        why.contains("froze") && why.contains("going quiet"),
+        "{why}"
+    );
+    assert!(run.elapsed < Duration::from_secs(150), "{:?}", run.elapsed);
+    // Stopped with SIGTERM first, run.sh removed its work files.
+    assert_eq!(work_dirs(), before);
 }

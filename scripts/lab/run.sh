@@ -44,7 +44,7 @@ mke2fs -q -t ext4 -L ssvpayload -d "$PAYLOAD" "$WORK/payload.img" "$((kib * 5 / 
 
 # One CPU for the x86_64 lab: with two, TCG's emulation of nested SVM fails
 # nested guests of both VMMs under I/O (triple faults, stalled CPUs, the lab
-# kernel's own crash); with one, none failed in 32 boots (BENCHMARKS.md, issue 7).
+# kernel's own crash) far more often than with one (BENCHMARKS.md, issue 7).
 case "$ARCH" in x86_64) smp=${SSV_LAB_SMP:-1} ;; *) smp=${SSV_LAB_SMP:-2} ;; esac
 args=(-m "${SSV_LAB_MEM:-4G}" -smp "$smp" -accel "${SSV_LAB_ACCEL:-tcg}"
     -display none -monitor none -serial stdio -nic none -no-reboot

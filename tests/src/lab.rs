@@ -286,7 +286,8 @@ const LAB_VM_STOPPED: i32 = 125;
 /// when they end, `lab_vmm` runs are limited to 300 s in all.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(360);
 
-/// [`LabRun::status`] of a lab VM stopped for [`SILENCE_LIMIT`].
+/// [`LabRun::status`] of a lab VM stopped because its console went silent
+/// ([`SILENCE_LIMIT`], or the limit given to [`Lab::run_until_silent`]).
 const LAB_VM_SILENT: i32 = 126;
 
 /// Console lines by which the lab's nested virtualization (KVM in the lab
